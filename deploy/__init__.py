@@ -1,0 +1,1 @@
+"""cafe-tf deployment: TFLite export, quantization, parity checks, Edge TPU readiness, benchmarks."""
