@@ -1,0 +1,242 @@
+"""Analytic multiply-accumulates (MACs) and parameter counts of any width assignment.
+
+Papers write "FLOPs" for what are multiply-accumulates; cafe-tf says **MACs** and reports
+``flops = 2 * macs`` only where asked. Counted: Conv2D, DepthwiseConv2D and Dense (the convention
+of ResNet/MobileNet/EfficientNet papers); BN, activations, pooling and adds count 0 MACs.
+Parameters count every stored weight (kernels, biases, BN gamma/beta/mean/variance), as Keras'
+``count_params`` does.
+
+Every count is a polynomial in the group widths ``w`` (``cafe_tf.graph``)::
+
+    macs(w) = sum_t coef_t * w[a_t] * w[b_t]      (w[G] = 1 stands for a constant)
+
+so it costs a gather and a dot product: ~10 µs for one assignment, and batches of assignments are
+one matrix product. The same polynomial evaluated on TensorFlow tensors is differentiable (Dagger's
+FLOPs regulariser uses it), so there is one FLOPs formula in the project.
+
+Command line (prints one JSON object)::
+
+    python -m cafe_tf.flops --model resnet56
+    python -m cafe_tf.flops --model mobilenet_v2 --input_size 160 --width_mult 0.75
+    python -m cafe_tf.flops --model resnet20 --widths runs/demo/search/widths.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Mapping
+
+import keras
+import numpy as np
+
+from cafe_tf.graph import ChannelGraph, LayerNode
+
+
+@dataclasses.dataclass(frozen=True)
+class _Poly:
+    coef: np.ndarray  # (T,) float64
+    a: np.ndarray  # (T,) int64, index into the extended widths (G = constant 1)
+    b: np.ndarray
+
+
+class CostModel:
+    """MACs and parameters of a model's sub-networks as functions of its group widths."""
+
+    def __init__(self, graph: ChannelGraph):
+        self.graph = graph
+        self.num_groups = len(graph.groups)
+        macs_terms: list[tuple[float, int, int]] = []
+        param_terms: list[tuple[float, int, int]] = []
+        self.layer_terms: dict[str, tuple[list, list]] = {}
+        for node in graph.nodes:
+            m, p = _node_terms(node, self.num_groups)
+            macs_terms += m
+            param_terms += p
+            self.layer_terms[node.name] = (m, p)
+        self._macs = _compile(macs_terms)
+        self._params = _compile(param_terms)
+        self.full_widths = graph.full_widths()
+
+    # ----------------------------------------------------------------------------------------
+    def _extend(self, widths):
+        widths = np.asarray(widths, dtype=np.float64)
+        if widths.shape[-1] != self.num_groups:
+            raise ValueError(f"widths has {widths.shape[-1]} entries; the model has {self.num_groups} groups")
+        ones = np.ones(widths.shape[:-1] + (1,))
+        return np.concatenate([widths, ones], axis=-1)
+
+    @staticmethod
+    def _eval(poly: _Poly, w_ext: np.ndarray) -> np.ndarray:
+        return (w_ext[..., poly.a] * w_ext[..., poly.b]) @ poly.coef
+
+    def macs(self, widths: np.ndarray | None = None) -> int | np.ndarray:
+        """MACs at ``widths`` (one width per group, by group id; full model if None). Batched on axis 0."""
+        w = self.full_widths if widths is None else widths
+        out = self._eval(self._macs, self._extend(w))
+        return int(round(float(out))) if np.ndim(out) == 0 else np.rint(out).astype(np.int64)
+
+    def params(self, widths: np.ndarray | None = None) -> int | np.ndarray:
+        """Parameter count at ``widths``; same conventions as :meth:`macs`."""
+        w = self.full_widths if widths is None else widths
+        out = self._eval(self._params, self._extend(w))
+        return int(round(float(out))) if np.ndim(out) == 0 else np.rint(out).astype(np.int64)
+
+    def macs_tf(self, widths):
+        """Differentiable MACs of float ``widths`` (a tf tensor of shape (G,)): for gates and bins."""
+        import tensorflow as tf
+
+        widths = tf.cast(widths, tf.float32)
+        w_ext = tf.concat([widths, tf.ones([1], tf.float32)], axis=0)
+        terms = tf.gather(w_ext, self._macs.a) * tf.gather(w_ext, self._macs.b)
+        return tf.reduce_sum(terms * tf.constant(self._macs.coef, tf.float32))
+
+    def marginal_macs(self, widths: np.ndarray | None = None) -> np.ndarray:
+        """d MACs / d w_g for every group at ``widths`` (full model if None): the cost of one channel."""
+        w = self._extend(self.full_widths if widths is None else widths)
+        grad = np.zeros(self.num_groups + 1)
+        poly = self._macs
+        np.add.at(grad, poly.a, poly.coef * w[poly.b])
+        np.add.at(grad, poly.b, poly.coef * w[poly.a])
+        return grad[: self.num_groups]
+
+    def widths_of(self, selection: Mapping[int, np.ndarray]) -> np.ndarray:
+        """Group widths (all groups, by id) of a channel selection {group id: indices}."""
+        w = self.full_widths.copy()
+        for g, idx in selection.items():
+            w[self.graph.group(g).id] = len(idx)
+        return w
+
+
+def _node_terms(node: LayerNode, const: int) -> tuple[list, list]:
+    """(MACs terms, params terms) of one layer; each term is (coef, group a, group b)."""
+    layer, macs, params = node.layer, [], []
+    if node.kind in ("conv", "depthwise", "dense", "bn"):
+        out_g = node.out_space.segments[0][0]
+    if node.kind == "conv":
+        kh, kw = layer.kernel_size
+        spatial = node.out_shape[0] * node.out_shape[1]
+        for g, _ in node.in_space.segments:
+            macs.append((kh * kw * spatial * node.in_space.repeat, g, out_g))
+            params.append((kh * kw * node.in_space.repeat, g, out_g))
+        if layer.use_bias:
+            params.append((1, out_g, const))
+    elif node.kind == "depthwise":
+        kh, kw = layer.kernel_size
+        macs.append((kh * kw * node.out_shape[0] * node.out_shape[1], out_g, const))
+        params.append((kh * kw, out_g, const))
+        if layer.use_bias:
+            params.append((1, out_g, const))
+    elif node.kind == "dense":
+        positions = int(np.prod(node.out_shape[:-1])) if len(node.out_shape) > 1 else 1
+        for g, _ in node.in_space.segments:
+            macs.append((positions * node.in_space.repeat, g, out_g))
+            params.append((node.in_space.repeat, g, out_g))
+        if layer.use_bias:
+            params.append((1, out_g, const))
+    elif node.kind == "bn":
+        for g, _ in node.out_space.segments:
+            params.append((2 + int(layer.center) + int(layer.scale), g, const))
+    return macs, params
+
+
+def _compile(terms: list[tuple[float, int, int]]) -> _Poly:
+    if not terms:
+        return _Poly(np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    coef, a, b = zip(*terms)
+    return _Poly(np.asarray(coef, np.float64), np.asarray(a, np.int64), np.asarray(b, np.int64))
+
+
+def count_keras_model(model: keras.Model) -> dict[str, int]:
+    """MACs and params read off a built Keras model's layers (independent of the graph; a cross-check)."""
+    macs = 0
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        out_shape = tuple(layer.output.shape[1:])
+        if type(layer) is keras.layers.Conv2D:
+            kh, kw, cin, cout = layer.kernel.shape
+            macs += kh * kw * cin * cout * out_shape[0] * out_shape[1]
+        elif isinstance(layer, keras.layers.DepthwiseConv2D):
+            kh, kw, c, m = layer.kernel.shape
+            macs += kh * kw * c * m * out_shape[0] * out_shape[1]
+        elif type(layer) is keras.layers.Dense:
+            cin, cout = layer.kernel.shape
+            macs += cin * cout * int(np.prod(out_shape[:-1]) if len(out_shape) > 1 else 1)
+    return {"macs": int(macs), "params": int(model.count_params())}
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    from cafe_tf import models
+
+    flags.DEFINE_string("model", None, f"Model name, one of {models.names()}.", required=True)
+    flags.DEFINE_integer("input_size", None, "Square input side in pixels (default: the model's own).")
+    flags.DEFINE_float("width_mult", 1.0, "Width multiplier of the full network.")
+    flags.DEFINE_integer("num_classes", None, "Number of classes (default: the model's own).")
+    flags.DEFINE_string("widths", None, "A widths.json file: count that sub-network instead of the full one.")
+
+
+def report(model_name: str, input_size: int | None = None, width_mult: float = 1.0,
+           num_classes: int | None = None, widths_path: str | None = None) -> dict:
+    """MACs/params of a named model (or of the sub-network in ``widths_path``) as a JSON-able dict."""
+    from cafe_tf import models
+    from cafe_tf import space as space_lib
+
+    if model_name not in models.names():
+        raise ValueError(f"unknown model {model_name!r}; valid names: {models.names()}")
+    if input_size is not None and input_size < 8:
+        raise ValueError(f"--input_size must be >= 8, got {input_size}")
+    shape, _ = models.DEFAULT_INPUT[model_name]
+    if input_size:
+        shape = (input_size, input_size, shape[2])
+    record = None
+    if widths_path:
+        record = space_lib.read_widths(widths_path)
+        if record["model"]["name"] != model_name:
+            raise ValueError(f"--widths {widths_path!r} is for model {record['model']['name']!r}, not {model_name!r}")
+        shape = tuple(record["model"]["input_shape"])
+        width_mult = record["model"]["width_mult"]
+        num_classes = record["model"]["num_classes"]
+    model = models.build(model_name, input_shape=shape, num_classes=num_classes, width_mult=width_mult)
+    cost = CostModel(ChannelGraph.from_model(model))
+    widths = None
+    if record is not None:
+        widths = cost.widths_of(space_lib.selection_from_record(cost.graph, record))
+    macs = cost.macs(widths)
+    return {
+        "model": model_name,
+        "input_shape": list(shape),
+        "width_mult": width_mult,
+        "macs": macs,
+        "flops": 2 * macs,
+        "params": cost.params(widths),
+        "full_macs": cost.macs(),
+        "full_params": cost.params(),
+    }
+
+
+def main(argv: list[str]) -> int:
+    """Prints one JSON object with the MACs and params of a model or of a searched sub-network."""
+    from absl import flags
+
+    from cafe_tf.io import ArtifactError
+
+    del argv
+    f = flags.FLAGS
+    try:
+        out = report(f.model, f.input_size, f.width_mult, f.num_classes, f.widths)
+    except (ValueError, ArtifactError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,284 @@
+"""The width search space: per-group bins, sharing patterns and ``widths.json``.
+
+Each prunable channel group (``cafe_tf.graph``) is cut into **bins** of adjacent channels; a width
+is a number of bins ``k``. Two granularities:
+
+* ``flops_sensitive`` (default, our reading of the spec): ``f_g`` = MACs one more channel of group
+  ``g`` costs at the full net (``CostModel.marginal_macs``); bin size
+  ``b_g = clip(2**ceil(log2(max_g f_g / f_g)), 1, max_bin)``. Expensive groups move one channel at
+  a time, cheap groups in larger bins, so every bin step costs MACs within ~2x of any other.
+* ``uniform``: every group in ``num_bins`` equal bins (the AutoSlim-style grid).
+
+Which channels realise width ``k`` is the **sharing pattern**:
+
+* ``fixed``: the leftmost ``k`` bins.
+* ``locally_free`` with offset ``r`` (in bins): base bins ``0 .. k-r-1`` plus ``min(k, r)`` free
+  bins chosen inside the local zone ``k-r .. k+r-1`` clipped to ``[0, n_bins)``; ``C(2r, r)``
+  candidates per group (2 for r = 1), one at full width. ``r = 0`` is the fixed pattern.
+
+A **candidate** is, per group, the sorted bin indices it uses; :meth:`SearchSpace.channels` turns
+it into the channel selection the supernet and surgery take.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from cafe_tf import io
+from cafe_tf.flops import CostModel
+from cafe_tf.graph import ChannelGraph
+
+WIDTHS_SCHEMA = "cafe_tf.widths"
+WIDTHS_VERSION = 1
+GRANULARITIES = ("flops_sensitive", "uniform")
+SHARINGS = ("locally_free", "fixed")
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupBins:
+    """The bins of one prunable group: bin k holds channels ``bounds[k] .. bounds[k+1]-1``."""
+
+    group_id: int
+    name: str
+    size: int
+    bounds: tuple[int, ...]
+
+    @property
+    def num_bins(self) -> int:
+        return len(self.bounds) - 1
+
+    def channels(self, bins: Sequence[int]) -> np.ndarray:
+        """Sorted channel indices covered by ``bins``."""
+        return np.concatenate([np.arange(self.bounds[b], self.bounds[b + 1]) for b in sorted(bins)])
+
+
+class SearchSpace:
+    """Per-group width choices (in bins) and the free-channel candidates of each width."""
+
+    def __init__(
+        self,
+        graph: ChannelGraph,
+        granularity: str = "flops_sensitive",
+        sharing: str = "locally_free",
+        r: int = 1,
+        num_bins: int = 20,
+        max_bin: int = 32,
+        cost: CostModel | None = None,
+    ):
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity {granularity!r} is not one of {GRANULARITIES}")
+        if sharing not in SHARINGS:
+            raise ValueError(f"sharing {sharing!r} is not one of {SHARINGS}")
+        if r < 0:
+            raise ValueError(f"r (the local zone offset, in bins) must be >= 0, got {r}")
+        if num_bins < 1 or max_bin < 1:
+            raise ValueError(f"num_bins and max_bin must be >= 1, got {num_bins} and {max_bin}")
+        self.graph = graph
+        self.cost = cost or CostModel(graph)
+        self.granularity, self.sharing, self.num_uniform_bins, self.max_bin = granularity, sharing, num_bins, max_bin
+        self.r = r if sharing == "locally_free" else 0
+        prunable = graph.prunable_groups
+        if not prunable:
+            raise ValueError(f"model {graph.model.name!r} has no prunable channel group")
+        if granularity == "flops_sensitive":
+            marginal = self.cost.marginal_macs()[[g.id for g in prunable]]
+            marginal = np.maximum(marginal, 1e-9)
+            ratio = marginal.max() / marginal
+            sizes = np.clip(2 ** np.ceil(np.log2(np.maximum(ratio, 1.0))), 1, max_bin).astype(int)
+            self.groups = [
+                GroupBins(g.id, g.name, g.size, tuple(range(0, g.size, int(b))) + (g.size,))
+                for g, b in zip(prunable, sizes)
+            ]
+        else:
+            self.groups = [
+                GroupBins(g.id, g.name, g.size,
+                          tuple(int(x) for x in np.unique(np.linspace(0, g.size, min(num_bins, g.size) + 1).round())))
+                for g in prunable
+            ]
+        self.num_bins = np.array([g.num_bins for g in self.groups], dtype=np.int64)
+
+    # ----------------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """The space's settings (recorded in widths.json)."""
+        return {"granularity": self.granularity, "sharing": self.sharing, "r": self.r,
+                "num_bins": self.num_uniform_bins, "max_bin": self.max_bin,
+                "bins_per_group": self.num_bins.tolist()}
+
+    @property
+    def size_log10(self) -> float:
+        """log10 of the number of width assignments."""
+        return float(np.sum(np.log10(self.num_bins)))
+
+    def check_widths(self, widths: Sequence[int]) -> np.ndarray:
+        """Validates a width assignment (bins per prunable group); raises ValueError naming the bad value."""
+        w = np.asarray(widths, dtype=np.int64)
+        if w.shape != (len(self.groups),):
+            raise ValueError(f"a width assignment needs {len(self.groups)} entries (one per group), got shape {w.shape}")
+        bad = np.flatnonzero((w < 1) | (w > self.num_bins))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(
+                f"width {int(w[i])} of group {self.groups[i].name!r} is outside its choices 1..{int(self.num_bins[i])} bins"
+            )
+        return w
+
+    def zone(self, group: int, k: int) -> tuple[int, range]:
+        """(number of base bins, the local zone's bins) of width ``k`` in group position ``group``."""
+        n = int(self.num_bins[group])
+        base = max(0, k - self.r)
+        return base, range(base, min(k + self.r, n))
+
+    def candidates(self, group: int, k: int) -> list[tuple[int, ...]]:
+        """Every arrangement (sorted bin indices) of width ``k`` bins in group position ``group``."""
+        self.check_widths(np.where(np.arange(len(self.groups)) == group, k, 1))
+        base, zone = self.zone(group, k)
+        return [tuple(range(base)) + free for free in itertools.combinations(zone, k - base)]
+
+    def fixed(self, widths: Sequence[int]) -> list[tuple[int, ...]]:
+        """The fixed-pattern arrangement (leftmost bins) of a width assignment."""
+        return [tuple(range(int(k))) for k in self.check_widths(widths)]
+
+    def sample_widths(self, rng: np.random.Generator, n: int | None = None) -> np.ndarray:
+        """Width assignments drawn uniformly over each group's bins: shape (G,) or (n, G)."""
+        shape = (len(self.groups),) if n is None else (n, len(self.groups))
+        return rng.integers(1, self.num_bins + 1, size=shape)
+
+    def sample_arrangement(self, widths: Sequence[int], rng: np.random.Generator) -> list[tuple[int, ...]]:
+        """One arrangement per group, its free bins drawn uniformly inside each local zone."""
+        out = []
+        for i, k in enumerate(self.check_widths(widths)):
+            base, zone = self.zone(i, int(k))
+            free = np.sort(rng.choice(np.asarray(zone), size=int(k) - base, replace=False)) if k > base else ()
+            out.append(tuple(range(base)) + tuple(int(b) for b in free))
+        return out
+
+    def channels(self, arrangement: Sequence[Sequence[int]]) -> dict[int, np.ndarray]:
+        """Channel selection {group id: sorted channel indices} of an arrangement (prunable groups)."""
+        if len(arrangement) != len(self.groups):
+            raise ValueError(f"an arrangement needs {len(self.groups)} entries, got {len(arrangement)}")
+        return {g.group_id: g.channels(bins) for g, bins in zip(self.groups, arrangement)}
+
+    def channel_widths(self, widths: np.ndarray) -> np.ndarray:
+        """Group widths in channels (all groups, by id) of bin widths, leftmost bins; batched on axis 0."""
+        widths = np.asarray(widths, dtype=np.int64)
+        full = np.broadcast_to(self.cost.full_widths, widths.shape[:-1] + (len(self.graph.groups),)).copy()
+        for i, g in enumerate(self.groups):
+            full[..., g.group_id] = np.asarray(g.bounds)[widths[..., i]]
+        return full
+
+    def macs(self, widths: np.ndarray) -> int | np.ndarray:
+        """MACs of bin widths (batched on axis 0)."""
+        return self.cost.macs(self.channel_widths(widths))
+
+    def params(self, widths: np.ndarray) -> int | np.ndarray:
+        """Parameters of bin widths (batched on axis 0)."""
+        return self.cost.params(self.channel_widths(widths))
+
+    def uniform_widths(self, fraction: float) -> np.ndarray:
+        """Bin widths closest to scaling every group by ``fraction`` of its channels."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        out = []
+        for g in self.groups:
+            target = fraction * g.size
+            k = int(np.argmin(np.abs(np.asarray(g.bounds[1:]) - target))) + 1
+            out.append(k)
+        return np.asarray(out, dtype=np.int64)
+
+    def widths_of_arrangement(self, arrangement: Sequence[Sequence[int]]) -> np.ndarray:
+        """Bin widths of an arrangement."""
+        return np.asarray([len(b) for b in arrangement], dtype=np.int64)
+
+
+# -------------------------------------------------------------------------------------------------
+# widths.json
+
+
+def write_widths(
+    path: str | os.PathLike,
+    graph: ChannelGraph,
+    selection: Mapping[int, np.ndarray],
+    model_info: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Writes ``widths.json`` for a channel selection; returns the record written.
+
+    ``model_info`` holds ``name``, ``input_shape``, ``num_classes`` and ``width_mult`` so the full
+    model can be rebuilt; MACs and params are computed here, never trusted from the caller.
+    """
+    for key in ("name", "input_shape", "num_classes", "width_mult"):
+        if key not in model_info:
+            raise ValueError(f"model_info lacks {key!r}; it needs name, input_shape, num_classes, width_mult")
+    full = graph.validate_selection(dict(selection))
+    cost = CostModel(graph)
+    widths = cost.widths_of(full)
+    record = {
+        "model": {
+            "name": model_info["name"],
+            "input_shape": [int(x) for x in model_info["input_shape"]],
+            "num_classes": int(model_info["num_classes"]),
+            "width_mult": float(model_info["width_mult"]),
+        },
+        "groups": [
+            {"name": g.name, "size": g.size, "width": int(len(full[g.id])), "channels": full[g.id].tolist()}
+            for g in graph.prunable_groups
+        ],
+        "macs": cost.macs(widths),
+        "params": cost.params(widths),
+        "full_macs": cost.macs(),
+        "full_params": cost.params(),
+        **(dict(extra) if extra else {}),
+    }
+    io.write_artifact(path, WIDTHS_SCHEMA, WIDTHS_VERSION, record)
+    return {"schema": WIDTHS_SCHEMA, "schema_version": WIDTHS_VERSION, **record}
+
+
+def _validate_widths(obj: dict[str, Any]) -> None:
+    model = obj["model"]
+    if not isinstance(model, dict):
+        raise ValueError("'model' must be an object")
+    for key in ("name", "input_shape", "num_classes", "width_mult"):
+        if key not in model:
+            raise ValueError(f"'model' lacks {key!r}")
+    if not isinstance(obj["groups"], list):
+        raise ValueError("'groups' must be a list")
+    for i, g in enumerate(obj["groups"]):
+        for key in ("name", "size", "channels"):
+            if key not in g:
+                raise ValueError(f"groups[{i}] lacks {key!r}")
+        if not isinstance(g["channels"], list) or not all(isinstance(c, int) for c in g["channels"]):
+            raise ValueError(f"groups[{i}] ({g['name']!r}) channels must be a list of integers")
+
+
+def read_widths(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads and validates a ``widths.json``; raises ``io.ArtifactError`` naming the problem."""
+    return io.read_artifact(path, WIDTHS_SCHEMA, (WIDTHS_VERSION,), ("model", "groups", "macs", "params"),
+                            _validate_widths)
+
+
+def selection_from_record(graph: ChannelGraph, record: Mapping[str, Any]) -> dict[int, np.ndarray]:
+    """The channel selection of a ``widths.json`` record, checked against ``graph``'s groups."""
+    selection = {}
+    for g in record["groups"]:
+        if g["name"] not in graph.group_by_name:
+            raise ValueError(
+                f"widths.json names group {g['name']!r}, which the model does not have; "
+                f"its prunable groups: {[x.name for x in graph.prunable_groups]}"
+            )
+        group = graph.group_by_name[g["name"]]
+        if group.size != g["size"]:
+            raise ValueError(f"group {g['name']!r} has {group.size} channels in the model but {g['size']} in widths.json")
+        selection[group.id] = np.asarray(g["channels"], dtype=np.int64)
+    return graph.validate_selection(selection)
+
+
+def ceil_div(a: int, b: int) -> int:
+    """Integer ceiling of a / b."""
+    return -(-a // b) if b else math.inf
