@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -137,7 +136,12 @@ class SearchSpace:
 
     def candidates(self, group: int, k: int) -> list[tuple[int, ...]]:
         """Every arrangement (sorted bin indices) of width ``k`` bins in group position ``group``."""
-        self.check_widths(np.where(np.arange(len(self.groups)) == group, k, 1))
+        if not 0 <= group < len(self.groups):
+            raise ValueError(f"group position {group} does not exist; valid: 0..{len(self.groups) - 1}")
+        if not 1 <= k <= self.num_bins[group]:
+            raise ValueError(
+                f"width {k} of group {self.groups[group].name!r} is outside its choices 1..{int(self.num_bins[group])} bins"
+            )
         base, zone = self.zone(group, k)
         return [tuple(range(base)) + free for free in itertools.combinations(zone, k - base)]
 
@@ -277,8 +281,3 @@ def selection_from_record(graph: ChannelGraph, record: Mapping[str, Any]) -> dic
             raise ValueError(f"group {g['name']!r} has {group.size} channels in the model but {g['size']} in widths.json")
         selection[group.id] = np.asarray(g["channels"], dtype=np.int64)
     return graph.validate_selection(selection)
-
-
-def ceil_div(a: int, b: int) -> int:
-    """Integer ceiling of a / b."""
-    return -(-a // b) if b else math.inf

@@ -73,10 +73,16 @@ class Supernet(keras.Model):
             for g in self.graph.groups
         ]
 
-    def dense_selection(self, channels: Mapping[int, np.ndarray] | None) -> list[tf.Tensor]:
-        """Like :meth:`selection` but with a tensor for every group (a fixed structure for tf.function)."""
+    def trace_selection(self, channels: Mapping[int, np.ndarray] | None = None) -> list[tf.Tensor | None]:
+        """Like :meth:`selection`, but every prunable group gets a tensor (even at full width) and
+        every other group ``None``: the same structure for every width, so a ``tf.function`` taking
+        it traces once."""
         full = self.graph.validate_selection(dict(channels or {}))
-        return [tf.constant(full[g.id], tf.int32) for g in self.graph.groups]
+        return [tf.constant(full[g.id], tf.int32) if g.prunable else None for g in self.graph.groups]
+
+    def selection_signature(self) -> list[tf.TensorSpec | None]:
+        """``tf.function`` input signature matching :meth:`trace_selection`."""
+        return [tf.TensorSpec([None], tf.int32) if g.prunable else None for g in self.graph.groups]
 
     def _space_index(self, space: TensorSpace, selection: Selection, cache: dict) -> tf.Tensor | None:
         key = (space.segments, space.block, space.repeat)

@@ -1,0 +1,136 @@
+"""Search space: bins, sharing patterns, candidates and widths.json."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cafe_tf import io, models
+from cafe_tf.graph import ChannelGraph
+from cafe_tf.space import SearchSpace, read_widths, selection_from_record, write_widths
+from toy_models import coupling_zoo
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return ChannelGraph.from_model(models.build("resnet20"))
+
+
+@pytest.fixture(scope="module")
+def space(graph):
+    return SearchSpace(graph, granularity="flops_sensitive", sharing="locally_free", r=1)
+
+
+def test_flops_sensitive_bins_balance_cost(space):
+    marginal = space.cost.marginal_macs()
+    bin_cost = []
+    for g in space.groups:
+        size = g.bounds[1] - g.bounds[0]
+        assert size & (size - 1) == 0 and 1 <= size <= 32  # a power of two
+        bin_cost.append(size * marginal[g.group_id])
+    bin_cost = np.asarray(bin_cost)
+    # Every group whose bins are not clipped at 1 or 32 costs within 2x of the most expensive channel.
+    assert bin_cost.max() / bin_cost.min() <= 2.0 + 1e-9
+    assert space.size_log10 < SearchSpace(space.graph, granularity="uniform", num_bins=64).size_log10
+
+
+def test_uniform_bins(graph):
+    s = SearchSpace(graph, granularity="uniform", num_bins=4)
+    for g in s.groups:
+        sizes = np.diff(g.bounds)
+        assert g.num_bins == min(4, g.size) and sizes.max() - sizes.min() <= 1
+
+
+@pytest.mark.parametrize("r", [1, 2, 3])
+def test_candidates_count_and_zone(space, graph, r):
+    s = SearchSpace(graph, granularity="uniform", num_bins=16, r=r)
+    n = int(s.num_bins[0])
+    mid = n // 2
+    cands = s.candidates(0, mid)
+    assert len(cands) == math.comb(2 * r, r)
+    for c in cands:
+        assert len(c) == mid and list(c[: mid - r]) == list(range(mid - r))  # base bins are fixed
+        assert all(mid - r <= b < mid + r for b in c[mid - r:])  # free bins inside the zone
+    assert s.candidates(0, n) == [tuple(range(n))]  # full width: the zone is clipped to one choice
+    assert len(s.candidates(0, 1)) == min(r + 1, n)  # width 1: choose one bin among 0..r
+
+
+def test_r0_is_the_fixed_pattern(graph):
+    free0 = SearchSpace(graph, sharing="locally_free", r=0)
+    fixed = SearchSpace(graph, sharing="fixed")
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        w = free0.sample_widths(rng)
+        arr = free0.sample_arrangement(w, rng)
+        assert arr == fixed.fixed(w) == fixed.sample_arrangement(w, rng)
+        for i, k in enumerate(w):
+            assert free0.candidates(i, int(k)) == [tuple(range(int(k)))]
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_sampled_arrangements_are_candidates(space, seed):
+    rng = np.random.default_rng(seed)
+    w = space.sample_widths(rng)
+    arr = space.sample_arrangement(w, rng)
+    assert space.widths_of_arrangement(arr).tolist() == w.tolist()
+    for i, (k, bins) in enumerate(zip(w, arr)):
+        assert tuple(bins) in space.candidates(i, int(k))
+    sel = space.channels(arr)
+    space.graph.validate_selection(sel)
+
+
+def test_macs_monotone_and_batched(space):
+    rng = np.random.default_rng(3)
+    w = space.sample_widths(rng, 16)
+    assert space.macs(w).tolist() == [space.macs(x) for x in w]
+    assert space.macs(space.num_bins) == space.cost.macs()
+    assert space.macs(np.ones_like(space.num_bins)) < space.macs(space.num_bins // 2 + 1)
+
+
+def test_bad_widths_are_named(space):
+    w = space.num_bins.copy()
+    w[2] = space.num_bins[2] + 1
+    with pytest.raises(ValueError, match=rf"width {w[2]} of group '{space.groups[2].name}' is outside its choices 1..{space.num_bins[2]}"):
+        space.check_widths(w)
+    with pytest.raises(ValueError, match="needs 9 entries"):
+        space.check_widths([1, 2])
+    with pytest.raises(ValueError, match="granularity 'log' is not one of"):
+        SearchSpace(space.graph, granularity="log")
+
+
+def test_widths_json_roundtrip_and_errors(tmp_path, space, graph):
+    rng = np.random.default_rng(0)
+    sel = space.channels(space.sample_arrangement(space.sample_widths(rng), rng))
+    info = {"name": "resnet20", "input_shape": [32, 32, 3], "num_classes": 10, "width_mult": 1.0}
+    path = tmp_path / "widths.json"
+    rec = write_widths(path, graph, sel, info, {"score": 0.5})
+    back = read_widths(path)
+    assert back == json.loads(path.read_text()) and back["macs"] == rec["macs"]
+    again = selection_from_record(graph, back)
+    for gid, idx in sel.items():
+        assert again[gid].tolist() == sorted(idx.tolist())
+    assert back["macs"] == space.cost.macs(space.cost.widths_of(sel))
+
+    bad = dict(back)
+    bad["groups"] = [dict(back["groups"][0], name="nope")] + back["groups"][1:]
+    with pytest.raises(ValueError, match="names group 'nope', which the model does not have"):
+        selection_from_record(graph, bad)
+    bad["groups"] = [dict(back["groups"][0], channels=[0, 999])]
+    with pytest.raises(ValueError, match="channel index 999 .* out of range"):
+        selection_from_record(graph, bad)
+    (tmp_path / "v9.json").write_text(json.dumps(dict(back, schema_version=9)))
+    with pytest.raises(io.ArtifactError, match="schema_version 9; supported: \\[1\\]"):
+        read_widths(tmp_path / "v9.json")
+    (tmp_path / "trunc.json").write_text(path.read_text()[:50])
+    with pytest.raises(io.ArtifactError, match="trunc.json.*not valid JSON"):
+        read_widths(tmp_path / "trunc.json")
+
+
+def test_space_on_coupled_model():
+    g = ChannelGraph.from_model(coupling_zoo())
+    s = SearchSpace(g)
+    assert {x.name for x in s.groups} == {x.name for x in g.prunable_groups}
