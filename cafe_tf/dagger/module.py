@@ -1,0 +1,244 @@
+"""The Dagger module: a small network that reads a pretrained model's weights and gates its filters.
+
+What the paper states (arXiv 2010.15041): an auxiliary network takes the **pretrained weights** (not
+feature maps) and learns one importance per filter, so the decision does not depend on the input
+batch. **The architecture below is our design** (the method section was not available to us):
+
+* Every prunable channel group (``cafe_tf.graph``) has one or more *sources*: the Conv2D/Dense
+  layers producing its channels (several for a residual group) and the DepthwiseConv2D layers
+  running on them. Each source contributes one row per channel: the filter reshaped to
+  ``(C_out, k*k*C_in)`` (depthwise: ``(C, k*k)``), divided by the layer's weight standard deviation
+  (``normalize="layer_std"``, keeps the filters' relative magnitudes, which carry importance) or
+  L2-normalised row by row (``"l2_rows"``), optionally followed by one column holding the scale of
+  the BatchNormalization right after the layer (``|gamma| / sqrt(var + eps)`` over its layer mean).
+  Rows pass through ``stop_gradient``: the gate loss never reshapes the weights to move the gates.
+* Per source, a projection ``Dense(hidden)`` + ReLU (input widths differ between layers). The
+  channels of a group with several sources are coupled (one gate per channel), so the sources'
+  features of a channel are **averaged** (independent of their number and order), then a **shared
+  trunk** ``Dense(hidden) -> ReLU -> Dense(1)`` scores every channel of every group. Sharing the
+  trunk makes logits of different layers comparable, which the global ranking of the exact-target
+  step relies on; a learned per-group bias lets groups of different cost shrink at different rates.
+* The trunk's last kernel starts at zero and the group biases at ``init_logit`` (> 0), so training
+  starts from the full network (all hard gates open) and the scores grow from the task gradient.
+
+:class:`FreeGates` is the ablation: one free logit per channel, no reading of the weights.
+
+Gates: ``g = sigmoid(logit / T)``; ``hard`` mode (default) forwards ``1[g > 0.5]`` with a
+straight-through gradient, so the FLOPs seen in training are the FLOPs deployed; ``soft`` mode
+forwards ``g`` itself (anneal ``T`` towards 0 to harden it).
+
+Example::
+
+    graph = ChannelGraph.from_model(pretrained)
+    dagger = DaggerModule(graph, hidden=32)
+    logits = dagger.logits()                       # one (size,) tensor per prunable group
+    masks, widths = gate_masks(graph, dagger.group_ids, gates_from_logits(logits))
+    out = Supernet(pretrained, graph)(images, masks=masks, training=True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cafe_tf.graph import ChannelGraph
+
+NORMALIZATIONS = ("layer_std", "l2_rows")
+GATE_MODES = ("hard", "soft")
+
+
+class _Source:
+    """One layer whose per-channel weights describe a group's channels."""
+
+    def __init__(self, graph: ChannelGraph, name: str, use_bn: bool):
+        node = graph.node_by_name[name]
+        self.name, self.kind, self.layer = name, node.kind, node.layer
+        self.bn = _following_bn(graph, name) if use_bn else None
+        kernel_shape = tuple(self.layer.kernel.shape)
+        if self.kind == "conv":
+            self.width = int(np.prod(kernel_shape[:3]))
+        elif self.kind == "dense":
+            self.width = int(kernel_shape[0])
+        else:  # depthwise: (kh, kw, C, 1)
+            self.width = int(kernel_shape[0] * kernel_shape[1])
+        self.width += int(self.bn is not None)
+
+    def rows(self, normalize: str) -> tf.Tensor:
+        """(channels, width) float32 feature rows, normalised, without gradient."""
+        k = tf.cast(tf.convert_to_tensor(self.layer.kernel), tf.float32)
+        if self.kind == "conv":
+            rows = tf.reshape(tf.transpose(k, [3, 0, 1, 2]), [tf.shape(k)[3], -1])
+        elif self.kind == "dense":
+            rows = tf.transpose(k)
+        else:
+            rows = tf.reshape(tf.transpose(k[..., 0], [2, 0, 1]), [tf.shape(k)[2], -1])
+        if normalize == "layer_std":
+            rows = rows / (tf.math.reduce_std(rows) + 1e-8)
+        else:
+            rows = tf.math.l2_normalize(rows, axis=1)
+        if self.bn is not None:
+            bn = self.bn
+            gamma = tf.abs(tf.cast(tf.convert_to_tensor(bn.gamma), tf.float32)) if bn.scale else 1.0
+            scale = gamma / tf.sqrt(tf.cast(tf.convert_to_tensor(bn.moving_variance), tf.float32) + bn.epsilon)
+            scale = scale * tf.ones([tf.shape(rows)[0]])
+            scale = scale / (tf.reduce_mean(scale) + 1e-8)
+            rows = tf.concat([rows, scale[:, None]], axis=1)
+        return tf.stop_gradient(rows)
+
+
+def _following_bn(graph: ChannelGraph, name: str) -> keras.layers.BatchNormalization | None:
+    """The BatchNormalization that reads ``name``'s output directly, if any."""
+    for node in graph.nodes:
+        if node.kind == "bn" and node.inputs == (name,):
+            return node.layer
+    return None
+
+
+def _group_sources(graph: ChannelGraph) -> dict[int, list[str]]:
+    """{prunable group id: names of its conv/dense producers and depthwise layers}, graph order."""
+    out: dict[int, list[str]] = {g.id: [] for g in graph.prunable_groups}
+    for node in graph.nodes:
+        if node.kind in ("conv", "dense", "depthwise"):
+            gid = node.out_space.segments[0][0]
+            if gid in out:
+                out[gid].append(node.name)
+    return out
+
+
+class GateModule(keras.layers.Layer):
+    """Base of the gate generators: one logit per channel of every prunable group."""
+
+    def __init__(self, graph: ChannelGraph, **kwargs):
+        super().__init__(**kwargs)
+        if not graph.prunable_groups:
+            reasons = sorted({f"{g.name}: {g.reason}" for g in graph.groups})
+            raise ValueError(
+                f"model {graph.model.name!r} has no prunable channel group, nothing to gate "
+                f"(groups and why they are fixed: {reasons})"
+            )
+        self.graph = graph
+        self.group_ids = [g.id for g in graph.prunable_groups]
+        self.group_sizes = [g.size for g in graph.prunable_groups]
+
+    def logits(self) -> list[tf.Tensor]:
+        """One float32 logit vector (size of the group) per prunable group, in ``group_ids`` order."""
+        raise NotImplementedError
+
+    def call(self, inputs=None):  # keras wants a call; the gates do not depend on any input
+        return self.logits()
+
+
+class DaggerModule(GateModule):
+    """Per-filter gate logits computed from the pretrained weights (see the module docstring)."""
+
+    def __init__(self, graph: ChannelGraph, hidden: int = 32, normalize: str = "layer_std", use_bn: bool = True,
+                 init_logit: float = 3.0, seed: int = 0, **kwargs):
+        super().__init__(graph, name=kwargs.pop("name", "dagger"), **kwargs)
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize={normalize!r} is not one of {NORMALIZATIONS}")
+        if hidden < 1:
+            raise ValueError(f"hidden (width of the Dagger MLP) must be >= 1, got {hidden}")
+        self.hidden, self.normalize, self.init_logit = int(hidden), normalize, float(init_logit)
+        sources = _group_sources(graph)
+        self._sources = {gid: [_Source(graph, n, use_bn) for n in sources[gid]] for gid in self.group_ids}
+        empty = [graph.groups[gid].name for gid, s in self._sources.items() if not s]
+        if empty:
+            raise ValueError(f"prunable groups {empty} have no conv/dense/depthwise layer to read weights from")
+        init = lambda i: keras.initializers.GlorotUniform(seed=seed + i)  # noqa: E731
+        names = [s.name for ss in self._sources.values() for s in ss]
+        widths = {s.name: s.width for ss in self._sources.values() for s in ss}
+        self._projection_index = {name: i for i, name in enumerate(names)}
+        self.projections = []  # a list, so variables are tracked in graph order
+        for i, name in enumerate(names):
+            dense = keras.layers.Dense(self.hidden, activation="relu", kernel_initializer=init(i),
+                                       name=f"proj_{name}")
+            dense.build((None, widths[name]))
+            self.projections.append(dense)
+        self.trunk = keras.layers.Dense(self.hidden, activation="relu", kernel_initializer=init(len(names)),
+                                        name="trunk")
+        self.trunk.build((None, self.hidden))
+        self.head = keras.layers.Dense(1, kernel_initializer="zeros", use_bias=False, name="head")
+        self.head.build((None, self.hidden))
+        self.group_bias = self.add_weight(name="group_bias", shape=(len(self.group_ids),),
+                                          initializer=keras.initializers.Constant(self.init_logit))
+        self.built = True
+
+    def source_names(self, group_id: int) -> list[str]:
+        """Layers whose weights feed the gates of ``group_id``."""
+        return [s.name for s in self._sources[group_id]]
+
+    def logits(self) -> list[tf.Tensor]:
+        feats, sizes = [], []
+        for gid in self.group_ids:
+            per_source = [self.projections[self._projection_index[s.name]](s.rows(self.normalize)) for s in self._sources[gid]]
+            feats.append(per_source[0] if len(per_source) == 1 else tf.add_n(per_source) / len(per_source))
+            sizes.append(self.graph.groups[gid].size)
+        # One trunk pass over every channel of every group (one matmul instead of one per group).
+        scores = self.head(self.trunk(tf.concat(feats, axis=0)))[:, 0]
+        bias = tf.repeat(tf.convert_to_tensor(self.group_bias), sizes)
+        return list(tf.split(scores + bias, sizes))
+
+
+class FreeGates(GateModule):
+    """Ablation: one free trainable logit per channel (no reading of the weights)."""
+
+    def __init__(self, graph: ChannelGraph, init_logit: float = 3.0, **kwargs):
+        super().__init__(graph, name=kwargs.pop("name", "free_gates"), **kwargs)
+        self.init_logit = float(init_logit)
+        self.free_logits = [
+            self.add_weight(name=f"logits_{graph.groups[gid].name}", shape=(size,),
+                            initializer=keras.initializers.Constant(self.init_logit))
+            for gid, size in zip(self.group_ids, self.group_sizes)
+        ]
+        self.built = True
+
+    def logits(self) -> list[tf.Tensor]:
+        return [tf.convert_to_tensor(v) for v in self.free_logits]
+
+
+def build_gate_module(graph: ChannelGraph, kind: str = "dagger", **kwargs) -> GateModule:
+    """``DaggerModule`` (kind="dagger") or the ``FreeGates`` ablation (kind="free")."""
+    if kind == "dagger":
+        return DaggerModule(graph, **kwargs)
+    if kind == "free":
+        return FreeGates(graph, init_logit=kwargs.get("init_logit", 3.0))
+    raise ValueError(f"gate module kind {kind!r} is not one of ('dagger', 'free')")
+
+
+def gates_from_logits(logits: Sequence[tf.Tensor], mode: str = "hard", temperature: float | tf.Tensor = 1.0
+                      ) -> list[tf.Tensor]:
+    """Gate values per group: hard 0/1 with a straight-through gradient, or soft ``sigmoid(logit/T)``."""
+    if mode not in GATE_MODES:
+        raise ValueError(f"gate mode {mode!r} is not one of {GATE_MODES}")
+    out = []
+    for logit in logits:
+        p = tf.sigmoid(logit / temperature)
+        if mode == "hard":
+            # Threshold on the logit, not on p: p rounds to exactly 0.5 in float32 only at logit 0.
+            p = p + tf.stop_gradient(tf.cast(logit > 0, p.dtype) - p)
+        out.append(p)
+    return out
+
+
+def gate_masks(graph: ChannelGraph, group_ids: Sequence[int], gates: Sequence[tf.Tensor]
+               ) -> tuple[list[tf.Tensor | None], tf.Tensor]:
+    """(Supernet masks over all groups, float widths (G,)): width = sum of a group's gates.
+
+    Groups without gates keep their full size, so ``CostModel.macs_tf(widths)`` counts them as the
+    constant cost of the unprunable layers.
+    """
+    masks: list[tf.Tensor | None] = [None] * len(graph.groups)
+    widths = [tf.constant(float(g.size)) for g in graph.groups]
+    for gid, g in zip(group_ids, gates):
+        masks[gid] = g
+        widths[gid] = tf.reduce_sum(g)
+    return masks, tf.stack(widths)
+
+
+def hard_selection(graph: ChannelGraph, group_ids: Sequence[int], logits: Sequence[np.ndarray]
+                   ) -> dict[int, np.ndarray]:
+    """Channels whose gate is open (logit > 0), per group; a group may come out empty."""
+    return {gid: np.flatnonzero(np.asarray(l) > 0) for gid, l in zip(group_ids, logits)}

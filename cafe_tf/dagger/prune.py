@@ -1,0 +1,354 @@
+"""From per-filter scores to an exact-MACs channel selection, and physical pruning.
+
+One routine, :func:`exact_target`, serves every method, so Dagger and its baselines prune on the
+same code path and land on the same budget:
+
+* ``dagger`` / ``free``: score = the gate logit; the starting mask is the open gates (logit > 0).
+* ``l1``: score = ``log(l1_c / mean_c l1)``, the filter's L1 norm summed over the group's
+  producing layers, relative to its group's mean (raw L1 norms grow with fan-in, so they are not
+  comparable across layers); the starting mask keeps everything.
+* ``uniform``: every group shrinks by the same fraction; within a group the filters go by L1 norm.
+  Realised as the score ``-(rank within group + 1) / group size``, starting from everything.
+
+The exact-target step (our design, faithful to the spec): start from the mask, keep the best
+``min_channels`` of every group (a floor, so no group is cut through), then
+
+1. *remove*: while the exact MACs (``CostModel.macs``) exceed the target, drop the globally
+   lowest-scored filter still kept; if that would overshoot below the tolerance band (an expensive
+   filter, e.g. of a residual group, in a small model), skip it and drop the next-lowest-scored
+   ones that do not (first fit), falling back to plain rank order if that cannot reach the target;
+2. *fill*: walk the dropped filters from the highest score down and add back every one that still
+   fits under the target (a filter of an expensive group may not fit where a cheaper one does);
+3. *repair* (only while still below the band, which happens on small models with few, expensive
+   channels): drop the lowest-scored kept filter of one group and refill, taking the trade that
+   lands closest under the target, until inside the band or no trade helps;
+4. if the starting mask still ends outside the band, start over from the full network (pure
+   global ranking).
+
+The result has ``macs <= target`` and, unless the granularity makes it impossible, ``macs >=
+(1 - tolerance) * target``; otherwise a ``ValueError`` names what was reached.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from cafe_tf import io, surgery
+from cafe_tf.flops import CostModel
+from cafe_tf.graph import ChannelGraph
+
+METHODS = ("dagger", "free", "l1", "uniform")
+
+
+def check_target_ratio(ratio: float) -> float:
+    """Validates a target MACs ratio (fraction of the full model's MACs, in (0, 1])."""
+    try:
+        value = float(ratio)
+    except (TypeError, ValueError):
+        raise ValueError(f"target_macs_ratio must be a number in (0, 1], got {ratio!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"target_macs_ratio must be in (0, 1] (a fraction of the full model's MACs), got {ratio!r}")
+    return value
+
+
+def filter_l1_norms(graph: ChannelGraph) -> dict[int, np.ndarray]:
+    """{prunable group id: per-channel L1 norm summed over the group's conv/dense producers}."""
+    out = {}
+    for g in graph.prunable_groups:
+        total = np.zeros(g.size)
+        for name in g.producers:
+            node = graph.node_by_name[name]
+            if node.kind not in ("conv", "dense"):
+                continue
+            k = np.abs(np.asarray(node.layer.kernel, dtype=np.float64))
+            total += k.reshape(-1, k.shape[-1]).sum(axis=0)
+        out[g.id] = total
+    return out
+
+
+def l1_scores(graph: ChannelGraph) -> dict[int, np.ndarray]:
+    """L1-norm baseline scores: log of each filter's L1 norm over its group's mean (comparable across groups)."""
+    return {gid: np.log((l1 + 1e-12) / (l1.mean() + 1e-12)) for gid, l1 in filter_l1_norms(graph).items()}
+
+
+def uniform_scores(graph: ChannelGraph) -> dict[int, np.ndarray]:
+    """Uniform-width baseline scores: ``-(rank + 1) / size``, ranks by L1 norm within the group."""
+    out = {}
+    for gid, l1 in filter_l1_norms(graph).items():
+        order = np.lexsort((np.arange(l1.size), -l1))  # strongest first, ties by index
+        rank = np.empty(l1.size)
+        rank[order] = np.arange(l1.size)
+        out[gid] = -(rank + 1.0) / l1.size
+    return out
+
+
+def exact_target(
+    cost: CostModel,
+    scores: Mapping[int, np.ndarray],
+    target_macs: float,
+    initial: Mapping[int, np.ndarray] | None = None,
+    min_channels: int = 1,
+    tolerance: float = 0.01,
+    strict: bool = True,
+) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
+    """Channel selection {group id: sorted indices} with exact MACs in ``[(1 - tol) target, target]``.
+
+    ``scores``: per-channel scores of each prunable group to rank by (higher = more important);
+    ``initial``: boolean starting masks (default: ``score > 0``). Returns (selection, info).
+
+    Raises:
+      ValueError: bad arguments, a target below the smallest reachable network, or (``strict``) a
+        result outside the tolerance band.
+    """
+    graph = cost.graph
+    if min_channels < 1:
+        raise ValueError(f"min_channels (the per-group floor) must be >= 1, got {min_channels}")
+    if not 0 < tolerance < 1:
+        raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
+    gids = list(scores)
+    if not gids:
+        raise ValueError(f"model {graph.model.name!r} has no prunable channel group to prune "
+                         f"(groups and why they are fixed: {[f'{g.name}: {g.reason}' for g in graph.groups]})")
+    for gid in gids:
+        g = graph.group(gid)
+        if not g.prunable:
+            raise ValueError(f"group {g.name!r} cannot be pruned ({g.reason}); give scores for prunable groups only")
+        if np.shape(scores[gid]) != (g.size,):
+            raise ValueError(f"scores of group {g.name!r} have shape {np.shape(scores[gid])}; expected ({g.size},)")
+    group_of = np.concatenate([np.full(graph.groups[gid].size, gid) for gid in gids])
+    channel = np.concatenate([np.arange(graph.groups[gid].size) for gid in gids])
+    score = np.concatenate([np.asarray(scores[gid], np.float64) for gid in gids])
+    if not np.all(np.isfinite(score)):
+        raise ValueError("scores contain NaN or infinite values")
+    if initial is None:
+        keep = score > 0
+    else:
+        keep = np.concatenate([np.asarray(initial[gid], bool) for gid in gids])
+    protected = np.zeros_like(keep)
+    start = 0
+    for gid in gids:
+        size = graph.groups[gid].size
+        s = score[start:start + size]
+        best = np.lexsort((np.arange(size), -s))[: min(min_channels, size)]
+        protected[start + best] = True
+        start += size
+    keep |= protected
+
+    def widths_of(mask: np.ndarray) -> np.ndarray:
+        w = cost.full_widths.copy()
+        w[gids] = 0
+        np.add.at(w, group_of[mask], 1)
+        return w
+
+    full_macs = cost.macs()
+    floor_macs = cost.macs(widths_of(protected))
+    if target_macs < floor_macs:
+        raise ValueError(
+            f"target of {target_macs:.0f} MACs ({target_macs / full_macs:.4f} of the full model) is below "
+            f"{floor_macs} MACs ({floor_macs / full_macs:.4f}), the smallest network that keeps "
+            f"min_channels={min_channels} per group; raise the target or lower min_channels"
+        )
+    w = widths_of(keep)
+    initial_macs = macs = cost.macs(w)
+    removed = added = 0
+    prunable_idx = np.asarray(gids)
+    eye = np.eye(cost.num_groups, dtype=np.int64)[prunable_idx]
+    big = np.iinfo(np.int64).max // 4
+
+    def step_costs(widths: np.ndarray, sign: int) -> np.ndarray:
+        """MACs change of adding (+1) or the saving of removing (-1) one channel of each group."""
+        out = np.full(cost.num_groups, big)
+        out[prunable_idx] = sign * (cost.macs(widths[None, :] + sign * eye) - cost.macs(widths))
+        return out
+
+    lower = (1 - tolerance) * target_macs
+    start_keep = keep.copy()
+    if macs > target_macs:  # remove the globally lowest-scored filters; the whole order evaluated in one batch
+        cand = np.flatnonzero(keep & ~protected)
+        cand = cand[np.lexsort((-channel[cand], score[cand]))]
+        onehot = np.zeros((cand.size, cost.num_groups), np.int64)
+        onehot[np.arange(cand.size), group_of[cand]] = 1
+        trajectory = w[None, :] - np.cumsum(onehot, axis=0)
+        trajectory_macs = cost.macs(trajectory)
+        k = int(np.argmax(trajectory_macs <= target_macs))  # exists: floor_macs <= target
+        plain_keep = keep.copy()
+        plain_keep[cand[: k + 1]] = False
+        plain_w = trajectory[k].copy()
+        if trajectory_macs[k] < lower:
+            # The crossing filter is expensive and overshoots the band: skip such filters and keep
+            # removing the next-lowest-scored ones that do not undershoot it (first fit).
+            keep[cand[:k]] = False
+            if k:
+                w = trajectory[k - 1].copy()
+            macs = cost.macs(w)
+            saving = step_costs(w, -1)
+            for c in cand[k:]:
+                g = group_of[c]
+                if macs - saving[g] >= lower:
+                    keep[c] = False
+                    w[g] -= 1
+                    macs = cost.macs(w)
+                    saving = step_costs(w, -1)
+                    if macs <= target_macs:
+                        break
+            if macs > target_macs:  # no first-fit solution: fall back to the plain rank order
+                keep, w = plain_keep, plain_w
+        else:
+            keep, w = plain_keep, plain_w
+        macs = cost.macs(w)
+        removed = int((start_keep & ~keep).sum())
+    # Fill: add back dropped filters, best first, wherever they still fit.
+    def fill(keep: np.ndarray, w: np.ndarray, macs: int, banned: int = -1) -> tuple[np.ndarray, np.ndarray, int, int]:
+        keep, w, n = keep.copy(), w.copy(), 0
+        cand = np.flatnonzero(~keep)
+        cand = cand[np.lexsort((channel[cand], -score[cand]))]
+        delta = step_costs(w, +1)
+        for c in cand:
+            slack = target_macs - macs
+            if slack < delta[prunable_idx].min():
+                break
+            g = group_of[c]
+            if delta[g] <= slack and c != banned:
+                keep[c] = True
+                w[g] += 1
+                macs += int(delta[g])
+                n += 1
+                delta = step_costs(w, +1)
+        return keep, w, macs, n
+
+    keep, w, macs, added = fill(keep, w, macs)
+    # Repair (coarse models only): while below the band, drop the lowest-scored kept filter of some
+    # group and refill with others, taking the trade that gets closest to the target.
+    swaps = 0
+    while macs < lower and swaps < 10 * len(gids):
+        best = None
+        for gid in gids:
+            members = np.flatnonzero(keep & ~protected & (group_of == gid))
+            if not members.size:
+                continue
+            c = members[np.lexsort((-channel[members], score[members]))[0]]
+            trial_keep, trial_w = keep.copy(), w.copy()
+            trial_keep[c] = False
+            trial_w[gid] -= 1
+            trial = fill(trial_keep, trial_w, cost.macs(trial_w), banned=c)
+            if trial[2] > macs and (best is None or trial[2] > best[2]):
+                best = trial
+        if best is None:
+            break
+        keep, w, macs, n = best
+        added += n
+        swaps += 1
+    macs = cost.macs(w)  # recount exactly, never trust the running sum
+    selection = {gid: np.sort(channel[keep & (group_of == gid)]) for gid in gids}
+    info = {
+        "target_macs": float(target_macs),
+        "achieved_macs": int(macs),
+        "full_macs": int(full_macs),
+        "achieved_ratio": macs / full_macs,
+        "target_ratio": target_macs / full_macs,
+        "relative_error": (macs - target_macs) / target_macs,
+        "initial_macs": int(initial_macs),
+        "removed_by_greedy": int(removed),
+        "added_by_greedy": int(added),
+        "repair_swaps": int(swaps),
+        "restarted_from_full": False,
+        "min_channels": int(min_channels),
+        "params": int(cost.params(w)),
+    }
+    in_band = (1 - tolerance) * target_macs <= macs <= target_macs
+    if not in_band and not np.all(start_keep):
+        # The starting mask led to a corner the greedy steps cannot leave: rank from the full network.
+        everything = {gid: np.ones(graph.groups[gid].size, bool) for gid in gids}
+        retry = exact_target(cost, scores, target_macs, everything, min_channels, tolerance, strict=False)
+        if (1 - tolerance) * target_macs <= retry[1]["achieved_macs"] <= target_macs:
+            retry[1].update(initial_macs=int(initial_macs), restarted_from_full=True)
+            return retry
+    if strict and not in_band:
+        raise ValueError(
+            f"could not reach the target within {tolerance:.1%}: {macs} MACs for a target of {target_macs:.0f} "
+            f"({info['relative_error']:+.2%}); the model's channel groups are too coarse for this target"
+        )
+    return selection, info
+
+
+def method_scores(method: str, graph: ChannelGraph, logits: Mapping[int, np.ndarray] | None = None
+                  ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray] | None]:
+    """(scores, initial masks) of a pruning method; ``logits`` ({group id: gate logits}) for dagger/free."""
+    if method in ("dagger", "free"):
+        if logits is None:
+            raise ValueError(f"method {method!r} needs the trained gate logits; none were given")
+        return {gid: np.asarray(v, np.float64) for gid, v in logits.items()}, None
+    if method == "l1":
+        scores = l1_scores(graph)
+    elif method == "uniform":
+        scores = uniform_scores(graph)
+    else:
+        raise ValueError(f"pruning method {method!r} is not one of {METHODS}")
+    return scores, {gid: np.ones(s.size, bool) for gid, s in scores.items()}
+
+
+def select_channels(method: str, cost: CostModel, target_macs_ratio: float,
+                    logits: Mapping[int, np.ndarray] | None = None, min_channels: int = 1,
+                    tolerance: float = 0.01) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
+    """The exact-target selection of ``method`` at ``target_macs_ratio`` of the full model's MACs."""
+    ratio = check_target_ratio(target_macs_ratio)
+    scores, initial = method_scores(method, cost.graph, logits)
+    selection, info = exact_target(cost, scores, ratio * cost.macs(), initial, min_channels, tolerance)
+    info["method"] = method
+    return selection, info
+
+
+def selection_masks(graph: ChannelGraph, selection: Mapping[int, np.ndarray]) -> list[np.ndarray | None]:
+    """0/1 float masks over all groups (None where every channel stays) of a channel selection."""
+    full = graph.validate_selection(dict(selection))
+    masks: list[np.ndarray | None] = [None] * len(graph.groups)
+    for g in graph.groups:
+        if len(full[g.id]) != g.size:
+            m = np.zeros(g.size, np.float32)
+            m[full[g.id]] = 1.0
+            masks[g.id] = m
+    return masks
+
+
+def prune_model(model: keras.Model, selection: Mapping[int, np.ndarray], graph: ChannelGraph | None = None
+                ) -> keras.Model:
+    """The physically pruned plain model (``surgery.extract``: filters, input slices, BN statistics)."""
+    return surgery.extract(model, selection, graph=graph)
+
+
+def save_model(model: keras.Model, path: str | os.PathLike) -> None:
+    """Saves a Keras model atomically (a killed job never leaves half a ``.keras`` file)."""
+    with io.atomic_path(path) as tmp:
+        model.save(tmp)
+
+
+def load_model(path: str | os.PathLike) -> keras.Model:
+    """Loads a ``.keras`` model, with an error naming the file if it is missing or unreadable."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"model file {path!r} does not exist; give a Keras 3 .keras file")
+    if not path.endswith(".keras"):
+        raise ValueError(f"model file {path!r} is not a .keras file; save the model with model.save('name.keras')")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as e:  # keras raises many types for a bad archive
+        raise ValueError(f"could not load the Keras model {path!r}: {type(e).__name__}: {e}") from None
+
+
+def kept_ratios(graph: ChannelGraph, selection: Mapping[int, np.ndarray]) -> list[dict[str, Any]]:
+    """Per prunable group: name, layers producing it, size, kept channels and kept ratio."""
+    return [
+        {"group": g.name, "layers": list(g.producers), "size": g.size, "kept": int(len(selection.get(g.id, range(g.size)))),
+         "ratio": len(selection.get(g.id, range(g.size))) / g.size}
+        for g in graph.prunable_groups
+    ]
+
+
+def logits_by_group(group_ids: Sequence[int], logits: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
+    """{group id: numpy logits} from the module's ordered list."""
+    return {gid: np.asarray(l, np.float64) for gid, l in zip(group_ids, logits)}

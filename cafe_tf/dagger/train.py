@@ -1,0 +1,289 @@
+"""Gate training: task loss + FLOPs-aware regulariser, Dagger module and main network together.
+
+The loop (one ``tf.function`` step, read top to bottom in :meth:`GateTrainer.train`):
+
+1. the gate module turns the main network's current weights into one logit per filter;
+2. gates (hard straight-through by default) multiply every group's channels after BN, before the
+   activation (``Supernet`` mask mode), so the forward pass is the pruned network;
+3. loss = cross-entropy + ``lambda * R(F(g) / F_target)`` (``regularizer.py``);
+4. Adam updates the gate module; the main network trains jointly with SGD at a small learning rate
+   (``main="joint"``, default; BN in training mode) or stays frozen (``main="frozen"``; BN in
+   inference mode, no statistics updated).
+
+Checkpoints (``tf.train.CheckpointManager``: main network, gate module, both optimizers, step) go
+to ``<workdir>/ckpt`` every ``checkpoint_every`` steps and at the end; a new trainer on the same
+workdir resumes from the latest one. The input pipeline restarts on resume (it is not
+checkpointed): with shuffled data this only changes which batches the remaining steps see.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from cafe_tf import io
+from cafe_tf.flops import CostModel
+from cafe_tf.graph import ChannelGraph
+from cafe_tf.slim import Supernet
+from cafe_tf.dagger.module import GATE_MODES, GateModule, gate_masks, gates_from_logits
+from cafe_tf.dagger.regularizer import FlopsRegularizer
+
+GATES_SCHEMA = "cafe_tf.dagger_gates"
+GATES_VERSION = 1
+MAIN_MODES = ("joint", "frozen")
+
+
+def _scalar_summary(name: str, value: float) -> None:
+    """A TensorBoard scalar without importing tensorboard (not a dependency; ``tf.summary.scalar`` needs it)."""
+    from tensorflow.core.framework import summary_pb2
+
+    metadata = summary_pb2.SummaryMetadata()
+    metadata.plugin_data.plugin_name = "scalars"
+    tf.summary.write(name, tf.constant(value, tf.float32), metadata=metadata)
+
+
+def outputs_probabilities(graph: ChannelGraph) -> bool:
+    """True if the model ends in a softmax (probabilities), False if it outputs logits."""
+    name = graph.model.outputs[0]._keras_history.operation.name
+    node = graph.node_by_name[name]
+    act = getattr(node.layer, "activation", None)
+    return node.kind == "softmax" or getattr(act, "__name__", "") == "softmax"
+
+
+def temperature_at(step: int, total: int, start: float, end: float) -> float:
+    """Geometric annealing from ``start`` to ``end`` over ``total`` steps."""
+    if total <= 1:
+        return end
+    frac = min(max(step / (total - 1), 0.0), 1.0)
+    return float(start * (end / start) ** frac)
+
+
+class GateTrainer:
+    """Trains a gate module (and, jointly, the main network) toward a MACs target."""
+
+    def __init__(
+        self,
+        model: keras.Model,
+        module: GateModule,
+        regularizer: FlopsRegularizer,
+        workdir: str,
+        total_steps: int,
+        gate_mode: str = "hard",
+        temperature: tuple[float, float] = (1.0, 1.0),
+        gate_lr: float = 1e-3,
+        main: str = "joint",
+        main_lr: float = 1e-3,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        checkpoint_every: int = 200,
+        max_to_keep: int = 2,
+    ):
+        if gate_mode not in GATE_MODES:
+            raise ValueError(f"gate_mode {gate_mode!r} is not one of {GATE_MODES}")
+        if main not in MAIN_MODES:
+            raise ValueError(f"main {main!r} is not one of {MAIN_MODES} (joint: SGD on the main network; frozen)")
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        if min(temperature) <= 0:
+            raise ValueError(f"temperatures must be > 0, got {temperature}")
+        self.model, self.module, self.regularizer = model, module, regularizer
+        self.graph: ChannelGraph = module.graph
+        self.supernet = Supernet(model, self.graph)
+        self.workdir, self.total_steps = workdir, int(total_steps)
+        self.gate_mode, self.temperature, self.main = gate_mode, tuple(map(float, temperature)), main
+        self.checkpoint_every = int(checkpoint_every)
+        self.probabilities = outputs_probabilities(self.graph)
+        self.gate_opt = keras.optimizers.Adam(gate_lr)
+        self.gate_opt.build(module.trainable_variables)
+        self.main_vars = list(model.trainable_variables) if main == "joint" else []
+        self.main_opt = keras.optimizers.SGD(main_lr, momentum=momentum, weight_decay=weight_decay or None)
+        if self.main_vars:
+            self.main_opt.build(self.main_vars)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.ckpt = tf.train.Checkpoint(model=model, module=module, gate_opt=self.gate_opt, main_opt=self.main_opt,
+                                        step=self.step)
+        self.manager = tf.train.CheckpointManager(self.ckpt, os.path.join(workdir, "ckpt"), max_to_keep=max_to_keep)
+        self._step_fn = tf.function(self._train_step)
+
+    # ----------------------------------------------------------------------------------------
+    def restore(self) -> int:
+        """Restores the latest checkpoint in the workdir, if any; returns the step reached."""
+        if self.manager.latest_checkpoint:
+            self.ckpt.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            logging.info("gate training: resumed from %s at step %d", self.manager.latest_checkpoint,
+                         int(self.step))
+        return int(self.step)
+
+    def task_loss(self, outputs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        """Mean sparse cross-entropy (the model's outputs are logits or softmax probabilities)."""
+        return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+            labels, tf.cast(outputs, tf.float32), from_logits=not self.probabilities))
+
+    def _train_step(self, images, labels, temperature):
+        gate_vars = self.module.trainable_variables
+        with tf.GradientTape() as tape:
+            gates = gates_from_logits(self.module.logits(), self.gate_mode, temperature)
+            masks, widths = gate_masks(self.graph, self.module.group_ids, gates)
+            outputs = self.supernet(images, masks=masks, training=self.main == "joint")
+            task = self.task_loss(outputs, labels)
+            reg, macs = self.regularizer(widths)
+            loss = task + reg
+        grads = tape.gradient(loss, list(gate_vars) + self.main_vars)
+        self.gate_opt.apply_gradients(zip(grads[: len(gate_vars)], gate_vars))
+        if self.main_vars:
+            self.main_opt.apply_gradients(zip(grads[len(gate_vars):], self.main_vars))
+        correct = tf.equal(tf.argmax(outputs, -1, output_type=tf.int32), tf.cast(tf.reshape(labels, [-1]), tf.int32))
+        open_gates = tf.add_n([tf.reduce_sum(tf.cast(g > 0.5, tf.float32)) for g in gates])
+        return {"loss": loss, "task": task, "reg": reg, "macs": macs,
+                "accuracy": tf.reduce_mean(tf.cast(correct, tf.float32)), "open_gates": open_gates}
+
+    # ----------------------------------------------------------------------------------------
+    def train(self, batches: Iterable, log_every: int = 50,
+              on_log: Callable[[dict[str, float]], None] | None = None, progress: bool = True) -> list[dict]:
+        """Runs the remaining steps (resuming if a checkpoint exists); returns the logged history.
+
+        ``batches``: an iterable of ``(images, labels)`` that yields at least the remaining steps
+        (a repeated ``tf.data.Dataset``).
+        """
+        start = self.restore()
+        history = self._load_history()
+        if start >= self.total_steps:
+            return history
+        bar = keras.utils.Progbar(self.total_steps, stateful_metrics=["macs_ratio", "open"]) if progress else None
+        writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tb"))
+        full_macs = float(self.regularizer.cost.macs())
+        sums: dict[str, float] = {}
+        count, t0, step = 0, time.time(), start
+        iterator = iter(batches)
+        for step in range(start, self.total_steps):
+            try:
+                images, labels = next(iterator)
+            except StopIteration:
+                raise ValueError(
+                    f"the input pipeline ran out after {step - start} batches; gate training needs "
+                    f"{self.total_steps - start} more (repeat the dataset)"
+                ) from None
+            t = temperature_at(step, self.total_steps, *self.temperature)
+            out = self._step_fn(images, labels, tf.constant(t, tf.float32))
+            self.step.assign_add(1)
+            values = {k: float(v) for k, v in out.items()}
+            if not math.isfinite(values["loss"]):
+                raise FloatingPointError(f"gate training diverged at step {step}: loss {values['loss']}")
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            if bar is not None:
+                bar.update(step + 1, [("loss", values["loss"]), ("acc", values["accuracy"]),
+                                      ("macs_ratio", values["macs"] / full_macs), ("open", values["open_gates"])])
+            last = step + 1 == self.total_steps
+            if (step + 1) % log_every == 0 or last:
+                record = {k: v / count for k, v in sums.items()}
+                record.update(step=step + 1, temperature=t, macs_ratio=values["macs"] / full_macs,
+                              macs=values["macs"], open_gates=values["open_gates"],
+                              seconds=time.time() - t0)
+                history.append(record)
+                with writer.as_default(step=step + 1):
+                    for k, v in record.items():
+                        _scalar_summary(f"gates/{k}", v)
+                logging.info("gate training step %d/%d: loss %.4f task %.4f reg %.4f acc %.3f MACs %.3f of full",
+                             step + 1, self.total_steps, record["loss"], record["task"], record["reg"],
+                             record["accuracy"], record["macs_ratio"])
+                if on_log is not None:
+                    on_log(record)
+                sums, count = {}, 0
+            if (step + 1) % self.checkpoint_every == 0 or last:
+                self.manager.save(checkpoint_number=step + 1)
+                io.write_json(os.path.join(self.workdir, "history.json"), history)
+        writer.flush()
+        return history
+
+    def _load_history(self) -> list[dict]:
+        path = os.path.join(self.workdir, "history.json")
+        if not os.path.isfile(path):
+            return []
+        import json
+
+        with open(path, encoding="utf-8") as f:
+            return [h for h in json.load(f) if h["step"] <= int(self.step)]
+
+    # ----------------------------------------------------------------------------------------
+    def logits(self) -> list[np.ndarray]:
+        """The current gate logits, one numpy vector per prunable group."""
+        return [l.numpy() for l in self.module.logits()]
+
+    def evaluate(self, batches: Iterable, max_batches: int | None = None) -> float:
+        """Top-1 accuracy of the hard-gated network (BN in inference mode) on ``batches``."""
+        masks, _ = gate_masks(self.graph, self.module.group_ids,
+                              gates_from_logits(self.module.logits(), "hard"))
+        fn = tf.function(lambda x: self.supernet(x, masks=masks, training=False))
+        return accuracy(fn, batches, max_batches)
+
+
+def accuracy(predict: Callable[[tf.Tensor], tf.Tensor], batches: Iterable, max_batches: int | None = None) -> float:
+    """Top-1 accuracy of ``predict`` (images -> scores) over ``(images, labels)`` batches."""
+    correct = total = 0
+    for i, (images, labels) in enumerate(batches):
+        if max_batches is not None and i >= max_batches:
+            break
+        pred = np.argmax(np.asarray(predict(images)), axis=-1)
+        labels = np.asarray(labels).reshape(-1)
+        correct += int((pred == labels).sum())
+        total += labels.size
+    if total == 0:
+        raise ValueError("accuracy got no batches")
+    return correct / total
+
+
+# -------------------------------------------------------------------------------------------------
+# gates.json: the gate stage's artifact
+
+
+def write_gates(path: str, graph: ChannelGraph, group_ids: list[int], logits: list[np.ndarray],
+                extra: Mapping[str, Any]) -> None:
+    """Writes the trained gate logits (per group, by name) with the run's settings and history."""
+    cost = CostModel(graph)
+    open_sel = {gid: np.flatnonzero(np.asarray(l) > 0) for gid, l in zip(group_ids, logits)}
+    widths = cost.full_widths.copy()
+    for gid, idx in open_sel.items():
+        widths[gid] = len(idx)
+    io.write_artifact(path, GATES_SCHEMA, GATES_VERSION, {
+        "groups": [{"name": graph.groups[gid].name, "size": graph.groups[gid].size,
+                    "logits": [float(x) for x in l]} for gid, l in zip(group_ids, logits)],
+        "open_gate_macs": int(cost.macs(widths)),
+        "full_macs": int(cost.macs()),
+        **dict(extra),
+    })
+
+
+def _validate_gates(obj: dict[str, Any]) -> None:
+    if not isinstance(obj["groups"], list) or not obj["groups"]:
+        raise ValueError("'groups' must be a non-empty list")
+    for i, g in enumerate(obj["groups"]):
+        if not {"name", "size", "logits"} <= set(g):
+            raise ValueError(f"groups[{i}] needs name, size and logits")
+        if len(g["logits"]) != g["size"]:
+            raise ValueError(f"groups[{i}] ({g['name']!r}) has {len(g['logits'])} logits for {g['size']} channels")
+
+
+def read_gates(path: str, graph: ChannelGraph | None = None) -> dict[str, Any]:
+    """Reads ``gates.json``; with ``graph``, adds ``logits_by_id`` ({group id: logits}) after checking the groups."""
+    obj = io.read_artifact(path, GATES_SCHEMA, (GATES_VERSION,), ("groups",), _validate_gates)
+    if graph is not None:
+        by_id = {}
+        for g in obj["groups"]:
+            if g["name"] not in graph.group_by_name or graph.group_by_name[g["name"]].size != g["size"]:
+                raise io.ArtifactError(
+                    f"{path!r} holds gates for group {g['name']!r} ({g['size']} channels), which the model lacks; "
+                    "it was written for another model"
+                )
+            by_id[graph.group_by_name[g["name"]].id] = np.asarray(g["logits"], np.float64)
+        obj["logits_by_id"] = by_id
+    return obj
