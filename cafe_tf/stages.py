@@ -1,0 +1,77 @@
+"""Stages of a pipeline: a program run in its own process, producing one artifact on disk.
+
+Every arrow of the design's picture is a file, so a pipeline is its stages run in order, each
+skipped when its artifact already exists and is valid. Each stage runs as a subprocess: a killed
+pipeline resumes from the first stage without a valid artifact (and each program itself resumes from
+its own checkpoints), and process-wide state one stage changes (the QAT adapter sets
+``TF_USE_LEGACY_KERAS``) cannot leak into the next.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from absl import logging
+
+
+class StageError(RuntimeError):
+    """A stage's program failed or did not leave a valid artifact."""
+
+
+@dataclasses.dataclass
+class Stage:
+    """One step: ``command`` (argv after ``python -m``) must leave a valid ``artifact``."""
+
+    name: str
+    command: list[str]
+    artifact: str
+    validate: Callable[[str], object]  # raises on an invalid artifact
+    seconds: float | None = None
+    skipped: bool = False
+
+    def is_done(self) -> bool:
+        """True when the artifact exists and passes validation."""
+        if not os.path.exists(self.artifact):
+            return False
+        try:
+            self.validate(self.artifact)
+        except Exception as e:  # noqa: BLE001 - any failure means: run the stage again
+            logging.warning("stage %s: artifact %s is invalid (%s); running it again", self.name, self.artifact, e)
+            return False
+        return True
+
+
+def run_stages(stages: Sequence[Stage], log_dir: str, env: dict[str, str] | None = None) -> None:
+    """Runs each stage whose artifact is missing or invalid; raises StageError on the first failure."""
+    os.makedirs(log_dir, exist_ok=True)
+    for i, stage in enumerate(stages, 1):
+        if stage.is_done():
+            stage.skipped = True
+            print(f"[{i}/{len(stages)}] {stage.name}: done already ({stage.artifact})", flush=True)
+            continue
+        argv = [sys.executable, "-m", *stage.command]
+        log_path = os.path.join(log_dir, f"{i:02d}_{stage.name}.log")
+        print(f"[{i}/{len(stages)}] {stage.name}: {shlex.join(argv[1:])}", flush=True)
+        print(f"      log: {log_path}", flush=True)
+        start = time.time()
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **(env or {})})
+            assert proc.stdout is not None
+            for line in proc.stdout:  # tee: the user sees progress, the log keeps everything
+                log.write(line)
+                sys.stdout.buffer.write(b"      " + line)
+                sys.stdout.flush()
+            code = proc.wait()
+        stage.seconds = time.time() - start
+        if code != 0:
+            raise StageError(f"stage {stage.name!r} failed with exit code {code}; see {log_path}")
+        if not stage.is_done():
+            raise StageError(f"stage {stage.name!r} finished but left no valid artifact {stage.artifact!r}; see {log_path}")
+        print(f"      {stage.name} done in {stage.seconds:.0f} s", flush=True)
