@@ -1,0 +1,44 @@
+"""Main of every Bazel py_test in tests/: runs pytest on the files given as arguments.
+
+Bazel starts tests in the runfiles copy of the workspace, which holds pyproject.toml (pytest's
+options, including ``-m 'not slow'``), tests/conftest.py and the package sources. Everything
+pytest or hypothesis would write goes to the test's private TEST_TMPDIR, never into runfiles.
+"""
+
+import os
+import sys
+
+# Bazel leaves HOME unset in tests; keras (~/.keras) and tfds (~/tensorflow_datasets, the default
+# data dir) would then fall back to the real home, which the sandbox mounts read-only.
+if os.environ.get("TEST_TMPDIR") and not os.environ.get("HOME"):
+    os.environ["HOME"] = os.environ["TEST_TMPDIR"]
+
+import pytest  # noqa: E402
+
+
+def main(argv: list[str]) -> int:
+    tmp = os.environ.get("TEST_TMPDIR")
+    args = ["-p", "no:cacheprovider", "-p", "no:xdist"]
+    xml = os.environ.get("XML_OUTPUT_FILE")
+    if xml:  # Bazel reads test cases from here (bazel-testlogs/.../test.xml).
+        # "legacy" keeps record_property() working (xunit2, the default, rejects it).
+        args += ["--junitxml", xml, "-o", "junit_family=legacy"]
+    return int(pytest.main(args + argv, plugins=[_TmpHypothesisHome(tmp)] if tmp else []))
+
+
+class _TmpHypothesisHome:
+    """Keeps hypothesis' example database in TEST_TMPDIR (set once pytest has loaded plugins)."""
+
+    def __init__(self, tmp: str):
+        self.tmp = tmp
+
+    def pytest_configure(self, config):
+        try:
+            from hypothesis.configuration import set_hypothesis_home_dir
+        except ImportError:
+            return
+        set_hypothesis_home_dir(os.path.join(self.tmp, ".hypothesis"))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
