@@ -61,23 +61,17 @@ def measure(name: str, fraction: float, batch: int, rounds: int, per_round: int)
     space = SearchSpace(supernet.graph, granularity="uniform", num_bins=32, sharing="fixed")
     channels = space.channels(space.fixed(space.uniform_widths(fraction)))
     plain = supernet.extract(channels)
-    sel = supernet.trace_selection(channels)
+    packed = supernet.packed(channels)
 
     x = tf.random.normal((batch,) + shape)
     y = tf.random.uniform((batch,), 0, 10, tf.int32)
-    s_step, _ = _train_step(lambda a, *s: supernet(a, selection=list(s), training=True), full.trainable_variables)
+    s_step, _ = _train_step(lambda a, p: supernet(a, selection=supernet.unpack(p), training=True),
+                            full.trainable_variables)
     p_step, _ = _train_step(lambda a: plain(a, training=True), plain.trainable_variables)
     p_fn = tf.function(p_step)
-    s_args = (x, y, *[t for t in sel if t is not None])
-    # tf.function flattens arguments; rebuild the selection list (with its None entries) inside
-    positions = [i for i, t in enumerate(sel) if t is not None]
-
-    @tf.function
-    def s_call(x, y, *tensors):
-        full_sel = [None] * len(sel)
-        for i, t in zip(positions, tensors):
-            full_sel[i] = t
-        return s_step(x, y, *full_sel)
+    s_args = (x, y, packed)
+    s_call = tf.function(s_step, input_signature=[tf.TensorSpec(x.shape), tf.TensorSpec(y.shape, tf.int32),
+                                                  supernet.packed_signature()])
 
     for _ in range(3):
         s_call(*s_args).numpy()

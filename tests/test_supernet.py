@@ -85,16 +85,16 @@ def test_one_trace_serves_every_width():
     space = SearchSpace(supernet.graph)
     traces = []
 
-    @tf.function
-    def step(x, selection):
+    @tf.function(input_signature=[tf.TensorSpec((1, 16, 16, 3)), supernet.packed_signature()])
+    def step(x, packed):
         traces.append(1)
-        return supernet(x, selection=selection, training=False)
+        return supernet(x, selection=supernet.unpack(packed), training=False)
 
     rng = np.random.default_rng(0)
     x = tf.zeros((1, 16, 16, 3))
     for i in range(4):
         ch = {} if i == 0 else space.channels(space.sample_arrangement(space.sample_widths(rng), rng))
-        out = step(x, supernet.trace_selection(ch))
+        out = step(x, supernet.packed(ch))
         assert out.shape == (1, 10)
     assert len(traces) == 1
 

@@ -75,14 +75,24 @@ class Supernet(keras.Model):
 
     def trace_selection(self, channels: Mapping[int, np.ndarray] | None = None) -> list[tf.Tensor | None]:
         """Like :meth:`selection`, but every prunable group gets a tensor (even at full width) and
-        every other group ``None``: the same structure for every width, so a ``tf.function`` taking
-        it traces once."""
+        every other group ``None``: the same structure for every width. A ``tf.function`` with
+        ``reduce_retracing=True`` taking it traces at most twice; for exactly one trace pass
+        :meth:`packed` tensors under :meth:`packed_signature` and :meth:`unpack` them inside."""
         full = self.graph.validate_selection(dict(channels or {}))
         return [tf.constant(full[g.id], tf.int32) if g.prunable else None for g in self.graph.groups]
 
-    def selection_signature(self) -> list[tf.TensorSpec | None]:
-        """``tf.function`` input signature matching :meth:`trace_selection`."""
-        return [tf.TensorSpec([None], tf.int32) if g.prunable else None for g in self.graph.groups]
+    def packed(self, channels: Mapping[int, np.ndarray] | None = None) -> list[tf.Tensor]:
+        """One int32 index tensor per prunable group (in group order): a flat tf.function argument."""
+        return [t for t in self.trace_selection(channels) if t is not None]
+
+    def packed_signature(self) -> list[tf.TensorSpec]:
+        """``tf.function`` input signature of :meth:`packed`: shape ``[None]`` per prunable group."""
+        return [tf.TensorSpec([None], tf.int32) for g in self.graph.groups if g.prunable]
+
+    def unpack(self, packed: Sequence[tf.Tensor]) -> list[tf.Tensor | None]:
+        """The full selection (None for non-prunable groups) from :meth:`packed` tensors."""
+        it = iter(packed)
+        return [next(it) if g.prunable else None for g in self.graph.groups]
 
     def _space_index(self, space: TensorSpace, selection: Selection, cache: dict) -> tf.Tensor | None:
         key = (space.segments, space.block, space.repeat)
