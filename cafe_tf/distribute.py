@@ -1,0 +1,128 @@
+"""The ``tf.distribute`` strategy a config asks for, and the few facts programs need about it.
+
+``config.distribute.strategy``:
+
+* ``default``: TensorFlow's default strategy (one device, no overhead).
+* ``mirrored``: ``MirroredStrategy`` over ``config.distribute.devices`` (default: all GPUs, or the
+  CPU when there are none). Tests use two logical CPU devices.
+* ``multi_worker``: ``MultiWorkerMirroredStrategy``; the cluster comes from ``$TF_CONFIG``
+  (validated here, so a bad one fails with its content instead of hanging). Create it before any
+  other TensorFlow op runs.
+* ``tpu``: ``TPUStrategy`` on ``config.distribute.tpu`` (a name or ``grpc://`` address; "" = the
+  local / environment TPU).
+
+Under multi-worker training every worker runs the same program; only the chief writes artifacts,
+summaries and the real checkpoints (the others save to a scratch folder because saving is a
+collective operation every worker must take part in).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+import tensorflow as tf
+
+from cafe_tf.config import STRATEGIES, ConfigError
+
+
+def validate_tf_config(raw: str | None) -> dict:
+    """Parses ``$TF_CONFIG`` for multi-worker training; raises ConfigError naming what is wrong."""
+    if not raw:
+        raise ConfigError(
+            "distribute.strategy='multi_worker' needs $TF_CONFIG, e.g. "
+            '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
+        )
+    try:
+        tf_config = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"$TF_CONFIG={raw!r} is not valid JSON: {e}") from None
+    if not isinstance(tf_config, dict):
+        raise ConfigError(f"$TF_CONFIG={raw!r} must be a JSON object with 'cluster' and 'task'")
+    cluster, task = tf_config.get("cluster"), tf_config.get("task")
+    if not isinstance(cluster, dict) or not (cluster.get("worker") or cluster.get("chief")):
+        raise ConfigError(f"$TF_CONFIG={raw!r} needs cluster.worker (a list of host:port) and/or cluster.chief")
+    for role, addresses in cluster.items():
+        if not isinstance(addresses, list) or not all(isinstance(a, str) and ":" in a for a in addresses):
+            raise ConfigError(f"$TF_CONFIG cluster.{role}={addresses!r} must be a list of 'host:port' strings")
+    if not isinstance(task, dict) or task.get("type") not in cluster:
+        raise ConfigError(f"$TF_CONFIG task={task!r} must name a role of the cluster: {sorted(cluster)}")
+    index = task.get("index")
+    if not isinstance(index, int) or not 0 <= index < len(cluster[task["type"]]):
+        raise ConfigError(
+            f"$TF_CONFIG task.index={index!r} must be in [0, {len(cluster[task['type']])}) for role {task['type']!r}"
+        )
+    return tf_config
+
+
+def strategy_from_config(distribute: ml_collections.ConfigDict) -> tf.distribute.Strategy:
+    """Creates the strategy ``distribute.strategy`` names (see the module doc)."""
+    name = distribute.strategy
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        devices = list(distribute.devices) or None
+        if devices:
+            known = {_canonical(d.name) for d in tf.config.list_logical_devices()}
+            missing = [d for d in devices if _canonical(d) not in known]
+            if missing:
+                raise ConfigError(
+                    f"config.distribute.devices names unknown devices {missing}; available: "
+                    f"{sorted(d.name for d in tf.config.list_logical_devices())}"
+                )
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multi_worker":
+        validate_tf_config(os.environ.get("TF_CONFIG"))
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=distribute.tpu or None)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ConfigError(f"config.distribute.strategy={name!r} is invalid; valid values: {list(STRATEGIES)}")
+
+
+def _canonical(device: str) -> str:
+    # "/cpu:0", "/device:CPU:0" and "/job:localhost/replica:0/task:0/device:CPU:0" name one device.
+    spec = tf.DeviceSpec.from_string(device)
+    return f"{(spec.device_type or '').upper()}:{spec.device_index or 0}"
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes artifacts (always true off multi-worker training)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type in (None, "chief"):
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def worker_id(strategy: tf.distribute.Strategy) -> str:
+    """A name for this process unique in the cluster (``chief`` / ``worker_3``)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return "chief"
+    return f"{resolver.task_type}_{resolver.task_id}"
+
+
+def num_input_pipelines(strategy: tf.distribute.Strategy) -> int:
+    """How many input pipelines ``distribute_datasets_from_function`` creates (one per worker / host)."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return int(strategy.extended._num_workers)  # noqa: SLF001 - no public accessor
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return int(strategy.extended.num_hosts)
+    return 1
+
+
+def supports_partial_batches(strategy: tf.distribute.Strategy) -> bool:
+    """Whether the last, smaller eval batch can be fed (TPUs need static shapes, so they drop it)."""
+    return not isinstance(strategy, tf.distribute.TPUStrategy)
+
+
+def describe(strategy: tf.distribute.Strategy) -> str:
+    """One line naming the strategy and its replicas, for logs."""
+    return f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)"

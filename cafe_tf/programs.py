@@ -1,0 +1,196 @@
+"""The shared frame of cafe-tf's absl programs: flags, logging, errors and exit codes.
+
+A program module is thin::
+
+    \"\"\"One paragraph that --help prints.\"\"\"
+    from cafe_tf import programs
+
+    _CONFIG, _WORKDIR = programs.define_config_flags()
+
+    def main(config, workdir):
+        ...  # call the library
+
+    if __name__ == "__main__":
+        programs.run_program(main)
+
+``run_program`` parses the flags (``--config`` file plus ``--config.a.b=v`` overrides,
+``--workdir``), validates the config, logs to stderr and to ``<workdir>/<program>.log``, runs
+``main(config, workdir)`` and exits with a code that means something:
+
+* 0: done;
+* 1: the job failed (a dataset or artifact problem, a runtime error). Errors of ours (``ValueError``
+  subclasses such as ``DatasetError`` and ``ArtifactError``) print one clean line; the traceback
+  goes to the log file. Unexpected exceptions print their traceback;
+* 2: usage or config error (unknown flag or config key, wrong type, invalid value, missing
+  ``--config`` / ``--workdir``), with a message naming the bad key or flag;
+* 130: interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NoReturn
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from cafe_tf.config import ConfigError, validate
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+_HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+# Flags this module defines belong to the program that asks for them, so they show in its --help.
+flags.disclaim_key_flags()
+
+
+class UsageError(ValueError):
+    """A command line that cannot run (missing or contradictory flags); exit code 2."""
+
+
+def define_config_flags(
+    default_config: str | None = None, workdir_help: str = "folder for this job's outputs (created if missing)"
+) -> tuple[flags.FlagHolder, flags.FlagHolder]:
+    """Defines ``--config`` (a configs/*.py file, overridable as ``--config.train.epochs=2``) and ``--workdir``."""
+    config = config_flags.DEFINE_config_file(
+        "config",
+        default_config,
+        "experiment config: a Python file whose get_config() returns an ml_collections.ConfigDict "
+        "(see configs/). Override any field with --config.<section>.<key>=<value>, e.g. --config.train.epochs=2.",
+        lock_config=True,
+    )
+    workdir = flags.DEFINE_string("workdir", None, workdir_help)
+    return config, workdir
+
+
+def program_name() -> str:
+    """The running program's short name (``train`` for ``python -m cafe_tf.train``)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    name = spec.name if spec is not None else os.path.splitext(os.path.basename(sys.argv[0] or "program"))[0]
+    parts = [p for p in name.split(".") if p not in ("cafe_tf", "__main__")]
+    return parts[-1] if parts else "program"
+
+
+def _usage_exit(message: str) -> NoReturn:
+    sys.stderr.write(f"{program_name()}: usage error: {message}\nPass --help to see the flags.\n")
+    sys.exit(EXIT_USAGE)
+
+
+def _config_key_in_argv(argv: Iterable[str], error: BaseException) -> str:
+    # ConfigDict's "no such key" errors name only the last component (inside layers of quoting);
+    # find the override it came from so the message names the whole key.
+    text = str(error)
+    found = re.search(r"'([A-Za-z0-9_]+)\\*'", text)
+    missing = found.group(1) if found else text
+    suggestion = re.search(r'Did you mean "([A-Za-z0-9_]+)"', text)
+    hint = f'; did you mean "{suggestion.group(1)}"?' if suggestion else ""
+    for arg in argv:
+        key = arg.lstrip("-").split("=", 1)[0]
+        if key.startswith("config.") and missing in key.split("."):
+            return f"unknown config key {key!r} (no field {missing!r}){hint}"
+    return f"unknown config key {missing!r}{hint}"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flags parser that turns every flag or config-override problem into exit code 2."""
+    try:
+        return flags.FLAGS(argv)
+    except SystemExit as e:
+        # absl's --help / --helpfull print the usage and exit 1; asking for help is not a failure.
+        if e.code == 1 and any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:]):
+            sys.exit(EXIT_OK)
+        raise
+    except flags.Error as e:
+        _usage_exit(str(e))
+    except (AttributeError, KeyError) as e:
+        _usage_exit(_config_key_in_argv(argv, e))
+    except Exception as e:  # noqa: BLE001 - the config file itself failed to load (import / syntax error)
+        _usage_exit(f"could not load the config: {type(e).__name__}: {e}")
+
+
+def _loaded_config() -> ml_collections.ConfigDict | None:
+    if "config" not in flags.FLAGS:
+        return None
+    config = flags.FLAGS["config"].value
+    if config is None or isinstance(config, ml_collections.ConfigDict):
+        return config
+    try:  # config_flags defers a failed load to the first access of the value
+        config.keys()
+    except Exception as e:  # noqa: BLE001 - report any load failure as a usage error
+        _usage_exit(f"could not load --config={flags.FLAGS['config'].config_filename!r}: {e}")
+    if not isinstance(config, ml_collections.ConfigDict):
+        _usage_exit(f"--config must define get_config() returning an ml_collections.ConfigDict, got {type(config).__name__}")
+    return config
+
+
+def _log_to_workdir(workdir: str) -> str:
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, f"{program_name()}.log")
+    handler = std_logging.FileHandler(path)
+    handler.setFormatter(logging.PythonFormatter())
+    std_logging.getLogger().addHandler(handler)
+    return path
+
+
+def run_program(
+    main: Callable[[ml_collections.ConfigDict, str], Any],
+    *,
+    sections: Iterable[str] | None = None,
+    extra_validators: Mapping[str, Callable[[ml_collections.ConfigDict], None]] | None = None,
+) -> NoReturn:
+    """Runs ``main(config, workdir)`` as an absl program (flags from :func:`define_config_flags`); never returns.
+
+    ``sections`` / ``extra_validators`` are passed to :func:`cafe_tf.config.validate`.
+    """
+
+    def _main(argv: list[str]) -> int:
+        if len(argv) > 1:
+            _usage_exit(f"unexpected positional arguments {argv[1:]}; flags look like --name=value")
+        config = _loaded_config()
+        workdir = flags.FLAGS["workdir"].value if "workdir" in flags.FLAGS else None
+        if config is None:
+            _usage_exit("--config is required, e.g. --config configs/fashion_mnist_cnn.py")
+        if not workdir:
+            _usage_exit("--workdir is required: the folder for checkpoints, logs and results")
+        try:
+            validate(config, sections, extra_validators)
+        except ConfigError as e:
+            _usage_exit(str(e))
+        workdir = os.path.abspath(os.path.expanduser(workdir))
+        log_path = _log_to_workdir(workdir)
+        logging.info("%s: workdir %s, log %s", program_name(), workdir, log_path)
+        try:
+            main(config, workdir)
+        except ConfigError as e:
+            logging.debug("config error", exc_info=True)
+            _usage_exit(str(e))
+        except KeyboardInterrupt:
+            sys.stderr.write(f"{program_name()}: interrupted\n")
+            return EXIT_INTERRUPTED
+        except ValueError as e:  # ours: DatasetError, ArtifactError, ... (clear messages by contract)
+            _log_only(log_path, traceback.format_exc())
+            sys.stderr.write(f"{program_name()}: error: {e}\n(traceback in {log_path})\n")
+            return EXIT_FAILURE
+        except Exception:  # noqa: BLE001 - unexpected: show everything
+            logging.exception("%s failed", program_name())
+            return EXIT_FAILURE
+        return EXIT_OK
+
+    app.run(_main, flags_parser=parse_flags)
+    raise AssertionError("app.run returned")  # pragma: no cover - app.run always exits
+
+
+def _log_only(path: str, text: str) -> None:
+    # The traceback of an expected error belongs in the log file, not on the user's terminal.
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
