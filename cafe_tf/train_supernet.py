@@ -1,0 +1,65 @@
+"""Train a CafeNet supernet with locally free weight sharing and the min-min strategy.
+
+  python -m cafe_tf.train_supernet --config configs/fashion_mnist_resnet20.py --workdir runs/fm_r20
+  python -m cafe_tf.train_supernet --config configs/fashion_mnist_resnet20.py --workdir runs/fm_r20_fixed \
+      --config.supernet.sharing=fixed
+
+The recipe and the min-min options are the config's ``supernet`` section (see
+cafe_tf/train/supernet.py: sharing, bins, r, num_candidates, sandwich, epochs, lr, ...); the data
+and the model are its ``data`` and ``model`` sections. Running again with the same --workdir resumes
+from the last checkpoint.
+
+Writes into --workdir: checkpoints/, tensorboard/supernet (losses of the sampled, max and min nets,
+the candidates' loss gap, lr: tensorboard --logdir <workdir>/tensorboard), supernet.keras (the full
+model holding every shared weight) and supernet.json (model, search space, settings, validation
+accuracy of a few widths); the log goes to train_supernet.log.
+
+Exit codes: 0 done, 1 the job failed, 2 usage or config error.
+"""
+
+import os
+
+# Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from cafe_tf import programs  # noqa: E402
+
+_CONFIG, _WORKDIR = programs.define_config_flags()
+
+
+def main(config, workdir: str) -> None:
+    from cafe_tf import distribute as distribute_lib
+    from cafe_tf.config import ConfigError, to_dict
+    from cafe_tf.train import standard
+    from cafe_tf.train import supernet as supernet_lib
+
+    if "supernet" not in config:
+        raise ConfigError("the config has no 'supernet' section; start from cafe_tf.train.supernet.supernet_section() "
+                          "(see configs/fashion_mnist_resnet20.py)")
+    section = config.supernet
+    strategy = distribute_lib.strategy_from_config(config.distribute)
+    data = standard.make_data_source(
+        config.data, seed=section.seed, eval_splits=tuple(section.eval_splits),
+        drop_eval_remainder=not distribute_lib.supports_partial_batches(strategy))
+    shape = tuple(config.model.input_shape) or tuple(data.image_shape)
+    classes = config.model.num_classes or data.info.num_classes
+    model_info = {"name": config.model.name, "input_shape": list(shape), "num_classes": int(classes),
+                  "width_mult": float(config.model.width_mult)}
+    model_fn = standard.model_factory(config.model, data.image_shape, data.info.num_classes)
+    result = supernet_lib.train(model_fn, data, section, workdir, model_info=model_info, strategy=strategy,
+                                config_record=to_dict(config))
+    lines = [f"done: {result['steps']} steps; full net {result['full_macs']:,} MACs, {result['full_params']:,} params"]
+    for row in result.get("validation", []):
+        lines.append(f"  {row['name']:<14} {row['macs']:>12,} MACs  validation accuracy {row['accuracy']:.4f}")
+    lines += [
+        f"supernet:    {os.path.join(workdir, 'supernet.keras')}",
+        f"summary:     {os.path.join(workdir, 'supernet.json')}",
+        f"tensorboard: tensorboard --logdir {os.path.join(workdir, 'tensorboard')}",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    from cafe_tf.train.supernet import validate_supernet
+
+    programs.run_program(main, extra_validators={"supernet": validate_supernet})
