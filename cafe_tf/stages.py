@@ -20,13 +20,13 @@ from collections.abc import Callable, Sequence
 from absl import logging
 
 
-class StageError(RuntimeError):
-    """A stage's program failed or did not leave a valid artifact."""
+class StageError(ValueError):
+    """A stage's program failed or did not leave a valid artifact (a user-facing, one-line error)."""
 
 
 @dataclasses.dataclass
 class Stage:
-    """One step: ``command`` (argv after ``python -m``) must leave a valid ``artifact``."""
+    """One step: ``python *command`` (e.g. ``["-m", "cafe_tf.search", ...]``) must leave a valid ``artifact``."""
 
     name: str
     command: list[str]
@@ -55,7 +55,7 @@ def run_stages(stages: Sequence[Stage], log_dir: str, env: dict[str, str] | None
             stage.skipped = True
             print(f"[{i}/{len(stages)}] {stage.name}: done already ({stage.artifact})", flush=True)
             continue
-        argv = [sys.executable, "-m", *stage.command]
+        argv = [sys.executable, *stage.command]
         log_path = os.path.join(log_dir, f"{i:02d}_{stage.name}.log")
         print(f"[{i}/{len(stages)}] {stage.name}: {shlex.join(argv[1:])}", flush=True)
         print(f"      log: {log_path}", flush=True)
