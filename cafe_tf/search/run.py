@@ -1,0 +1,253 @@
+"""The search job: config section, latency-table loading, and ``run(config, workdir)`` -> ``widths.json``.
+
+``run`` reads the supernet (``search.supernet``, default ``<workdir>/supernet.keras``, with the
+``supernet.json`` written beside it by ``cafe_tf.train_supernet``: model, search space), resolves
+the budget (``max_macs`` / ``max_params`` / ``max_latency_ms``; with none given,
+``macs_ratio`` x the full net's MACs), refuses an infeasible one before touching data, builds the
+evaluator on the validation split, runs ``search.method`` and writes ``<workdir>/widths.json``.
+Scores go to ``<workdir>/search_cache.json`` and the evolution's state to
+``<workdir>/search_state.json`` after every generation, so a killed search resumes where it was.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import keras
+import ml_collections
+from absl import logging
+
+from cafe_tf import io
+from cafe_tf.config import ConfigError, to_dict
+from cafe_tf.search import baselines
+from cafe_tf.search.budget import Budget, BudgetChecker, LatencyPredictor
+from cafe_tf.search.evaluator import ScoreCache, SupernetEvaluator, file_sha256
+from cafe_tf.search.evolution import EvolutionSettings, SearchResult, evaluated_table, evolve, pareto_front
+from cafe_tf.space import SearchSpace, write_widths
+
+METHODS = ("evolution", "random", "greedy", "uniform")
+
+
+def search_section() -> ml_collections.ConfigDict:
+    """Defaults of ``config.search`` (the spec's evolution settings)."""
+    return ml_collections.ConfigDict(dict(
+        method="evolution",  # evolution | random | greedy (AutoSlim) | uniform (uniform width scaling)
+        max_macs=0,  # budget in multiply-accumulates; 0 = unset
+        max_params=0,  # budget in parameters; 0 = unset
+        max_latency_ms=0.0,  # budget in ms, predicted by search.latency_table; 0 = unset
+        latency_table="",  # a latency table file of deploy.latency_table
+        macs_ratio=0.5,  # with no budget given: max_macs = macs_ratio x the full net's MACs
+        lower_ratio=0.8,  # candidates are kept in [lower_ratio x budget, budget]
+        population=50,
+        generations=20,
+        parents=10,  # top-k kept as the next generation's elite and bred from
+        mutation_prob=0.1,  # per group
+        crossover_fraction=0.5,  # share of the children made by crossover (the rest by mutation)
+        random_samples=0,  # random search: candidates scored; 0 = population x generations
+        greedy_step=0.1,  # greedy slimming: fraction of a group's bins removed per move
+        num_candidates=2,  # free-channel arrangements scored per width (the best counts); 1 = leftmost only
+        calibration_examples=256,  # training images for each candidate's BN recalibration
+        eval_examples=0,  # validation images per score; 0 = the whole validation split
+        seed=0,
+        supernet="",  # the supernet.keras to search; "" = <workdir>/supernet.keras
+    ))
+
+
+def validate_search(section: ml_collections.ConfigDict) -> None:
+    """Checks ``config.search``; raises ConfigError naming the key, the value and what is valid."""
+    if section.method not in METHODS:
+        raise ConfigError(f"config.search.method={section.method!r} is invalid; valid values: {list(METHODS)}")
+    for key in ("max_macs", "max_params", "max_latency_ms", "random_samples", "eval_examples"):
+        if section[key] < 0:
+            raise ConfigError(f"config.search.{key}={section[key]!r} is invalid; it must be >= 0 (0 = unset)")
+    if section.max_latency_ms and not section.latency_table:
+        raise ConfigError(f"config.search.max_latency_ms={section.max_latency_ms!r} needs "
+                          "config.search.latency_table=FILE (a table from deploy.latency_table)")
+    if not 0 <= section.macs_ratio <= 1:
+        raise ConfigError(f"config.search.macs_ratio={section.macs_ratio!r} is invalid; it must be in [0, 1]")
+    if not 0 <= section.lower_ratio <= 1:
+        raise ConfigError(f"config.search.lower_ratio={section.lower_ratio!r} is invalid; it must be in [0, 1]")
+    for key in ("population", "generations", "parents", "num_candidates", "calibration_examples"):
+        if section[key] < 1:
+            raise ConfigError(f"config.search.{key}={section[key]!r} is invalid; it must be >= 1")
+    if section.population < 2:
+        raise ConfigError(f"config.search.population={section.population!r} is invalid; it must be >= 2")
+    if section.parents > section.population:
+        raise ConfigError(f"config.search.parents={section.parents!r} is invalid; it must be <= population "
+                          f"({section.population})")
+    if not 0 < section.mutation_prob <= 1:
+        raise ConfigError(f"config.search.mutation_prob={section.mutation_prob!r} is invalid; it must be in (0, 1]")
+    if not 0 <= section.crossover_fraction <= 1:
+        raise ConfigError(f"config.search.crossover_fraction={section.crossover_fraction!r} is invalid; "
+                          "it must be in [0, 1]")
+    if not 0 < section.greedy_step <= 1:
+        raise ConfigError(f"config.search.greedy_step={section.greedy_step!r} is invalid; it must be in (0, 1]")
+
+
+def budget_from_section(section: ml_collections.ConfigDict, full_macs: int) -> Budget:
+    """The budget ``config.search`` asks for (``macs_ratio`` x full MACs when no bound is given)."""
+    max_macs = float(section.max_macs) or None
+    max_params = float(section.max_params) or None
+    max_latency = float(section.max_latency_ms) or None
+    if max_macs is None and max_params is None and max_latency is None:
+        if not section.macs_ratio:
+            raise ConfigError("config.search has no budget: set max_macs, max_params, max_latency_ms or macs_ratio > 0")
+        max_macs = float(int(section.macs_ratio * full_macs))
+    return Budget(max_macs=max_macs, max_params=max_params, max_latency_ms=max_latency,
+                  lower_ratio=float(section.lower_ratio))
+
+
+def load_latency_predictor(path: str) -> LatencyPredictor:
+    """The latency predictor stored in ``path`` (a file of ``deploy.latency_table``)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"config.search.latency_table={path!r} does not exist; build one with deploy.latency_table")
+    try:
+        from deploy import latency_table
+    except ImportError as e:
+        raise ValueError(f"config.search.latency_table={path!r} needs the deploy.latency_table module, which "
+                         f"could not be imported ({e})") from None
+    for name in ("load", "load_table", "read_table", "read"):
+        loader = getattr(latency_table, name, None)
+        if callable(loader):
+            predictor = loader(path)
+            break
+    else:
+        raise ValueError("deploy.latency_table has no loader (load / load_table / read_table / read)")
+    if not callable(getattr(predictor, "predict_ms", None)):
+        raise ValueError(f"the latency table loaded from {path!r} has no predict_ms(model)")
+    return predictor
+
+
+def run_search(method: str, checker: BudgetChecker, cache: ScoreCache, section: ml_collections.ConfigDict,
+               state_path: str | None = None) -> SearchResult:
+    """Runs ``method`` (see METHODS) with the settings of ``section`` on one budget checker and cache."""
+    if method == "evolution":
+        settings = EvolutionSettings(population=section.population, generations=section.generations,
+                                     parents=section.parents, mutation_prob=section.mutation_prob,
+                                     crossover_fraction=section.crossover_fraction, seed=section.seed)
+        return evolve(checker, cache, settings, state_path=state_path)
+    if method == "random":
+        n = section.random_samples or section.population * section.generations
+        return baselines.random_search(checker, cache, n, seed=section.seed)
+    if method == "greedy":
+        return baselines.greedy_slimming(checker, cache, step=section.greedy_step)
+    if method == "uniform":
+        return baselines.uniform_scaling(checker, cache)
+    raise ConfigError(f"config.search.method={method!r} is invalid; valid values: {list(METHODS)}")
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    data: Any = None,
+    evaluator_factory: Callable[..., Callable] | None = None,
+    latency: LatencyPredictor | None = None,
+) -> dict[str, Any]:
+    """Searches widths under ``config.search``'s budget; writes and returns ``<workdir>/widths.json``'s record.
+
+    ``data`` (a ``standard.DataSource``) replaces the one ``config.data`` describes;
+    ``evaluator_factory(supernet, space, data)`` replaces the supernet evaluator; ``latency``
+    replaces the predictor loaded from ``search.latency_table``.
+    """
+    from cafe_tf.slim import Supernet
+    from cafe_tf.train import standard
+    from cafe_tf.train import supernet as supernet_lib
+
+    section = config.search
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    t0 = time.time()
+    supernet_path = os.path.abspath(os.path.expanduser(section.supernet or os.path.join(workdir, "supernet.keras")))
+    if not os.path.isfile(supernet_path):
+        raise ValueError(f"supernet {supernet_path!r} does not exist; train one with `python -m cafe_tf.train_supernet` "
+                         "or set config.search.supernet")
+    record = supernet_lib.read_supernet(os.path.join(os.path.dirname(supernet_path), "supernet.json"))
+    model = keras.models.load_model(supernet_path, compile=False)
+    supernet = Supernet(model)
+    space: SearchSpace = supernet_lib.space_from_section(supernet.graph, record["space"])
+    if latency is None and section.latency_table:
+        latency = load_latency_predictor(os.path.expanduser(section.latency_table))
+    budget = budget_from_section(section, space.cost.macs())
+    checker = BudgetChecker(space, budget, latency)
+    checker.check_feasible()  # before any data is read: a bad budget fails at once
+    logging.info("search: %s on %s (%s), budget %s, space of 10^%.1f width assignments", section.method,
+                 record["model"]["name"], supernet_path, budget.bounds(), space.size_log10)
+
+    if data is None:
+        data = standard.make_data_source(config.data, seed=section.seed, eval_splits=("validation",))
+    model_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    if tuple(data.image_shape) != model_shape:
+        raise ValueError(f"the supernet takes inputs of shape {model_shape}, but config.data yields "
+                         f"{tuple(data.image_shape)}; use the data settings the supernet was trained with")
+    if evaluator_factory is not None:
+        evaluator = evaluator_factory(supernet, space, data)
+        fingerprint = {"evaluator": "custom"}
+    else:
+        calibration = [x for x, _ in supernet_lib.calibration_batches(data, section.calibration_examples)]
+        validation = supernet_lib.take_batches(data.make_eval["validation"], section.eval_examples)
+        evaluator = SupernetEvaluator(supernet, space, calibration, validation, section.num_candidates,
+                                      seed=section.seed)
+        fingerprint = {
+            "supernet_sha256": file_sha256(supernet_path), "space": space.describe(),
+            "num_candidates": section.num_candidates, "calibration_examples": section.calibration_examples,
+            "eval_examples": section.eval_examples, "seed": section.seed, "data": config.data.name,
+            "validation_size": config.data.validation_size,
+        }
+    cache = ScoreCache(evaluator, path=os.path.join(workdir, "search_cache.json"), fingerprint=fingerprint)
+    result = run_search(section.method, checker, cache, section, os.path.join(workdir, "search_state.json"))
+
+    arrangement = result.record.get("arrangement") or [list(b) for b in space.fixed(result.widths)]
+    channels = space.channels(arrangement)
+    measured = checker.measure(result.widths)
+    extra = {
+        "method": result.method,
+        "score": result.record["score"],
+        "score_metric": "validation_accuracy (supernet, BN recalibrated)",
+        "score_record": result.record,
+        "bins": result.widths.tolist(),
+        "arrangement": arrangement,
+        "latency_ms": measured.get("latency_ms"),
+        "budget": {**budget.describe(), "resolved": budget.bounds(), "feasible_range": checker.feasible_range()},
+        "in_window": bool(checker.in_window(result.widths)),
+        "window_relaxed": result.window_relaxed,
+        "space": space.describe(),
+        "search": to_dict(section),
+        "supernet": {"path": supernet_path, "summary": record.get("settings", {})},
+        "pareto": pareto_front(cache, checker),
+        "evaluated": evaluated_table(cache, checker),
+        "history": result.history,
+        "scored_this_run": cache.misses,
+        "cache_hits_this_run": cache.hits,
+        "seconds_this_run": round(time.time() - t0, 3),
+        "config": to_dict(config),
+    }
+    out = write_widths(os.path.join(workdir, "widths.json"), supernet.graph, channels, record["model"], extra)
+    logging.info("search done: %s, score %.4f, %d MACs (%.1f%% of full), %d params; %d scored (%d from cache)",
+                 result.method, out["score"], out["macs"], 100.0 * out["macs"] / out["full_macs"], out["params"],
+                 cache.misses, cache.hits)
+    return out
+
+
+def summary_lines(record: Mapping[str, Any]) -> list[str]:
+    """A few lines describing a widths.json record, for the program's output."""
+    lines = [
+        f"method {record['method']}: validation score {record['score']:.4f} (supernet)",
+        f"  MACs   {record['macs']:>14,} of {record['full_macs']:,} ({100.0 * record['macs'] / record['full_macs']:.1f}%)",
+        f"  params {record['params']:>14,} of {record['full_params']:,} "
+        f"({100.0 * record['params'] / record['full_params']:.1f}%)",
+    ]
+    if record.get("latency_ms") is not None:
+        lines.append(f"  latency {record['latency_ms']:.3f} ms (predicted)")
+    widths = ", ".join(f"{g['width']}/{g['size']}" for g in record["groups"])
+    lines.append(f"  widths per group: {widths}")
+    lines.append(f"  scored {record['scored_this_run']} candidates ({record['cache_hits_this_run']} cache hits) "
+                 f"in {record['seconds_this_run']:.0f} s; Pareto set of {len(record['pareto'])}")
+    return lines
+
+
+__all__ = ["METHODS", "search_section", "validate_search", "budget_from_section", "load_latency_predictor",
+           "run_search", "run", "summary_lines"]

@@ -1,0 +1,75 @@
+"""The searched network as a plain Keras model, for retraining from scratch or fine-tuning.
+
+``build_subnet("W/widths.json")`` rebuilds the full model the record names (``cafe_tf.models``)
+and cuts out the searched channels with fresh initial weights: the paper's protocol, retraining the
+searched widths from scratch. With ``init_from_supernet="W/supernet.keras"`` the channels are cut
+from the trained supernet instead, weights included (the spec's fine-tuning option). Either way the
+result is a standalone functional model of standard layers, which the standard training loop,
+``.keras`` saving and TFLite export take like any other.
+
+The programs' flags (``python -m cafe_tf.train --widths=... [--init_from_supernet=...]``) call
+:func:`subnet_factory`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import keras
+
+from cafe_tf import surgery
+from cafe_tf.flops import CostModel
+from cafe_tf.graph import ChannelGraph
+from cafe_tf.space import read_widths, selection_from_record
+
+
+def build_subnet(widths_path: str, init_from_supernet: str | None = None) -> keras.Model:
+    """The network of ``widths_path`` (a widths.json): fresh weights, or the supernet's with ``init_from_supernet``.
+
+    Raises:
+      io.ArtifactError / ValueError: a missing or invalid file, a supernet of another model, or a
+        widths.json whose MACs no longer match its channels (naming the file and the values).
+    """
+    from cafe_tf import models
+
+    record = read_widths(widths_path)
+    info = record["model"]
+    shape = tuple(int(d) for d in info["input_shape"])
+    if init_from_supernet:
+        path = os.path.expanduser(init_from_supernet)
+        if not os.path.isfile(path):
+            raise ValueError(f"--init_from_supernet={init_from_supernet!r} does not exist (a supernet.keras from "
+                             "cafe_tf.train_supernet)")
+        full = keras.models.load_model(path, compile=False)
+        got = tuple(int(d) for d in full.inputs[0].shape[1:])
+        classes = int(full.outputs[0].shape[-1])
+        if got != shape or classes != info["num_classes"]:
+            raise ValueError(
+                f"supernet {path!r} takes inputs {got} and predicts {classes} classes, but {widths_path!r} was "
+                f"searched on {info['name']!r} with inputs {shape} and {info['num_classes']} classes")
+    else:
+        if info["name"] not in models.names():
+            raise ValueError(f"{widths_path!r} names model {info['name']!r}, which the registry cannot build "
+                             f"(valid names: {models.names()}); pass init_from_supernet to cut it from that model")
+        full = models.build(info["name"], input_shape=shape, num_classes=info["num_classes"],
+                            width_mult=info["width_mult"])
+    graph = ChannelGraph.from_model(full)
+    selection = selection_from_record(graph, record)
+    macs = CostModel(graph).macs(CostModel(graph).widths_of(selection))
+    if macs != record["macs"]:
+        raise ValueError(f"{widths_path!r} says {record['macs']:,} MACs but its channels count {macs:,} on "
+                         f"{info['name']!r}; the file is stale or edited, search again")
+    return surgery.extract(full, selection, graph=graph, copy_weights=bool(init_from_supernet),
+                           name=f"{full.name}_searched")
+
+
+def subnet_factory(widths_path: str, init_from_supernet: str | None = None) -> Callable[[], keras.Model]:
+    """A ``model_fn`` for ``cafe_tf.train.standard.run`` that builds :func:`build_subnet` (inside the strategy scope).
+
+    The files are checked at once, so a bad path fails before any data is loaded.
+    """
+    read_widths(widths_path)
+    if init_from_supernet and not os.path.isfile(os.path.expanduser(init_from_supernet)):
+        raise ValueError(f"--init_from_supernet={init_from_supernet!r} does not exist")
+    return lambda: build_subnet(widths_path, init_from_supernet)

@@ -1,0 +1,91 @@
+r"""Fashion-MNIST, ResNet-20, CafeNet at 50% of the MACs: the offline default, sized for ~15 min on 2 CPU cores.
+
+    python -m cafe_tf.train_supernet --config configs/fashion_mnist_resnet20.py --workdir runs/fm_r20
+    python -m cafe_tf.search --config configs/fashion_mnist_resnet20.py --workdir runs/fm_r20
+    python -m cafe_tf.train --config configs/fashion_mnist_resnet20.py --workdir runs/fm_r20/retrain \
+        --widths runs/fm_r20/widths.json
+
+Stages and their sizes (our choices: the paper's numbers are unavailable, see the spec):
+
+* supernet: min-min training (locally free sharing, r = 1 bin, K = 2 candidates, FLOPs-sensitive
+  bins, no sandwich), SGD 0.1 / momentum 0.9 / wd 5e-4 / cosine, 2 epochs. A min-min step costs
+  about 1.05x a plain step of the full net with widths sampled per group (benchmarks/minmin_cost.py),
+  so this is ~2 epochs of plain ResNet-20 time. Candidate selection compares K arrangements with
+  BN on the batch's own statistics and updates no moving statistics (cafe_tf/train/supernet.py).
+* search: evolution at 50% of the full net's MACs, candidates kept in [0.8, 1] x budget; population
+  16, 6 generations, top-4 parents (the spec's 50 / 20 / 10 are the library defaults, reduced here
+  for time); each candidate scored as the best of K = 2 arrangements after BN recalibration on 256
+  training images, on 2,000 images of the validation split (the last 5,000 training images; never test).
+* train (the retraining recipe `python -m cafe_tf.train --widths` uses): from scratch, SGD 0.1
+  cosine, 3 epochs. retrain / deploy: placeholders for the pipeline.
+
+Full-length settings (the CIFAR recipe, ~hours on CPU): supernet.epochs=200, search.population=50,
+search.generations=20, search.parents=10, search.eval_examples=0, train.epochs=200.
+"""
+
+from cafe_tf import config as cfg
+from cafe_tf.search.run import search_section
+from cafe_tf.train.supernet import supernet_section
+
+import ml_collections
+
+
+def get_config():
+    c = cfg.base_config()
+    c.data.name = "fashion_mnist"
+    c.data.batch_size = 128
+    c.data.eval_batch_size = 500  # larger eval batches: the search scores many widths on validation
+    c.data.augment = "flip"
+    c.data.cache = True  # 47 MB of uint8 images
+    c.model.name = "resnet20"
+
+    # Retraining recipe of the searched network (and of baselines such as uniform width scaling).
+    c.train.epochs = 3
+    c.train.optimizer = "sgd"
+    c.train.lr = 0.1
+    c.train.momentum = 0.9
+    c.train.nesterov = True
+    c.train.weight_decay = 5e-4
+    c.train.schedule = "cosine"
+    c.train.log_every = 100
+
+    c.supernet = supernet_section()
+    c.supernet.epochs = 2
+    c.supernet.lr = 0.1
+    c.supernet.momentum = 0.9
+    c.supernet.nesterov = True
+    c.supernet.weight_decay = 5e-4
+    c.supernet.schedule = "cosine"
+    c.supernet.log_every = 50
+    c.supernet.checkpoint_every = 100
+    c.supernet.sharing = "locally_free"  # fixed: the AutoSlim-style baseline supernet
+    c.supernet.granularity = "flops_sensitive"
+    c.supernet.r = 1
+    c.supernet.num_candidates = 2
+    c.supernet.sandwich = False  # True: also the max and min nets every step (~3x the step cost)
+    c.supernet.selection_bn = "batch"
+    c.supernet.eval_fractions = (1.0, 0.5)
+    c.supernet.calibration_examples = 256
+    c.supernet.eval_examples = 2000
+
+    c.search = search_section()
+    c.search.method = "evolution"
+    c.search.macs_ratio = 0.5  # the budget when no max_macs / max_params / max_latency_ms is given
+    c.search.population = 16
+    c.search.generations = 6
+    c.search.parents = 4
+    c.search.mutation_prob = 0.1
+    c.search.num_candidates = 2
+    c.search.calibration_examples = 256
+    c.search.eval_examples = 2000
+
+    c.retrain = ml_collections.ConfigDict(dict(
+        init_from_supernet=False,  # False: from scratch (the paper's protocol); True: fine-tune from the supernet
+        seeds=(0,),  # retraining seeds (the comparison script runs several)
+    ))
+    c.deploy = ml_collections.ConfigDict(dict(
+        quantization="int8",  # what the deploy stage exports
+        representative_examples=200,
+        benchmark_runs=50,
+    ))
+    return cfg.lock(c)
