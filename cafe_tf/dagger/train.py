@@ -11,15 +11,19 @@ The loop (one ``tf.function`` step, read top to bottom in :meth:`GateTrainer.tra
    inference mode, no statistics updated).
 
 Checkpoints (``tf.train.CheckpointManager``: main network, gate module, both optimizers, step) go
-to ``<workdir>/ckpt`` every ``checkpoint_every`` steps and at the end; a new trainer on the same
-workdir resumes from the latest one. The input pipeline restarts on resume (it is not
-checkpointed): with shuffled data this only changes which batches the remaining steps see.
+to ``<workdir>/ckpt`` every ``checkpoint_every`` steps and at the end (TensorBoard scalars to
+``<workdir>/tensorboard``, the logged history to ``history.json``); a new trainer on the same
+workdir resumes from the latest one. Given a function of the first step instead of a fixed
+iterable, the input pipeline continues exactly where the checkpoint left it (the program uses the
+standard loop's seeded per-epoch pipelines for that).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -33,21 +37,13 @@ from cafe_tf import io
 from cafe_tf.flops import CostModel
 from cafe_tf.graph import ChannelGraph
 from cafe_tf.slim import Supernet
+from cafe_tf.train.standard import write_scalar
 from cafe_tf.dagger.module import GATE_MODES, GateModule, gate_masks, gates_from_logits
 from cafe_tf.dagger.regularizer import FlopsRegularizer
 
 GATES_SCHEMA = "cafe_tf.dagger_gates"
 GATES_VERSION = 1
 MAIN_MODES = ("joint", "frozen")
-
-
-def _scalar_summary(name: str, value: float) -> None:
-    """A TensorBoard scalar without importing tensorboard (not a dependency; ``tf.summary.scalar`` needs it)."""
-    from tensorflow.core.framework import summary_pb2
-
-    metadata = summary_pb2.SummaryMetadata()
-    metadata.plugin_data.plugin_name = "scalars"
-    tf.summary.write(name, tf.constant(value, tf.float32), metadata=metadata)
 
 
 def outputs_probabilities(graph: ChannelGraph) -> bool:
@@ -80,12 +76,14 @@ class GateTrainer:
         temperature: tuple[float, float] = (1.0, 1.0),
         gate_lr: float = 1e-3,
         main: str = "joint",
-        main_lr: float = 1e-3,
-        momentum: float = 0.9,
+        main_optimizer: keras.optimizers.Optimizer | None = None,
         weight_decay: float = 5e-4,
         checkpoint_every: int = 200,
         max_to_keep: int = 2,
     ):
+        """``main_optimizer``: the main network's optimizer in joint mode (default SGD, lr 1e-3, momentum 0.9;
+        the program builds it with ``cafe_tf.train.standard.make_optimizer``). ``weight_decay``: L2 on the
+        main network's kernels in the loss, the convention of ``cafe_tf.train.standard``."""
         if gate_mode not in GATE_MODES:
             raise ValueError(f"gate_mode {gate_mode!r} is not one of {GATE_MODES}")
         if main not in MAIN_MODES:
@@ -104,9 +102,12 @@ class GateTrainer:
         self.gate_opt = keras.optimizers.Adam(gate_lr)
         self.gate_opt.build(module.trainable_variables)
         self.main_vars = list(model.trainable_variables) if main == "joint" else []
-        self.main_opt = keras.optimizers.SGD(main_lr, momentum=momentum, weight_decay=weight_decay or None)
+        # Kernels only (not biases, not BN), as in cafe_tf.train.standard.
+        self.decayed = [v for v in self.main_vars if v.path.split("/")[-1].endswith("kernel")]
+        self.weight_decay = float(weight_decay)
+        self.main_opt = main_optimizer or keras.optimizers.SGD(1e-3, momentum=0.9)
         if self.main_vars:
-            self.main_opt.build(self.main_vars)
+            self.main_opt.build(self.main_vars)  # slots exist before restore, so they are restored too
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.ckpt = tf.train.Checkpoint(model=model, module=module, gate_opt=self.gate_opt, main_opt=self.main_opt,
                                         step=self.step)
@@ -136,6 +137,8 @@ class GateTrainer:
             task = self.task_loss(outputs, labels)
             reg, macs = self.regularizer(widths)
             loss = task + reg
+            if self.decayed and self.weight_decay:
+                loss += 0.5 * self.weight_decay * tf.add_n([tf.reduce_sum(tf.square(v)) for v in self.decayed])
         grads = tape.gradient(loss, list(gate_vars) + self.main_vars)
         self.gate_opt.apply_gradients(zip(grads[: len(gate_vars)], gate_vars))
         if self.main_vars:
@@ -146,19 +149,26 @@ class GateTrainer:
                 "accuracy": tf.reduce_mean(tf.cast(correct, tf.float32)), "open_gates": open_gates}
 
     # ----------------------------------------------------------------------------------------
-    def train(self, batches: Iterable, log_every: int = 50,
+    def train(self, batches: Iterable | Callable[[int], Iterable], log_every: int = 50,
               on_log: Callable[[dict[str, float]], None] | None = None, progress: bool = True) -> list[dict]:
         """Runs the remaining steps (resuming if a checkpoint exists); returns the logged history.
 
-        ``batches``: an iterable of ``(images, labels)`` that yields at least the remaining steps
-        (a repeated ``tf.data.Dataset``).
+        ``batches``: ``(images, labels)`` batches for at least the remaining steps (a repeated
+        ``tf.data.Dataset``), or a function of the first step to run that returns them, so a resumed
+        run can continue the data exactly where the checkpoint left it.
         """
         start = self.restore()
         history = self._load_history()
         if start >= self.total_steps:
             return history
-        bar = keras.utils.Progbar(self.total_steps, stateful_metrics=["macs_ratio", "open"]) if progress else None
-        writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tb"))
+        if callable(batches):
+            batches = batches(start)
+        # A progress bar on a terminal; log lines (every log_every steps) otherwise, as the standard loop.
+        bar = (keras.utils.Progbar(self.total_steps, stateful_metrics=["macs_ratio", "open"], unit_name="step")
+               if progress and sys.stdout.isatty() else None)
+        if bar is not None and start:
+            bar.update(start)
+        writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tensorboard"))
         full_macs = float(self.regularizer.cost.macs())
         sums: dict[str, float] = {}
         count, t0, step = 0, time.time(), start
@@ -190,9 +200,9 @@ class GateTrainer:
                               macs=values["macs"], open_gates=values["open_gates"],
                               seconds=time.time() - t0)
                 history.append(record)
-                with writer.as_default(step=step + 1):
+                with writer.as_default():
                     for k, v in record.items():
-                        _scalar_summary(f"gates/{k}", v)
+                        write_scalar(f"gates/{k}", v, step + 1)
                 logging.info("gate training step %d/%d: loss %.4f task %.4f reg %.4f acc %.3f MACs %.3f of full",
                              step + 1, self.total_steps, record["loss"], record["task"], record["reg"],
                              record["accuracy"], record["macs_ratio"])
@@ -209,8 +219,6 @@ class GateTrainer:
         path = os.path.join(self.workdir, "history.json")
         if not os.path.isfile(path):
             return []
-        import json
-
         with open(path, encoding="utf-8") as f:
             return [h for h in json.load(f) if h["step"] <= int(self.step)]
 

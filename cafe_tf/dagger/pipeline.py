@@ -1,0 +1,439 @@
+"""The Dagger pruning pipeline behind ``python -m cafe_tf.prune``: stages, artifacts, resume.
+
+Stages (each writes its artifact under ``workdir`` and is skipped when that artifact exists and is
+valid for the same settings; the training stages also resume from their own checkpoints):
+
+0. ``pretrain/``: only without ``prune.pretrained``: the standard training loop
+   (``cafe_tf.train.standard``) trains ``config.model`` with ``config.train`` -> ``model.keras``.
+1. ``gates/``: gate training (methods ``dagger`` and ``free``) -> ``gates.json`` (logits per
+   group, history) and ``model.keras`` (the main network after joint training).
+2. ``prune/``: exact-target selection -> ``widths.json`` (kept channels, MACs) and ``pruned.keras``
+   (physical pruning with ``cafe_tf.surgery``, then BN statistics re-estimated on training batches).
+3. ``finetune/``: the standard training loop on the pruned model with ``config.finetune`` ->
+   ``model.keras`` and ``metrics.json``.
+4. ``report.md`` + figures and ``summary.json`` (achieved MACs vs target, accuracies).
+
+Pretraining and fine-tuning run under ``config.distribute``'s strategy (the standard loop); gate
+training runs on one device in float32 (our loop is not distributed yet).
+
+The pretrained model may be any functional Keras model the channel graph understands (a user's
+``.keras``), taking images as ``cafe_tf.data.input_pipeline`` yields them (normalised float32 at
+the dataset's size) and outputting logits or softmax probabilities.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import keras
+import ml_collections
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from cafe_tf import data as data_lib
+from cafe_tf import io
+from cafe_tf import space as space_lib
+from cafe_tf.config import ConfigError, to_dict
+from cafe_tf.flops import CostModel
+from cafe_tf.graph import ChannelGraph
+from cafe_tf.slim import Supernet
+from cafe_tf.dagger import module as module_lib
+from cafe_tf.dagger import prune as prune_lib
+from cafe_tf.dagger import report as report_lib
+from cafe_tf.dagger import train as train_lib
+from cafe_tf.dagger.regularizer import PENALTIES, FlopsRegularizer
+
+SUMMARY_SCHEMA = "cafe_tf.dagger_summary"
+SUMMARY_VERSION = 1
+
+
+# -------------------------------------------------------------------------------------------------
+# Config sections of this program
+
+
+def prune_section() -> ml_collections.ConfigDict:
+    """Defaults of ``config.prune``: what to prune to, and how."""
+    return ml_collections.ConfigDict(dict(
+        method="dagger",  # dagger | free (ablation: free gate logits) | l1 | uniform (baselines)
+        target_macs_ratio=0.5,  # fraction of the pretrained model's MACs, in (0, 1]
+        pretrained="",  # a .keras file; "" = train config.model with config.train first (stage 0)
+        min_channels=1,  # floor per channel group
+        tolerance=0.01,  # the pruned MACs land in [(1 - tolerance) * target, target]
+        bn_calibration_batches=100,  # re-estimate the pruned model's BN statistics on N training batches; 0 = off
+        evaluate_before_finetune=True,  # test accuracy of the pruned model before fine-tuning (one pass)
+    ))
+
+
+def dagger_section() -> ml_collections.ConfigDict:
+    """Defaults of ``config.dagger``: the gate module, the regulariser and gate training."""
+    return ml_collections.ConfigDict(dict(
+        hidden=32,  # width of the Dagger MLP
+        normalize="layer_std",  # layer_std | l2_rows: how filter rows are normalised
+        use_bn=True,  # append the following BN's scale to each filter's row
+        init_logit=3.0,  # gates start open (sigmoid(3) = 0.95)
+        gate_mode="hard",  # hard (straight-through) | soft (sigmoid(logit / T))
+        temperature_start=1.0,  # soft mode: annealed geometrically to temperature_end
+        temperature_end=1.0,
+        epochs=10.0,  # gate-training epochs (fractions allowed)
+        gate_lr=1e-3,  # Adam on the gate module
+        main="joint",  # joint (SGD on the main network) | frozen
+        main_lr=0.01,  # peak lr of the main network in joint mode (cosine to 0)
+        main_momentum=0.9,
+        main_weight_decay=5e-4,
+        flops_penalty="abs",  # abs | squared | hinge | log_l1
+        flops_weight=2.0,  # lambda; 0 = no FLOPs term (ablation: the exact-target step alone)
+        flops_tolerance=0.05,  # log_l1's band
+        log_every=50,
+        checkpoint_every=200,
+    ))
+
+
+def validate_prune(section: ml_collections.ConfigDict) -> None:
+    """Checks ``config.prune``; raises ConfigError naming the key, the value and what is valid."""
+    if section.method not in prune_lib.METHODS:
+        raise ConfigError(f"config.prune.method={section.method!r} is invalid; valid values: {list(prune_lib.METHODS)}")
+    try:
+        prune_lib.check_target_ratio(section.target_macs_ratio)
+    except ValueError:
+        raise ConfigError(f"config.prune.target_macs_ratio={section.target_macs_ratio!r} is invalid; it must be "
+                          "in (0, 1] (a fraction of the pretrained model's MACs)") from None
+    if section.pretrained and not section.pretrained.endswith(".keras"):
+        raise ConfigError(f"config.prune.pretrained={section.pretrained!r} is invalid; it must be a .keras file")
+    if section.min_channels < 1:
+        raise ConfigError(f"config.prune.min_channels={section.min_channels!r} is invalid; it must be >= 1")
+    if not 0 < section.tolerance < 1:
+        raise ConfigError(f"config.prune.tolerance={section.tolerance!r} is invalid; it must be in (0, 1)")
+    if section.bn_calibration_batches < 0:
+        raise ConfigError(f"config.prune.bn_calibration_batches={section.bn_calibration_batches!r} is invalid; "
+                          "it must be >= 0 (0 = off)")
+
+
+def validate_dagger(section: ml_collections.ConfigDict) -> None:
+    """Checks ``config.dagger``; raises ConfigError naming the key, the value and what is valid."""
+    choices = {"normalize": module_lib.NORMALIZATIONS, "gate_mode": module_lib.GATE_MODES,
+               "main": train_lib.MAIN_MODES, "flops_penalty": PENALTIES}
+    for key, valid in choices.items():
+        if section[key] not in valid:
+            raise ConfigError(f"config.dagger.{key}={section[key]!r} is invalid; valid values: {list(valid)}")
+    positive = ("hidden", "temperature_start", "temperature_end", "epochs", "gate_lr", "main_lr", "log_every",
+                "checkpoint_every")
+    for key in positive:
+        if not section[key] > 0:
+            raise ConfigError(f"config.dagger.{key}={section[key]!r} is invalid; it must be > 0")
+    for key in ("flops_weight", "main_weight_decay"):
+        if section[key] < 0:
+            raise ConfigError(f"config.dagger.{key}={section[key]!r} is invalid; it must be >= 0")
+    if not 0 <= section.main_momentum < 1:
+        raise ConfigError(f"config.dagger.main_momentum={section.main_momentum!r} is invalid; it must be in [0, 1)")
+    if not 0 <= section.flops_tolerance < 1:
+        raise ConfigError(f"config.dagger.flops_tolerance={section.flops_tolerance!r} is invalid; it must be in [0, 1)")
+
+
+def extra_validators() -> dict[str, Callable[[ml_collections.ConfigDict], None]]:
+    """Validators of the sections this program adds (``finetune`` is a ``train`` section)."""
+    from cafe_tf.config import validate_train
+
+    return {"prune": validate_prune, "dagger": validate_dagger, "finetune": validate_train}
+
+
+# -------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _same_settings(record: dict[str, Any], expected: dict[str, Any], path: str) -> None:
+    """Refuses to reuse an artifact written with other settings (a stale workdir)."""
+    stored = record.get("settings", {})
+    diff = {k: (stored.get(k), v) for k, v in expected.items() if stored.get(k) != v}
+    if diff:
+        raise ConfigError(
+            f"{path} was written with other settings ({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
+            "use a new --workdir or delete that stage's folder"
+        )
+
+
+def model_info(model: keras.Model, config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``widths.json``'s model record: the registry name when we built it, the model's name otherwise."""
+    shape = [int(d) for d in model.inputs[0].shape[1:]]
+    return {"name": config.model.name if not config.prune.pretrained else model.name, "input_shape": shape,
+            "num_classes": int(model.outputs[0].shape[-1]),
+            "width_mult": float(config.model.width_mult) if not config.prune.pretrained else 1.0}
+
+
+def check_model_fits_data(model: keras.Model, image_shape, num_classes: int, path: str) -> None:
+    """Clear errors when a given model does not take the dataset's images or predict its classes."""
+    shape = tuple(int(d) if d is not None else None for d in model.inputs[0].shape[1:])
+    if shape != tuple(image_shape):
+        raise ValueError(f"model {path!r} takes inputs of shape {shape}, but the data pipeline yields {tuple(image_shape)}; "
+                         "set --config.data.image_size (or give a model for this dataset)")
+    out = int(model.outputs[0].shape[-1])
+    if out != num_classes:
+        raise ValueError(f"model {path!r} predicts {out} classes, but the dataset has {num_classes}")
+
+
+def as_logits_model(model: keras.Model) -> tuple[keras.Model, Callable[[keras.Model], keras.Model]]:
+    """(a copy of ``model`` that outputs logits, a function restoring the softmax on a trained copy).
+
+    The standard training loop takes logits; a user's model that ends in a softmax is trained
+    without it and gets it back afterwards, so the saved model keeps the user's convention.
+    """
+    last = model.outputs[0]._keras_history.operation
+    act = getattr(last, "activation", None)
+    is_softmax_layer = isinstance(last, keras.layers.Softmax) or (
+        isinstance(last, keras.layers.Activation) and getattr(act, "__name__", "") == "softmax")
+    if is_softmax_layer:
+        logits = keras.Model(model.inputs, last.input, name=model.name)
+        return logits, lambda m: keras.Model(m.inputs, keras.layers.Softmax(name=last.name)(m.outputs[0]),
+                                             name=model.name)
+    if isinstance(last, keras.layers.Dense) and getattr(act, "__name__", "") == "softmax":
+        def switch(activation: str) -> Callable[[keras.Model], keras.Model]:
+            def clone(m: keras.Model) -> keras.Model:
+                def fn(layer):
+                    cfg = layer.get_config()
+                    if layer.name == last.name:
+                        cfg["activation"] = activation
+                    return type(layer).from_config(cfg)
+
+                out = keras.models.clone_model(m, clone_function=fn)
+                out.set_weights(m.get_weights())
+                return out
+
+            return clone
+
+        return switch("linear")(model), switch("softmax")
+    return model, lambda m: m
+
+
+def _epochs_of(make_train: Callable[[int, int, Any], tf.data.Dataset], steps_per_epoch: int
+               ) -> Callable[[int], Iterator]:
+    """Batches from global step ``start`` on, chaining the standard loop's seeded per-epoch pipelines."""
+    def batches(start: int) -> Iterator:
+        epoch, skip = divmod(start, steps_per_epoch)
+        while True:
+            yield from make_train(epoch, skip, None)
+            epoch, skip = epoch + 1, 0
+
+    return batches
+
+
+def _report_split(data) -> str:
+    """The split the summary's before/after accuracies are measured on (test when it is evaluated)."""
+    return "test" if "test" in data.make_eval else list(data.make_eval)[-1]
+
+
+def _accuracy(model: keras.Model, make_eval: Callable[[Any], tf.data.Dataset]) -> float:
+    fn = tf.function(lambda x: model(x, training=False))
+    return train_lib.accuracy(fn, make_eval(None))
+
+
+# -------------------------------------------------------------------------------------------------
+# Stages
+
+
+def stage_pretrain(config: ml_collections.ConfigDict, workdir: str, data,
+                   strategy: tf.distribute.Strategy | None = None) -> tuple[keras.Model, str]:
+    """Stage 0: the pretrained model (the user's file, or ours trained with the standard loop)."""
+    from cafe_tf.train import standard
+
+    if config.prune.pretrained:
+        path = os.path.abspath(os.path.expanduser(config.prune.pretrained))
+        model = prune_lib.load_model(path)
+        check_model_fits_data(model, data.image_shape, data.info.num_classes, path)
+        return model, path
+    folder = os.path.join(workdir, "pretrain")
+    path = os.path.join(folder, "model.keras")
+    metrics = os.path.join(folder, "metrics.json")
+    if os.path.isfile(path) and os.path.isfile(metrics):
+        io.read_artifact(metrics, standard.METRICS_SCHEMA, (standard.METRICS_VERSION,))
+        logging.info("stage pretrain: done already (%s)", path)
+    else:
+        logging.info("stage pretrain: training %s with the standard loop in %s", config.model.name, folder)
+        model_fn = standard.model_factory(config.model, data.image_shape, data.info.num_classes)
+        standard.fit(model_fn, data, config.train, folder, strategy=strategy, config_record=to_dict(config))
+    return prune_lib.load_model(path), path
+
+
+def _gate_settings(config: ml_collections.ConfigDict, source: str) -> dict[str, Any]:
+    return {"method": config.prune.method, "target_macs_ratio": float(config.prune.target_macs_ratio),
+            "pretrained": source, "dagger": to_dict(config.dagger)}
+
+
+def stage_gates(config: ml_collections.ConfigDict, workdir: str, data, model: keras.Model, source: str
+                ) -> tuple[keras.Model, dict[int, np.ndarray] | None, list[dict]]:
+    """Stage 1: gate training -> (main network after it, {group id: logits}, history); baselines skip it."""
+    from cafe_tf.train import standard
+
+    if config.prune.method not in ("dagger", "free"):
+        return model, None, []
+    d = config.dagger
+    folder = os.path.join(workdir, "gates")
+    gates_path, model_path = os.path.join(folder, "gates.json"), os.path.join(folder, "model.keras")
+    graph = ChannelGraph.from_model(model)
+    settings = _gate_settings(config, source)
+    if os.path.isfile(gates_path) and os.path.isfile(model_path):
+        record = train_lib.read_gates(gates_path, graph)
+        _same_settings(record, settings, gates_path)
+        logging.info("stage gates: done already (%s)", gates_path)
+        trained = prune_lib.load_model(model_path)
+        return trained, record["logits_by_id"], record.get("history", [])
+    cost = CostModel(graph)
+    keras.utils.set_random_seed(config.train.seed)
+    if config.prune.method == "dagger":
+        module = module_lib.DaggerModule(graph, hidden=d.hidden, normalize=d.normalize, use_bn=d.use_bn,
+                                         init_logit=d.init_logit, seed=config.train.seed)
+    else:
+        module = module_lib.FreeGates(graph, init_logit=d.init_logit)
+    target = float(config.prune.target_macs_ratio) * cost.macs()
+    regularizer = FlopsRegularizer(cost, target, kind=d.flops_penalty, weight=d.flops_weight,
+                                   tolerance=d.flops_tolerance)
+    spe = data_lib.steps_per_epoch(data.train_examples, data.global_batch)
+    if spe < 1:
+        raise ConfigError(f"config.data.batch_size={data.global_batch} is larger than the {data.train_examples} "
+                          "training examples; use a smaller batch or more data")
+    total = max(1, int(round(d.epochs * spe)))
+    # The main network's optimizer and schedule come from the standard loop's builders (one recipe style).
+    main_recipe = ml_collections.ConfigDict(dict(optimizer="sgd", momentum=d.main_momentum, nesterov=False,
+                                                 mixed_precision="none"))
+    schedule = standard.LearningRate(d.main_lr, total, schedule="cosine")
+    trainer = train_lib.GateTrainer(
+        model, module, regularizer, folder, total_steps=total, gate_mode=d.gate_mode,
+        temperature=(d.temperature_start, d.temperature_end), gate_lr=d.gate_lr, main=d.main,
+        main_optimizer=standard.make_optimizer(main_recipe, schedule), weight_decay=d.main_weight_decay,
+        checkpoint_every=d.checkpoint_every)
+    logging.info("stage gates: %d steps (%d per epoch), target %.0f MACs (%.3f of %d)", total, spe, target,
+                 config.prune.target_macs_ratio, cost.macs())
+    history = trainer.train(_epochs_of(data.make_train, spe), log_every=d.log_every)
+    logits = trainer.logits()
+    prune_lib.save_model(model, model_path)
+    train_lib.write_gates(gates_path, graph, module.group_ids, logits,
+                          {"settings": settings, "history": history, "target_macs": target, "steps": total})
+    return model, prune_lib.logits_by_group(module.group_ids, logits), history
+
+
+def calibrate_bn(model: keras.Model, batches, num_batches: int) -> int:
+    """Sets every BN's moving statistics to the average batch statistics over ``num_batches`` batches.
+
+    Removing channels changes what every later BN sees, so the inherited statistics are stale; the
+    core's ``Supernet.calibrate_bn`` at the full (already pruned) width re-estimates them, the
+    same for every method. Returns the number of batches used.
+    """
+    if not any(isinstance(l, keras.layers.BatchNormalization) for l in model.layers):
+        return 0
+    supernet = Supernet(model)
+    return supernet.calibrate_bn([None] * supernet.num_groups, batches, num_batches=num_batches)
+
+
+def stage_prune(config: ml_collections.ConfigDict, workdir: str, model: keras.Model, source: str,
+                logits: dict[int, np.ndarray] | None, data=None
+                ) -> tuple[keras.Model, dict[int, np.ndarray], dict[str, Any]]:
+    """Stage 2: exact-target selection, physical pruning and BN recalibration -> (pruned model, selection, info)."""
+    folder = os.path.join(workdir, "prune")
+    widths_path, pruned_path = os.path.join(folder, "widths.json"), os.path.join(folder, "pruned.keras")
+    graph = ChannelGraph.from_model(model)
+    settings = {**_gate_settings(config, source), "min_channels": int(config.prune.min_channels),
+                "tolerance": float(config.prune.tolerance),
+                "bn_calibration_batches": int(config.prune.bn_calibration_batches)}
+    if os.path.isfile(widths_path) and os.path.isfile(pruned_path):
+        record = space_lib.read_widths(widths_path)
+        _same_settings(record, settings, widths_path)
+        logging.info("stage prune: done already (%s)", widths_path)
+        return (prune_lib.load_model(pruned_path), space_lib.selection_from_record(graph, record),
+                record["exact_target"])
+    cost = CostModel(graph)
+    selection, info = prune_lib.select_channels(config.prune.method, cost, config.prune.target_macs_ratio,
+                                                logits=logits, min_channels=config.prune.min_channels,
+                                                tolerance=config.prune.tolerance)
+    logging.info("stage prune: %s -> %d MACs for a target of %.0f (%+.3f%%)", config.prune.method,
+                 info["achieved_macs"], info["target_macs"], 100 * info["relative_error"])
+    pruned = prune_lib.prune_model(model, selection, graph)
+    if config.prune.bn_calibration_batches and data is not None:
+        used = calibrate_bn(pruned, data.make_train(0, 0, None), config.prune.bn_calibration_batches)
+        info["bn_calibration_batches"] = used
+        logging.info("stage prune: BN statistics re-estimated on %d training batches", used)
+    if config.prune.evaluate_before_finetune and data is not None:
+        split = _report_split(data)
+        info["accuracy_before_finetune"] = {"split": split, "accuracy": _accuracy(pruned, data.make_eval[split])}
+    prune_lib.save_model(pruned, pruned_path)
+    space_lib.write_widths(widths_path, graph, selection, model_info(model, config),
+                           {"settings": settings, "exact_target": info, "source": source,
+                            "config": to_dict(config)})
+    return pruned, selection, info
+
+
+def stage_finetune(config: ml_collections.ConfigDict, workdir: str, data, pruned_path: str,
+                   strategy: tf.distribute.Strategy | None = None) -> dict[str, Any]:
+    """Stage 3: the standard training loop on the pruned model -> its metrics (final eval per split)."""
+    from cafe_tf.train import standard
+
+    folder = os.path.join(workdir, "finetune")
+    metrics_path = os.path.join(folder, "metrics.json")
+    model_path = os.path.join(folder, "model.keras")
+    if os.path.isfile(metrics_path) and os.path.isfile(model_path):
+        logging.info("stage finetune: done already (%s)", metrics_path)
+        return io.read_artifact(metrics_path, standard.METRICS_SCHEMA, (standard.METRICS_VERSION,))
+    # A factory, so the standard loop builds the model under its strategy's scope.
+    restore: list[Callable[[keras.Model], keras.Model]] = []
+
+    def model_fn() -> keras.Model:
+        trainable, back = as_logits_model(prune_lib.load_model(pruned_path))
+        restore.append(back)
+        return trainable
+
+    metrics = standard.fit(model_fn, data, config.finetune, folder, strategy=strategy, config_record=to_dict(config))
+    trained = prune_lib.load_model(model_path)
+    final = restore[0](trained)
+    if final is not trained:  # the user's model ended in a softmax: save it that way
+        prune_lib.save_model(final, model_path)
+    return metrics
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) every stage; returns the summary also written to ``<workdir>/summary.json``."""
+    from cafe_tf.train import standard
+
+    from cafe_tf import distribute as distribute_lib
+
+    strategy = distribute_lib.strategy_from_config(config.distribute)
+    eval_splits = tuple(config.finetune.eval_splits)
+    data = standard.make_data_source(config.data, seed=config.train.seed, eval_splits=eval_splits,
+                                     drop_eval_remainder=not distribute_lib.supports_partial_batches(strategy))
+    model, source = stage_pretrain(config, workdir, data, strategy)
+    graph = ChannelGraph.from_model(model)
+    full_cost = CostModel(graph)
+    split = _report_split(data)
+    summary_path = os.path.join(workdir, "summary.json")
+    previous = (io.read_artifact(summary_path, SUMMARY_SCHEMA, (SUMMARY_VERSION,))
+                if os.path.isfile(summary_path) else {})
+    metrics: dict[str, Any] = {}
+    if previous.get("pretrained") == source and "pretrained" in previous.get("accuracy", {}):
+        metrics["pretrained"] = previous["accuracy"]["pretrained"]  # one eval pass saved on a rerun
+    else:
+        metrics["pretrained"] = _accuracy(model, data.make_eval[split])
+    trained, logits, history = stage_gates(config, workdir, data, model, source)
+    _, selection, info = stage_prune(config, workdir, trained, source, logits, data)
+    if "accuracy_before_finetune" in info:
+        metrics["pruned_before_finetune"] = info["accuracy_before_finetune"]["accuracy"]
+    final = stage_finetune(config, workdir, data, os.path.join(workdir, "prune", "pruned.keras"),
+                           strategy)["final"] or {}
+    metrics.update({f"finetuned_{s}": r["accuracy"] for s, r in final.items()})
+    summary = {
+        "method": config.prune.method,
+        "eval_split": split,
+        "target_macs_ratio": float(config.prune.target_macs_ratio),
+        "full_macs": int(full_cost.macs()),
+        "full_params": int(full_cost.params()),
+        "exact_target": info,
+        "accuracy": metrics,
+        "pretrained": source,
+        "paths": {"pruned_model": "finetune/model.keras", "widths": "prune/widths.json", "report": "report.md"},
+    }
+    io.write_artifact(summary_path, SUMMARY_SCHEMA, SUMMARY_VERSION, summary)
+    shown = {f"accuracy: {k.replace('_', ' ')}" + ("" if k.startswith("finetuned_") else f" ({split})"): v
+             for k, v in metrics.items()}
+    report_lib.write_report(workdir, graph, selection, {**info, "method": config.prune.method}, logits=logits,
+                            history=history, metrics=shown,
+                            title=f"Dagger pruning report: {config.prune.method}, "
+                                  f"{config.prune.target_macs_ratio:.2f} of the MACs")
+    return summary
