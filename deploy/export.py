@@ -1,0 +1,474 @@
+"""Export a plain Keras 3 image classifier to ``.tflite``: fp32, fp16, dynamic-range, full int8, QAT.
+
+Usage::
+
+    python -m deploy.export --model slim.keras --quant int8 --out slim_int8.tflite \\
+        [--dataset fashion_mnist --data_dir DIR] [--io_type {float32,int8,uint8}] [--batch_size 1]
+
+How (TF 2.21, Keras 3): the model is traced with ``keras.export.ExportArchive`` into a SavedModel
+whose one endpoint ``serving_default`` has a fixed input signature ``(batch_size, H, W, C)`` and
+returns ``{<output layer name>: logits}``; ``TFLiteConverter.from_saved_model`` converts that with
+builtin ops only (no Flex ops). ``batch_size=1`` (the default) gives the static batch of 1 the Edge
+TPU and most mobile runtimes want; ``--batch_size 0`` keeps it dynamic. (``from_keras_model`` leaves
+the batch dynamic, and ``from_concrete_functions`` fails during int8 calibration.)
+
+* ``fp16``: float16 weights, float compute. ``dynamic``: int8 weights, float activations.
+* ``int8``: full-integer post-training quantization calibrated on ``num_calibration`` images of the
+  training split, resized to the model's input; ``io_type`` int8/uint8 makes inputs and outputs
+  integer too (what the Edge TPU needs), float32 keeps float inputs with (de)quantize ops at the ends.
+* ``qat``: quantization-aware fine-tuning through tfmot (deploy/qat.py), then full-integer conversion.
+
+Before any integer quantization the model is refused if a convolution, depthwise convolution or
+dense layer has an all-zero output channel, or a BatchNormalization a zero gamma (an all-zero filter
+left by pruning): its per-channel weight scale would be 0. The message names the layer and channels.
+After converting, the flatbuffer must load and run in the LiteRT interpreter before it is written
+(atomically: a failed export leaves no file behind).
+
+Metadata: the model's own TFLite ``metadata`` list gets an entry ``cafe_tf.metadata`` holding JSON
+(read it with ``deploy.tflite_model.read_metadata``): signature, input / output names, shapes, dtypes
+and quantization, the input normalisation ``x = (pixel * scale - mean) / std`` for pixels in
+[0, 255], label names when known, the quantization mode and the converter version. (TFLite Support's
+``TFLITE_METADATA`` schema needs the tflite-support package, which is not part of this stack.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from deploy.errors import DeployError, UsageError
+
+QUANT_MODES = ("fp32", "fp16", "dynamic", "int8", "qat")
+IO_TYPES = ("float32", "int8", "uint8")
+INTEGER_MODES = ("dynamic", "int8", "qat")
+SIGNATURE = "serving_default"
+
+
+@dataclasses.dataclass(frozen=True)
+class ZeroChannels:
+    """Output channels of one layer whose weights (or BN gamma) are all zero."""
+
+    layer: str
+    kind: str
+    channels: tuple[int, ...]
+
+    def describe(self) -> str:
+        shown = ", ".join(str(c) for c in self.channels[:10]) + (", ..." if len(self.channels) > 10 else "")
+        return f"layer {self.layer!r} ({self.kind}) output channel(s) [{shown}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_tflite` wrote."""
+
+    path: str
+    quant: str
+    io_type: str
+    batch_size: int | None
+    size_bytes: int
+    op_versions: Mapping[str, list[int]]
+    metadata: Mapping[str, Any]
+    calibration_images: int = 0
+    qat_losses: Mapping[str, float] | None = None
+
+
+def find_zero_channels(model: Any) -> list[ZeroChannels]:
+    """Layers with all-zero output channels: their per-channel quantization scale would be 0."""
+    import keras
+
+    found = []
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            kernel = weights[0]  # (kh, kw, cin, multiplier): output channel = cin * multiplier + m
+            norms = np.abs(kernel).reshape(-1, kernel.shape[2] * kernel.shape[3]).max(axis=0)
+        elif isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.Dense)):
+            kernel = weights[0]  # (..., cin, cout); Conv2DTranspose keeps (..., cout, cin) and is skipped
+            if isinstance(layer, keras.layers.Conv2DTranspose):
+                continue
+            norms = np.abs(kernel).reshape(-1, kernel.shape[-1]).max(axis=0)
+        elif isinstance(layer, keras.layers.BatchNormalization) and layer.scale:
+            norms = np.abs(weights[0])  # gamma: folded into the previous layer's kernel
+        else:
+            continue
+        zero = np.flatnonzero(norms == 0)
+        if zero.size:
+            found.append(ZeroChannels(layer.name, type(layer).__name__, tuple(int(c) for c in zero)))
+    return found
+
+
+def check_quantizable(model: Any) -> None:
+    """Raises :class:`DeployError` naming every layer and channel whose weight scale would be zero."""
+    zero = find_zero_channels(model)
+    if zero:
+        listing = "; ".join(z.describe() for z in zero)
+        raise DeployError(
+            f"cannot quantize {model.name!r}: {listing} {'is' if len(zero) == 1 else 'are'} all zero, so the "
+            "per-channel weight scale would be 0 (an all-zero filter left by pruning). Remove those channels "
+            "first (physical pruning: cafe_tf.surgery.extract / the Dagger prune stage), or export without "
+            "integer quantization (--quant fp32 or fp16)."
+        )
+
+
+def _input_spec(model: Any, image: bool = True) -> tuple[str, tuple[int, ...]]:
+    if len(model.inputs) != 1:
+        raise DeployError(f"export needs a model with one image input; {model.name!r} has {len(model.inputs)} inputs")
+    shape = tuple(model.inputs[0].shape)
+    if (image and len(shape) != 4) or len(shape) < 2 or any(d is None for d in shape[1:]):
+        raise DeployError(
+            f"export needs an image input of static shape (batch, height, width, channels); "
+            f"{model.name!r} takes {shape}"
+        )
+    return model.inputs[0].name, tuple(int(d) for d in shape[1:])  # type: ignore[return-value]
+
+
+def _output_name(model: Any) -> str:
+    if len(model.outputs) != 1:
+        raise DeployError(f"export needs a model with one output (logits); {model.name!r} has {len(model.outputs)}")
+    history = getattr(model.outputs[0], "_keras_history", None)
+    return history.operation.name if history is not None else "logits"
+
+
+def convert_keras(
+    model: Any,
+    quant: str,
+    batch_size: int | None = 1,
+    calibration: np.ndarray | None = None,
+    io_type: str = "float32",
+    image_input: bool = True,
+) -> bytes:
+    """The TFLite flatbuffer of ``model`` for ``quant`` in fp32/fp16/dynamic/int8 (not qat).
+
+    ``image_input=False`` accepts any static input shape (one-layer models of latency tables).
+    """
+    import keras
+    import tensorflow as tf
+
+    from deploy.representative import representative_dataset
+
+    input_name, input_shape = _input_spec(model, image=image_input)
+    output_name = _output_name(model)
+    spec = tf.TensorSpec((batch_size, *input_shape), tf.float32, name=input_name)
+    with tempfile.TemporaryDirectory() as folder:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(SIGNATURE, lambda x: {output_name: model(x, training=False)}, input_signature=[spec])
+        archive.write_out(folder, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=[SIGNATURE])
+        if quant != "fp32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quant == "fp16":
+            converter.target_spec.supported_types = [tf.float16]
+        elif quant == "int8":
+            if calibration is None or not len(calibration):
+                raise DeployError("int8 quantization needs representative images (pass a dataset name or images)")
+            converter.representative_dataset = representative_dataset(calibration)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            if io_type != "float32":
+                converter.inference_input_type = {"int8": tf.int8, "uint8": tf.uint8}[io_type]
+                converter.inference_output_type = converter.inference_input_type
+        try:
+            return bytes(converter.convert())
+        except Exception as e:  # noqa: BLE001 - ConverterError and friends: keep the first line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DeployError(f"the TFLite converter failed on {model.name!r} ({quant}): {first}") from None
+
+
+def _tensor_record(summary, index: int, name: str) -> dict[str, Any]:
+    tensor = summary.tensors[index]
+    quantization = None
+    if tensor.num_scales == 1 and tensor.dtype in ("int8", "uint8"):
+        quantization = {"scale": tensor.scales[0], "zero_point": tensor.zero_points[0] if tensor.zero_points else 0}
+    return {
+        "name": name,
+        "shape": list(tensor.shape_signature),
+        "dtype": tensor.dtype,
+        "quantization": quantization,
+    }
+
+
+def build_metadata(
+    flatbuffer: bytes,
+    quant: str,
+    io_type: str,
+    normalization: Mapping[str, Any] | None,
+    label_names: Sequence[str] | None = None,
+    source: str | None = None,
+    calibration_images: int = 0,
+) -> dict[str, Any]:
+    """The JSON document :func:`export_tflite` stores in the model (see the module docstring)."""
+    import tensorflow as tf
+
+    from deploy import tflite_model
+
+    summary = tflite_model.summarize(flatbuffer)
+    signature = summary.signatures.get(SIGNATURE, {"inputs": {}, "outputs": {}})
+    inputs = [_tensor_record(summary, i, n) | {"layout": "NHWC"} for n, i in signature["inputs"].items()]
+    outputs = [_tensor_record(summary, i, n) | {"kind": "logits"} for n, i in signature["outputs"].items()]
+    if normalization is not None:
+        normalization = {
+            "scale": float(normalization.get("scale", 1.0 / 255.0)),
+            "mean": [float(v) for v in normalization["mean"]],
+            "std": [float(v) for v in normalization["std"]],
+            **({"dataset": normalization["dataset"]} if normalization.get("dataset") else {}),
+            "formula": "x = (pixel * scale - mean) / std, pixels in [0, 255], per channel (NHWC)",
+        }
+    return {
+        "producer": "cafe_tf deploy.export",
+        "signature": SIGNATURE,
+        "quant": quant,
+        "io_type": io_type,
+        "inputs": inputs,
+        "outputs": outputs,
+        "normalization": normalization,
+        "label_names": list(label_names) if label_names else None,
+        "source_model": source,
+        "calibration_images": int(calibration_images),
+        "converter": {"tensorflow": tf.__version__},
+    }
+
+
+def export_tflite(
+    model: Any,
+    quant: str,
+    out_path: str | os.PathLike,
+    representative_data: str | Iterable[Any] | None = None,
+    io_type: str = "float32",
+    batch_size: int | None = 1,
+    normalization: Mapping[str, Any] | None = None,
+    num_calibration: int = 200,
+    data_dir: str | None = None,
+    label_names: Sequence[str] | None = None,
+    qat_steps: int = 100,
+    qat_batch_size: int = 32,
+    qat_learning_rate: float = 1e-5,
+    qat_labels: np.ndarray | None = None,
+    source: str | None = None,
+) -> ExportResult:
+    """Converts the plain Keras 3 classifier ``model`` to ``out_path`` (``.tflite``) with quantization ``quant``.
+
+    ``representative_data`` (int8 and qat): a dataset name (``"fashion_mnist"``, read through
+    cafe_tf.data and normalised like training) or any iterable of float images / batches /
+    ``(image, label)`` pairs, resized to the model's input. ``normalization`` ({"mean", "std",
+    "scale"}) is recorded in the metadata; a dataset name supplies it when not given.
+
+    Raises:
+      UsageError: an invalid ``quant`` / ``io_type`` / ``batch_size`` combination.
+      DeployError: a zero-scale channel, a converter failure, or a result LiteRT cannot load.
+    """
+    from cafe_tf import io as cafe_io
+    from deploy import tflite_model
+
+    if quant not in QUANT_MODES:
+        raise UsageError(f"quant must be one of {list(QUANT_MODES)}, got {quant!r}")
+    if io_type not in IO_TYPES:
+        raise UsageError(f"io_type must be one of {list(IO_TYPES)}, got {io_type!r}")
+    if io_type != "float32" and quant not in ("int8", "qat"):
+        raise UsageError(f"io_type {io_type!r} needs quant 'int8' or 'qat'; {quant} models keep float32 inputs and outputs")
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"batch_size must be >= 1 (static) or None (dynamic), got {batch_size!r}")
+    if not os.fspath(out_path).endswith(".tflite"):
+        raise UsageError(f"the output path must end with .tflite, got {os.fspath(out_path)!r}")
+    _, input_shape = _input_spec(model)
+    if quant in INTEGER_MODES:
+        check_quantizable(model)
+
+    calibration = None
+    labels = qat_labels
+    if quant in ("int8", "qat"):
+        if representative_data is None:
+            raise UsageError(
+                f"--quant {quant} needs representative data: a dataset name (e.g. 'fashion_mnist') or an iterable of images"
+            )
+        calibration, labels_found, data_normalization = _calibration_images(
+            representative_data, input_shape, num_calibration, data_dir, with_labels=quant == "qat"
+        )
+        if labels is None:
+            labels = labels_found
+        if normalization is None:
+            normalization = data_normalization
+    elif normalization is None and isinstance(representative_data, str):
+        from cafe_tf import data
+
+        mean, std = data.normalization(representative_data)
+        normalization = {"scale": 1.0 / 255.0, "mean": list(mean), "std": list(std), "dataset": representative_data}
+
+    qat_losses = None
+    if quant == "qat":
+        from deploy import qat
+
+        flatbuffer, qat_losses = qat.qat_tflite(
+            model,
+            calibration,
+            labels,
+            steps=qat_steps,
+            batch_size=qat_batch_size,
+            learning_rate=qat_learning_rate,
+            io_type=io_type,
+            export_batch_size=batch_size,
+        )
+    else:
+        flatbuffer = convert_keras(model, quant, batch_size=batch_size, calibration=calibration, io_type=io_type)
+
+    metadata = build_metadata(
+        flatbuffer,
+        quant,
+        io_type,
+        normalization,
+        label_names=label_names,
+        source=source or model.name,
+        calibration_images=0 if calibration is None else len(calibration),
+    )
+    flatbuffer = tflite_model.add_metadata(flatbuffer, metadata)
+    tflite_model.check_loads(flatbuffer, os.fspath(out_path))
+    _smoke_run(flatbuffer, input_shape, os.fspath(out_path))
+    cafe_io.write_bytes(out_path, flatbuffer)
+    summary = tflite_model.summarize(flatbuffer)
+    return ExportResult(
+        path=os.fspath(out_path),
+        quant=quant,
+        io_type=io_type,
+        batch_size=batch_size,
+        size_bytes=len(flatbuffer),
+        op_versions=summary.op_versions(),
+        metadata=metadata,
+        calibration_images=0 if calibration is None else len(calibration),
+        qat_losses=qat_losses,
+    )
+
+
+def _calibration_images(source, input_shape, num_images, data_dir, with_labels: bool):
+    from deploy import representative
+
+    if isinstance(source, str):
+        images, labels, normalization = representative.dataset_images(
+            source, input_shape, num_images, split="train", data_dir=data_dir
+        )
+        return images, labels, normalization
+    images, labels = representative.collect_images(source, input_shape, num_images)
+    return images, labels, None
+
+
+def _smoke_run(flatbuffer: bytes, input_shape: Sequence[int], what: str) -> None:
+    from deploy import tflite_model
+
+    runner = tflite_model.TFLiteRunner(flatbuffer)
+    x = np.zeros((runner.static_batch or 1, *input_shape), np.float32)
+    try:
+        out = runner(x)
+    except (ValueError, RuntimeError) as e:
+        raise DeployError(f"the converted model {what!r} does not run in LiteRT: {str(e).splitlines()[0]}") from None
+    for name, value in out.items():
+        if not np.all(np.isfinite(value)):
+            raise DeployError(f"the converted model {what!r} outputs non-finite values in {name!r}")
+
+
+def load_keras_model(path: str) -> Any:
+    """Loads a ``.keras`` file (compile=False), turning load failures into :class:`DeployError`."""
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as e:  # noqa: BLE001 - keras raises many types for a bad file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DeployError(f"cannot load the Keras model {path!r}: {first}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Program
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("model", None, "the Keras 3 model to export (.keras file)")
+    flags.DEFINE_enum("quant", None, list(QUANT_MODES), "quantization: fp32, fp16 (float16 weights), dynamic "
+                      "(int8 weights), int8 (full integer, calibrated), qat (quantization-aware fine-tune + int8)")
+    flags.DEFINE_string("out", None, "output .tflite path (written atomically)")
+    flags.DEFINE_string("dataset", "fashion_mnist", "dataset for calibration / QAT and the normalisation recorded "
+                        "in the metadata (a cafe_tf.data name)")
+    flags.DEFINE_string("data_dir", None, "tfds data_dir (default $CAFE_TF_DATA_DIR or ~/tensorflow_datasets)")
+    flags.DEFINE_enum("io_type", "float32", list(IO_TYPES), "input/output type of int8/qat models "
+                      "(int8 or uint8 for the Edge TPU)")
+    flags.DEFINE_integer("batch_size", 1, "static batch of the exported signature; 0 keeps it dynamic "
+                         "(the Edge TPU needs 1)")
+    flags.DEFINE_integer("num_calibration", 200, "training images used to calibrate int8 / fine-tune QAT")
+    flags.DEFINE_integer("qat_steps", 100, "QAT fine-tuning steps")
+    flags.DEFINE_integer("qat_batch_size", 32, "QAT fine-tuning batch size")
+    flags.DEFINE_float("qat_learning_rate", 1e-5, "QAT fine-tuning learning rate (Adam)")
+    flags.DEFINE_list("mean", None, "per-channel input mean to record (overrides the dataset's), e.g. 0.286")
+    flags.DEFINE_list("std", None, "per-channel input std to record (overrides the dataset's), e.g. 0.353")
+
+
+def _main() -> None:
+    from absl import flags
+
+    from deploy import _cli
+
+    FLAGS = flags.FLAGS
+    model_path = _cli.require_file(FLAGS.model, "model")
+    if not FLAGS.out:
+        raise UsageError("--out is required: the .tflite to write")
+    if FLAGS.quant is None:
+        raise UsageError(f"--quant is required: one of {list(QUANT_MODES)}")
+    if FLAGS.batch_size < 0:
+        raise UsageError(f"--batch_size must be >= 1, or 0 for a dynamic batch; got {FLAGS.batch_size}")
+    if FLAGS.num_calibration < 1:
+        raise UsageError(f"--num_calibration must be >= 1, got {FLAGS.num_calibration}")
+    normalization = None
+    if FLAGS.mean or FLAGS.std:
+        if not (FLAGS.mean and FLAGS.std) or len(FLAGS.mean) != len(FLAGS.std):
+            raise UsageError(f"--mean and --std must be given together with one value per channel; got {FLAGS.mean} and {FLAGS.std}")
+        try:
+            normalization = {"scale": 1.0 / 255.0, "mean": [float(v) for v in FLAGS.mean], "std": [float(v) for v in FLAGS.std]}
+        except ValueError:
+            raise UsageError(f"--mean/--std must be numbers, got {FLAGS.mean} and {FLAGS.std}") from None
+    dataset = FLAGS.dataset or None
+    if dataset is not None:
+        from cafe_tf import data
+
+        if dataset not in data.names():
+            raise UsageError(f"--dataset={dataset!r} is not a known dataset; valid: {data.names()}")
+    model = load_keras_model(model_path)
+    label_names = None
+    if dataset is not None and FLAGS.quant in ("int8", "qat"):
+        print(f"export: calibrating on {FLAGS.num_calibration} images of {dataset!r} (train split)")
+    result = export_tflite(
+        model,
+        FLAGS.quant,
+        FLAGS.out,
+        representative_data=dataset,
+        io_type=FLAGS.io_type,
+        batch_size=FLAGS.batch_size or None,
+        normalization=normalization,
+        num_calibration=FLAGS.num_calibration,
+        data_dir=FLAGS.data_dir,
+        label_names=label_names,
+        qat_steps=FLAGS.qat_steps,
+        qat_batch_size=FLAGS.qat_batch_size,
+        qat_learning_rate=FLAGS.qat_learning_rate,
+        source=os.path.basename(model_path),
+    )
+    ops = ", ".join(f"{op} v{'/'.join(map(str, v))}" for op, v in result.op_versions.items())
+    inputs = result.metadata["inputs"][0]
+    print(
+        f"export: wrote {result.path} ({result.size_bytes / 1024:.1f} KiB, {result.quant}, io {result.io_type}, "
+        f"input {inputs['name']} {inputs['shape']} {inputs['dtype']})\nexport: ops {ops}\n"
+        f"export: metadata entry 'cafe_tf.metadata' records the normalisation {result.metadata['normalization']}"
+    )
+    if result.qat_losses:
+        print(f"export: QAT loss {result.qat_losses['first_loss']:.4f} -> {result.qat_losses['last_loss']:.4f}")
+
+
+if __name__ == "__main__":
+    from deploy import _cli
+
+    _define_flags()
+    _cli.run(_main)

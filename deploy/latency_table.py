@@ -1,0 +1,688 @@
+"""Latency tables: per-layer latencies measured on a target, and an additive predictor a width search
+can use as a budget.
+
+Usage::
+
+    python -m deploy.latency_table --model_name cnn_small --out latency_table.json \\
+        [--model M.keras] [--input_size 28] [--quant fp32] [--threads 1] \\
+        [--calibration_subnets 6 --holdout_subnets 8 --fractions 0.25,0.5,0.75,1.0]
+
+What it does (host target: LiteRT with XNNPACK, the same runtime deploy.benchmark's host target uses):
+
+1. samples random sub-networks of the model: every prunable channel group of
+   ``cafe_tf.graph.ChannelGraph`` keeps a random fraction of its channels (from ``--fractions``),
+   and ``cafe_tf.surgery.extract`` builds the plain model;
+2. lists the *layer configurations* of the calibration subnets (:func:`layer_keys`): one
+   :class:`LayerKey` per layer that becomes a TFLite op (BatchNormalization and ReLU after a
+   convolution, dense layer or add are fused by the converter and cost nothing on their own);
+3. measures each configuration alone: a one-layer model converted like deploy.export does (same
+   quantization) and timed with the interpreter (median of ``runs`` invokes, best of ``rounds``
+   interleaved rounds);
+4. measures the calibration subnets whole and fits ``predicted = constant_ms + scale * sum(layer_ms)``
+   by least squares (the constant absorbs per-invoke overhead, the scale what isolation misses:
+   caches, threading);
+5. measures the held-out subnets and reports how many are predicted within +-10%.
+
+A configuration missing from the table is interpolated from the measured ones of the same op,
+kernel, stride, padding and input size: piecewise-linear in the channel count when input and output
+channels move together (depthwise, add, pooling), a least-squares bilinear fit in (cin, cout) for
+convolutions and dense layers, and a MACs-proportional estimate as the last resort.
+
+File format (schema ``latency_table``, version 1, written atomically with ``cafe_tf.io``)::
+
+    {"schema": "latency_table", "schema_version": 1,
+     "target": "host", "quant": "fp32" | "int8", "threads": 1, "delegate": "xnnpack",
+     "entries": [{"op": "CONV_2D", "kernel": [3, 3], "stride": [1, 1], "padding": "same",
+                  "in_hw": [32, 32], "cin": 16, "cout": 16, "extra": "", "ms": 0.153}, ...],
+     "model": {"constant_ms": float, "scale": float,
+               "formula": "predicted_ms = constant_ms + scale * sum(layer_ms)"},
+     "fit": {...}, "holdout": {"within_10pct": fraction, "rows": [...]},
+     "source": {...}, "environment": {...}, "created": "..."}
+
+Use in a search: ``LatencyTable.load(path).predict_ms(keras_model)`` for any plain Keras model made
+of the layers above (others are keyed by class and need an entry of their own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from deploy.errors import DeployError, UsageError
+
+SCHEMA = "latency_table"
+VERSION = 1
+QUANTS = ("fp32", "int8")
+FORMULA = "predicted_ms = constant_ms + scale * sum(layer_ms)"
+# Ops the converter fuses into the producing op: they get no entry of their own.
+_FUSABLE_ACTIVATIONS = ("relu", "relu6", "linear")
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class LayerKey:
+    """A layer configuration: what its latency depends on."""
+
+    op: str  # TFLite op it becomes: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD, MEAN, ...
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: str  # "same" | "valid" | ""
+    in_h: int
+    in_w: int
+    cin: int
+    cout: int
+    extra: str = ""  # op-specific details (activation name, paddings, a layer config)
+
+    @property
+    def group(self) -> tuple:
+        """Everything but the channel counts: the entries latency is interpolated within."""
+        return (self.op, self.kernel, self.stride, self.padding, self.in_h, self.in_w, self.extra)
+
+    def out_hw(self) -> tuple[int, int]:
+        if self.op in ("FULLY_CONNECTED", "MEAN", "REDUCE_MAX"):
+            return (1, 1)
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        if self.padding == "valid":
+            return ((self.in_h - kh) // sh + 1, (self.in_w - kw) // sw + 1)
+        return (math.ceil(self.in_h / sh), math.ceil(self.in_w / sw))
+
+    def macs(self) -> int:
+        """Multiply-accumulates (element operations for element-wise ops)."""
+        oh, ow = self.out_hw()
+        kh, kw = self.kernel
+        if self.op == "CONV_2D":
+            return oh * ow * kh * kw * self.cin * self.cout
+        if self.op == "DEPTHWISE_CONV_2D":
+            return oh * ow * kh * kw * self.cout
+        if self.op == "FULLY_CONNECTED":
+            return self.cin * self.cout
+        if self.op in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
+            return oh * ow * kh * kw * self.cout
+        return self.in_h * self.in_w * max(self.cin, self.cout)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "op": self.op, "kernel": list(self.kernel), "stride": list(self.stride), "padding": self.padding,
+            "in_hw": [self.in_h, self.in_w], "cin": self.cin, "cout": self.cout, "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LayerKey:
+        return cls(
+            op=str(d["op"]), kernel=tuple(int(v) for v in d["kernel"]), stride=tuple(int(v) for v in d["stride"]),  # type: ignore[arg-type]
+            padding=str(d.get("padding", "")), in_h=int(d["in_hw"][0]), in_w=int(d["in_hw"][1]),
+            cin=int(d["cin"]), cout=int(d["cout"]), extra=str(d.get("extra", "")),
+        )
+
+    def describe(self) -> str:
+        k = f" k{self.kernel[0]}x{self.kernel[1]} s{self.stride[0]}" if self.kernel != (1, 1) or self.stride != (1, 1) else ""
+        extra = f" [{self.extra[:40]}]" if self.extra else ""
+        return f"{self.op}{k} {self.in_h}x{self.in_w} {self.cin}->{self.cout}{extra}"
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    if isinstance(value, (list, tuple)):
+        return (int(value[0]), int(value[-1]))
+    return (int(value), int(value))
+
+
+def _static(shape: Sequence[Any]) -> tuple[int, ...]:
+    return tuple(int(d) for d in shape[1:])
+
+
+def _producer(tensor: Any) -> Any:
+    history = getattr(tensor, "_keras_history", None)
+    return history.operation if history is not None else None
+
+
+def _fused_into_producer(layer: Any) -> bool:
+    """Whether the converter fuses ``layer`` (BN / ReLU) into the op that produces its input."""
+    import keras
+
+    L = keras.layers
+    producer = _producer(layer.input)
+    if isinstance(layer, L.BatchNormalization):
+        return isinstance(producer, (L.Conv2D, L.DepthwiseConv2D, L.Dense))
+    activation = layer.get_config().get("activation") if isinstance(layer, L.Activation) else "relu"
+    if isinstance(layer, L.ReLU):
+        cfg = layer.get_config()
+        if cfg.get("negative_slope") or cfg.get("threshold") or cfg.get("max_value") not in (None, 6.0, 6):
+            return False
+    elif not isinstance(layer, L.Activation) or activation not in _FUSABLE_ACTIVATIONS:
+        return False
+    while isinstance(producer, L.BatchNormalization):
+        producer = _producer(producer.input)
+    return isinstance(producer, (L.Conv2D, L.DepthwiseConv2D, L.Dense, L.Add, L.Subtract, L.Multiply))
+
+
+def layer_key(layer: Any) -> LayerKey | None:
+    """The configuration of one Keras layer, or None when it costs nothing on its own."""
+    import keras
+
+    L = keras.layers
+    if isinstance(layer, (L.InputLayer, L.Dropout, L.Flatten, L.Reshape, L.Identity)):
+        return None
+    if isinstance(layer, (L.BatchNormalization, L.ReLU, L.Activation)) and _fused_into_producer(layer):
+        return None
+    inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+    in_shape = _static(inputs[0].shape)
+    out_shape = _static(layer.output.shape)
+    h, w = (in_shape[0], in_shape[1]) if len(in_shape) == 3 else (1, 1)
+    cin, cout = int(in_shape[-1]), int(out_shape[-1])
+    one = (1, 1)
+    if isinstance(layer, L.DepthwiseConv2D):
+        cfg = layer.get_config()
+        return LayerKey("DEPTHWISE_CONV_2D", _pair(cfg["kernel_size"]), _pair(cfg["strides"]), cfg["padding"], h, w, cin, cout)
+    if isinstance(layer, L.Conv2D) and not isinstance(layer, L.Conv2DTranspose) and layer.get_config().get("groups", 1) == 1:
+        cfg = layer.get_config()
+        extra = "" if cfg.get("dilation_rate") in ((1, 1), [1, 1], 1) else f"dilation={list(_pair(cfg['dilation_rate']))}"
+        return LayerKey("CONV_2D", _pair(cfg["kernel_size"]), _pair(cfg["strides"]), cfg["padding"], h, w, cin, cout, extra)
+    if isinstance(layer, L.Dense) and len(in_shape) == 1:
+        return LayerKey("FULLY_CONNECTED", one, one, "", 1, 1, cin, cout)
+    if isinstance(layer, (L.Add, L.Subtract, L.Multiply)):
+        op = {L.Add: "ADD", L.Subtract: "SUB", L.Multiply: "MUL"}[type(layer)]
+        return LayerKey(op, one, one, "", h, w, cout, cout, f"inputs={len(inputs)}" if len(inputs) != 2 else "")
+    if isinstance(layer, L.Concatenate):
+        return LayerKey("CONCATENATION", one, one, "", h, w, sum(int(_static(t.shape)[-1]) for t in inputs), cout, f"inputs={len(inputs)}")
+    if isinstance(layer, (L.MaxPooling2D, L.AveragePooling2D)):
+        cfg = layer.get_config()
+        op = "MAX_POOL_2D" if isinstance(layer, L.MaxPooling2D) else "AVERAGE_POOL_2D"
+        return LayerKey(op, _pair(cfg["pool_size"]), _pair(cfg["strides"] or cfg["pool_size"]), cfg["padding"], h, w, cin, cout)
+    if isinstance(layer, L.GlobalAveragePooling2D):
+        return LayerKey("MEAN", one, one, "", h, w, cin, cout)
+    if isinstance(layer, L.GlobalMaxPooling2D):
+        return LayerKey("REDUCE_MAX", one, one, "", h, w, cin, cout)
+    if isinstance(layer, L.ZeroPadding2D):
+        return LayerKey("PAD", one, one, "", h, w, cin, cout, f"padding={json.dumps(layer.get_config()['padding'])}")
+    if isinstance(layer, (L.ReLU, L.Activation)):
+        cfg = layer.get_config()
+        name = cfg.get("activation", "relu") if isinstance(layer, L.Activation) else f"relu(max={cfg.get('max_value')})"
+        return LayerKey("ACTIVATION", one, one, "", h, w, cin, cout, f"activation={name}")
+    if isinstance(layer, L.BatchNormalization):
+        return LayerKey("BATCH_NORM", one, one, "", h, w, cin, cout)
+    # Anything else: keyed by its class and config; measured as that one layer.
+    config = {k: v for k, v in layer.get_config().items() if k not in ("name", "trainable", "dtype")}
+    return LayerKey(f"LAYER:{type(layer).__name__}", one, one, "", h, w, cin, cout, json.dumps(config, sort_keys=True, default=str))
+
+
+def layer_keys(model: Any) -> list[LayerKey]:
+    """The configurations of ``model``'s cost-bearing layers, in model order."""
+    if len(model.inputs) != 1:
+        raise DeployError(f"latency tables take single-input models; {model.name!r} has {len(model.inputs)} inputs")
+    keys = []
+    for layer in model.layers:
+        key = layer_key(layer)
+        if key is not None:
+            keys.append(key)
+    return keys
+
+
+def build_layer_model(key: LayerKey) -> Any:
+    """A one-layer Keras model with configuration ``key`` (random weights: latency does not care)."""
+    import keras
+
+    L = keras.layers
+    if key.op == "FULLY_CONNECTED":
+        x = inputs = keras.Input((key.cin,), name="x")
+        return keras.Model(inputs, L.Dense(key.cout)(x))
+    x = inputs = keras.Input((key.in_h, key.in_w, key.cin), name="x")
+    if key.op == "CONV_2D":
+        dilation = json.loads(key.extra.split("=", 1)[1]) if key.extra.startswith("dilation=") else 1
+        y = L.Conv2D(key.cout, key.kernel, key.stride, padding=key.padding, dilation_rate=dilation)(x)
+    elif key.op == "DEPTHWISE_CONV_2D":
+        y = L.DepthwiseConv2D(key.kernel, key.stride, padding=key.padding, depth_multiplier=max(1, key.cout // key.cin))(x)
+    elif key.op in ("ADD", "SUB", "MUL"):
+        n = int(key.extra.split("=")[1]) if key.extra.startswith("inputs=") else 2
+        # The same tensor n times: one op of this size.
+        y = {"ADD": L.Add, "SUB": L.Subtract, "MUL": L.Multiply}[key.op]()([x] * n)
+    elif key.op == "CONCATENATION":
+        n = int(key.extra.split("=")[1]) if key.extra.startswith("inputs=") else 2
+        part = keras.Input((key.in_h, key.in_w, max(1, key.cin // n)), name="x")
+        return keras.Model(part, L.Concatenate()([part] * n))
+    elif key.op in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
+        cls = L.MaxPooling2D if key.op == "MAX_POOL_2D" else L.AveragePooling2D
+        y = cls(key.kernel, key.stride, padding=key.padding)(x)
+    elif key.op == "MEAN":
+        y = L.GlobalAveragePooling2D()(x)
+    elif key.op == "REDUCE_MAX":
+        y = L.GlobalMaxPooling2D()(x)
+    elif key.op == "PAD":
+        y = L.ZeroPadding2D(json.loads(key.extra.split("=", 1)[1]))(x)
+    elif key.op == "ACTIVATION":
+        name = key.extra.split("=", 1)[1]
+        y = L.ReLU(max_value=float(name.split("max=")[1].rstrip(")"))) if name.startswith("relu(max=") and "None" not in name else (
+            L.ReLU() if name.startswith("relu(") else L.Activation(name))(x)
+    elif key.op == "BATCH_NORM":
+        y = L.BatchNormalization()(x)
+    elif key.op.startswith("LAYER:"):
+        cls = getattr(L, key.op.split(":", 1)[1], None)
+        if cls is None:
+            raise DeployError(f"cannot rebuild layer {key.op} to measure it")
+        y = cls.from_config(json.loads(key.extra))(x)
+    else:
+        raise DeployError(f"no one-layer model for op {key.op!r}")
+    return keras.Model(inputs, y)
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring
+
+
+def to_tflite(model: Any, quant: str) -> bytes:
+    """Converts ``model`` the way deploy.export does (static batch 1; int8 calibrated on random data)."""
+    from deploy import export
+
+    if quant not in QUANTS:
+        raise UsageError(f"quant must be one of {list(QUANTS)}, got {quant!r}")
+    calibration = None
+    if quant == "int8":
+        shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+        calibration = np.random.default_rng(0).standard_normal((16, *shape)).astype(np.float32)
+    return export.convert_keras(model, quant, batch_size=1, calibration=calibration, io_type="float32", image_input=False)
+
+
+def _median_ms(interpreter, runs: int) -> float:
+    samples = np.empty(runs)
+    invoke = interpreter.invoke
+    clock = time.perf_counter_ns
+    for i in range(runs):
+        start = clock()
+        invoke()
+        samples[i] = clock() - start
+    return float(np.median(samples)) / 1e6
+
+
+def measure_flatbuffers(
+    flatbuffers: Sequence[bytes], threads: int = 1, runs: int = 30, warmup: int = 5, rounds: int = 2
+) -> list[float]:
+    """Median invoke latency (ms) of each model, best of ``rounds`` rounds interleaved over all models
+    so that background load affects them alike."""
+    from deploy.benchmark import host
+
+    interpreters = []
+    for data in flatbuffers:
+        interpreter = host.make_interpreter(data, threads, use_xnnpack=True)
+        host.fill_inputs(interpreter)
+        for _ in range(warmup):
+            interpreter.invoke()
+        interpreters.append(interpreter)
+    best = np.full(len(interpreters), np.inf)
+    for _ in range(rounds):
+        for i, interpreter in enumerate(interpreters):
+            best[i] = min(best[i], _median_ms(interpreter, runs))
+    return best.tolist()
+
+
+def _runs_for(data: bytes, threads: int, target_ms: float = 30.0, minimum: int = 10, maximum: int = 300) -> int:
+    """Enough runs for about ``target_ms`` of timing per round."""
+    one = measure_flatbuffers([data], threads, runs=3, warmup=2, rounds=1)[0]
+    return int(np.clip(target_ms / max(one, 1e-3), minimum, maximum))
+
+
+def measure_keys(
+    keys: Iterable[LayerKey], quant: str = "fp32", threads: int = 1, rounds: int = 2,
+    progress: Callable[[str], None] | None = None,
+) -> dict[LayerKey, float]:
+    """Measures every configuration in ``keys`` alone; returns ``{key: ms}``."""
+    keys = sorted(set(keys))
+    flatbuffers = []
+    for i, key in enumerate(keys):
+        if progress:
+            progress(f"converting layer {i + 1}/{len(keys)}: {key.describe()}")
+        flatbuffers.append(to_tflite(build_layer_model(key), quant))
+    runs = max(_runs_for(f, threads) for f in flatbuffers[:3]) if flatbuffers else 10
+    if progress:
+        progress(f"timing {len(keys)} layer models ({runs} runs x {rounds} rounds each)")
+    times = measure_flatbuffers(flatbuffers, threads, runs=runs, rounds=rounds)
+    return dict(zip(keys, times))
+
+
+def measure_models(models: Sequence[Any], quant: str = "fp32", threads: int = 1, rounds: int = 3) -> list[float]:
+    """Whole-model latencies (ms) of plain Keras models, interleaved."""
+    flatbuffers = [to_tflite(m, quant) for m in models]
+    runs = min(_runs_for(f, threads) for f in flatbuffers) if flatbuffers else 10
+    return measure_flatbuffers(flatbuffers, threads, runs=runs, rounds=rounds)
+
+
+# --------------------------------------------------------------------------------------------
+# The table
+
+
+class LatencyTable:
+    """Per-layer latencies and the additive model; ``predict_ms(model)`` is the search's budget."""
+
+    def __init__(
+        self,
+        entries: Mapping[LayerKey, float],
+        constant_ms: float = 0.0,
+        scale: float = 1.0,
+        info: Mapping[str, Any] | None = None,
+    ):
+        self.entries = dict(entries)
+        self.constant_ms = float(constant_ms)
+        self.scale = float(scale)
+        self.info = dict(info or {})
+        self._groups: dict[tuple, list[tuple[LayerKey, float]]] = {}
+        self._by_op: dict[str, list[tuple[LayerKey, float]]] = {}
+        for key, ms in self.entries.items():
+            self._groups.setdefault(key.group, []).append((key, ms))
+            self._by_op.setdefault(key.op, []).append((key, ms))
+
+    # -- lookup -------------------------------------------------------------------------------
+
+    def layer_ms(self, key: LayerKey) -> float:
+        """The latency of one configuration: measured, else interpolated (see the module docstring)."""
+        if key in self.entries:
+            return self.entries[key]
+        group = self._groups.get(key.group, [])
+        if group:
+            estimate = _interpolate(key, group)
+            if estimate is not None:
+                return estimate
+        same_op = self._by_op.get(key.op, [])
+        if not same_op:
+            raise DeployError(
+                f"the latency table has no measurement of op {key.op} ({key.describe()}); rebuild it with a model that has such a layer"
+            )
+        macs = np.array([k.macs() for k, _ in same_op], dtype=np.float64)
+        ms = np.array([v for _, v in same_op])
+        if len(same_op) >= 2 and np.ptp(macs) > 0:
+            slope, intercept = np.polyfit(macs, ms, 1)
+            return float(max(intercept + slope * key.macs(), ms.min() * 0.5))
+        nearest = int(np.argmin(np.abs(np.log((macs + 1) / (key.macs() + 1)))))
+        return float(ms[nearest] * (key.macs() + 1) / (macs[nearest] + 1))
+
+    def sum_layers_ms(self, model: Any) -> float:
+        return float(sum(self.layer_ms(k) for k in layer_keys(model)))
+
+    def predict_ms(self, model: Any) -> float:
+        """Predicted latency (ms) of the plain Keras model ``model`` on this table's target."""
+        return self.constant_ms + self.scale * self.sum_layers_ms(model)
+
+    def within_budget(self, model: Any, budget_ms: float) -> bool:
+        """Whether ``model``'s predicted latency is at most ``budget_ms``."""
+        return self.predict_ms(model) <= budget_ms
+
+    def breakdown(self, model: Any) -> list[dict[str, Any]]:
+        """Per-layer predicted contribution (ms, after scaling) and whether it was measured."""
+        return [
+            {"layer": k.describe(), "ms": self.scale * self.layer_ms(k), "measured": k in self.entries}
+            for k in layer_keys(model)
+        ]
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            **{k: v for k, v in self.info.items() if k not in ("entries", "model")},
+            "entries": [{**k.to_dict(), "ms": ms} for k, ms in sorted(self.entries.items())],
+            "model": {"constant_ms": self.constant_ms, "scale": self.scale, "formula": FORMULA},
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        from cafe_tf import io as cafe_io
+
+        payload = self.to_payload()
+        _validate({"schema": SCHEMA, "schema_version": VERSION, **payload})
+        cafe_io.write_artifact(path, SCHEMA, VERSION, payload)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LatencyTable:
+        """Reads and validates a table file (raises ``cafe_tf.io.ArtifactError`` naming the problem)."""
+        from cafe_tf import io as cafe_io
+
+        obj = cafe_io.read_artifact(path, SCHEMA, (VERSION,), ("target", "quant", "threads", "entries", "model"), _validate)
+        entries = {LayerKey.from_dict(e): float(e["ms"]) for e in obj["entries"]}
+        info = {k: v for k, v in obj.items() if k not in ("schema", "schema_version", "entries", "model")}
+        return cls(entries, obj["model"]["constant_ms"], obj["model"]["scale"], info)
+
+
+def load(path: str | os.PathLike) -> LatencyTable:
+    """Loads a latency table file (the loader cafe_tf.search looks for)."""
+    return LatencyTable.load(path)
+
+
+def _validate(obj: Mapping[str, Any]) -> None:
+    if obj["quant"] not in QUANTS:
+        raise ValueError(f"quant must be one of {list(QUANTS)}, got {obj['quant']!r}")
+    if not isinstance(obj["threads"], int) or obj["threads"] < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {obj['threads']!r}")
+    if not isinstance(obj["entries"], list) or not obj["entries"]:
+        raise ValueError("entries must be a non-empty list")
+    for i, entry in enumerate(obj["entries"]):
+        try:
+            LayerKey.from_dict(entry)
+            ms = float(entry["ms"])
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise ValueError(f"entry {i} is malformed ({e}): {entry!r}") from None
+        if not math.isfinite(ms) or ms < 0:
+            raise ValueError(f"entry {i} has ms {entry['ms']!r}; must be a finite number >= 0")
+    model = obj["model"]
+    if not all(isinstance(model.get(k), (int, float)) and math.isfinite(model[k]) for k in ("constant_ms", "scale")):
+        raise ValueError(f"model must hold finite constant_ms and scale, got {model!r}")
+
+
+def _interpolate(key: LayerKey, group: list[tuple[LayerKey, float]]) -> float | None:
+    """Estimate within one (op, kernel, stride, padding, input size) group, or None if it cannot."""
+    cin = np.array([k.cin for k, _ in group], dtype=np.float64)
+    cout = np.array([k.cout for k, _ in group], dtype=np.float64)
+    ms = np.array([v for _, v in group])
+    coupled = all(k.cin == k.cout or k.op in ("DEPTHWISE_CONV_2D", "CONCATENATION") for k, _ in group)
+    if coupled:  # one channel count drives the cost: piecewise-linear, linear beyond the ends
+        order = np.argsort(cout)
+        x, y = cout[order], ms[order]
+        x, idx = np.unique(x, return_index=True)
+        y = y[idx]
+        if len(x) == 1:
+            return float(y[0] * key.cout / x[0])
+        if key.cout < x[0]:
+            slope = (y[1] - y[0]) / (x[1] - x[0])
+            return float(max(y[0] + slope * (key.cout - x[0]), y[0] * 0.25))
+        if key.cout > x[-1]:
+            slope = (y[-1] - y[-2]) / (x[-1] - x[-2])
+            return float(y[-1] + slope * (key.cout - x[-1]))
+        return float(np.interp(key.cout, x, y))
+    design = np.stack([np.ones_like(cin), cin, cout, cin * cout], axis=1)
+    if len(group) >= 4 and np.linalg.matrix_rank(design) == 4:
+        coef, *_ = np.linalg.lstsq(design, ms, rcond=None)
+        estimate = float(coef @ np.array([1.0, key.cin, key.cout, key.cin * key.cout]))
+        return max(estimate, float(ms.min()) * 0.25)
+    return None
+
+
+def fit_additive(layer_sums: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
+    """Least-squares ``(constant_ms, scale)`` of ``measured ~ constant + scale * layer_sum``.
+
+    With fewer than two distinct sums only the scale is fitted (constant 0).
+    """
+    x = np.asarray(layer_sums, dtype=np.float64)
+    y = np.asarray(measured, dtype=np.float64)
+    if len(x) == 0:
+        raise DeployError("fitting the additive model needs at least one measured subnet")
+    if len(x) < 2 or np.ptp(x) < 1e-12:
+        return 0.0, float(np.sum(x * y) / max(np.sum(x * x), 1e-12))
+    scale, constant = np.polyfit(x, y, 1)
+    if scale <= 0:  # noise swamped the spread: fall back to a pure scale
+        return 0.0, float(np.sum(x * y) / max(np.sum(x * x), 1e-12))
+    return float(constant), float(scale)
+
+
+def accuracy_rows(table: LatencyTable, models: Sequence[Any], measured: Sequence[float]) -> dict[str, Any]:
+    """Predicted vs measured latency of ``models``: rows, share within +-10%, mean absolute % error."""
+    rows = []
+    for model, real in zip(models, measured):
+        predicted = table.predict_ms(model)
+        rows.append({
+            "name": model.name, "measured_ms": real, "predicted_ms": predicted,
+            "error_pct": 100.0 * (predicted - real) / real, "layers": len(layer_keys(model)),
+            "unmeasured_layers": sum(k not in table.entries for k in layer_keys(model)),
+        })
+    errors = np.array([abs(r["error_pct"]) for r in rows])
+    return {
+        "subnets": len(rows),
+        "within_10pct": float(np.mean(errors <= 10.0)) if rows else None,
+        "mean_abs_error_pct": float(errors.mean()) if rows else None,
+        "max_abs_error_pct": float(errors.max()) if rows else None,
+        "rows": rows,
+    }
+
+
+def random_subnets(
+    model: Any, count: int, rng: np.random.Generator, fractions: Sequence[float] = (0.25, 0.5, 0.75, 1.0), prefix: str = "subnet"
+) -> list[Any]:
+    """``count`` sub-networks of ``model``: each prunable channel group keeps a random fraction of
+    its channels (the first ones), built with ``cafe_tf.surgery.extract`` (fresh weights)."""
+    from cafe_tf import graph as channel_graph
+    from cafe_tf import surgery
+
+    if any(not 0 < f <= 1 for f in fractions):
+        raise UsageError(f"fractions must lie in (0, 1], got {list(fractions)}")
+    g = channel_graph.ChannelGraph.from_model(model)
+    groups = g.prunable_groups
+    out = []
+    for i in range(count):
+        selection = {}
+        for group in groups:
+            keep = max(1, int(round(group.size * float(rng.choice(fractions)))))
+            selection[group.id] = np.arange(keep)
+        out.append(surgery.extract(model, selection, graph=g, name=f"{prefix}_{i}", copy_weights=False))
+    return out
+
+
+def build_table(
+    model: Any,
+    quant: str = "fp32",
+    threads: int = 1,
+    calibration_subnets: int = 6,
+    holdout_subnets: int = 8,
+    fractions: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
+    seed: int = 0,
+    rounds: int = 2,
+    progress: Callable[[str], None] | None = None,
+) -> LatencyTable:
+    """Measures a table for ``model``'s width space on the host and evaluates it on held-out subnets."""
+    from deploy.benchmark import schema
+
+    if threads < 1:
+        raise UsageError(f"threads must be >= 1, got {threads!r}")
+    if calibration_subnets < 2:
+        raise UsageError(f"calibration_subnets must be >= 2 to fit the additive model, got {calibration_subnets!r}")
+    rng = np.random.default_rng(seed)
+    say = progress or (lambda message: None)
+    started = time.time()
+    calibration = [model] + random_subnets(model, calibration_subnets - 1, rng, fractions, "calibration")
+    holdout = random_subnets(model, holdout_subnets, rng, fractions, "holdout")
+    keys = {k for m in calibration for k in layer_keys(m)}
+    say(f"{len(keys)} layer configurations in {len(calibration)} calibration subnets")
+    entries = measure_keys(keys, quant, threads, rounds=rounds, progress=say)
+    say(f"timing {len(calibration) + len(holdout)} whole subnets")
+    measured = measure_models(calibration + holdout, quant, threads, rounds=max(rounds, 2))
+    cal_measured, hold_measured = measured[: len(calibration)], measured[len(calibration) :]
+    table = LatencyTable(entries)
+    constant, scale = fit_additive([table.sum_layers_ms(m) for m in calibration], cal_measured)
+    table.constant_ms, table.scale = constant, scale
+    fit = accuracy_rows(table, calibration, cal_measured)
+    held = accuracy_rows(table, holdout, hold_measured)
+    table.info = {
+        "target": "host",
+        "quant": quant,
+        "threads": int(threads),
+        "delegate": "xnnpack",
+        "source": {
+            "model": model.name,
+            "input_shape": [int(d) for d in model.inputs[0].shape[1:]],
+            "fractions": list(fractions),
+            "calibration_subnets": len(calibration),
+            "holdout_subnets": len(holdout),
+            "seed": seed,
+        },
+        "fit": fit,
+        "holdout": held,
+        "measurement_s": round(time.time() - started, 1),
+        "environment": schema.host_environment(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# Program
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("model_name", "cnn_small", "a cafe_tf.models name whose width space to measure (see --model)")
+    flags.DEFINE_string("model", None, "a .keras model to measure instead of --model_name")
+    flags.DEFINE_integer("input_size", None, "input height = width for --model_name (default: the model's own)")
+    flags.DEFINE_integer("num_classes", None, "classes for --model_name (default: the model's own)")
+    flags.DEFINE_enum("quant", "fp32", list(QUANTS), "quantization the table is for (as deploy.export converts)")
+    flags.DEFINE_integer("threads", 1, "interpreter threads")
+    flags.DEFINE_integer("calibration_subnets", 6, "subnets (the full model included) whose layers are measured and fit the model")
+    flags.DEFINE_integer("holdout_subnets", 8, "subnets only used to report the table's accuracy")
+    flags.DEFINE_list("fractions", ["0.25", "0.5", "0.75", "1.0"], "channel fractions a group may keep in the sampled subnets")
+    flags.DEFINE_integer("rounds", 2, "interleaved measurement rounds (best of)")
+    flags.DEFINE_integer("seed", 0, "subnet sampling seed")
+    flags.DEFINE_string("out", None, "where to write the table (latency_table.json)")
+
+
+def _main() -> None:
+    from absl import flags
+
+    from deploy import _cli
+
+    FLAGS = flags.FLAGS
+    if not FLAGS.out:
+        raise UsageError("--out is required: where to write the latency table")
+    try:
+        fractions = [float(f) for f in FLAGS.fractions]
+    except ValueError:
+        raise UsageError(f"--fractions must be numbers in (0, 1], got {FLAGS.fractions}") from None
+    if FLAGS.model:
+        from deploy.export import load_keras_model
+
+        model = load_keras_model(_cli.require_file(FLAGS.model, "model"))
+    else:
+        from cafe_tf import models
+
+        if FLAGS.model_name not in models.names():
+            raise UsageError(f"--model_name={FLAGS.model_name!r} is not a model; valid: {models.names()}")
+        shape = None
+        if FLAGS.input_size:
+            channels = models.DEFAULT_INPUT[FLAGS.model_name][0][-1]
+            shape = (FLAGS.input_size, FLAGS.input_size, channels)
+        try:
+            model = models.build(FLAGS.model_name, input_shape=shape, num_classes=FLAGS.num_classes)
+        except ModuleNotFoundError as e:
+            raise DeployError(f"the {FLAGS.model_name!r} builder is not available yet ({e}); use --model or another --model_name") from None
+    table = build_table(
+        model, quant=FLAGS.quant, threads=FLAGS.threads, calibration_subnets=FLAGS.calibration_subnets,
+        holdout_subnets=FLAGS.holdout_subnets, fractions=fractions, seed=FLAGS.seed, rounds=FLAGS.rounds,
+        progress=lambda m: print(f"latency_table: {m}", flush=True),
+    )
+    table.save(FLAGS.out)
+    held, fit = table.info["holdout"], table.info["fit"]
+    print(f"latency_table: {len(table.entries)} layer entries; {FORMULA} with constant_ms={table.constant_ms:.4f}, scale={table.scale:.4f}")
+    print(f"latency_table: fit on {fit['subnets']} calibration subnets: mean |error| {fit['mean_abs_error_pct']:.1f}%")
+    print(f"{'held-out subnet':<16} {'measured ms':>12} {'predicted ms':>13} {'error':>8}")
+    for row in held["rows"]:
+        print(f"{row['name']:<16} {row['measured_ms']:>12.4f} {row['predicted_ms']:>13.4f} {row['error_pct']:>7.1f}%")
+    print(
+        f"latency_table: held-out accuracy: {held['within_10pct'] * 100:.0f}% of {held['subnets']} subnets within +-10% "
+        f"(mean |error| {held['mean_abs_error_pct']:.1f}%, max {held['max_abs_error_pct']:.1f}%) in {table.info['measurement_s']} s"
+    )
+    print(f"latency_table: wrote {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    from deploy import _cli
+
+    _define_flags()
+    _cli.run(_main)

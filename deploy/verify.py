@@ -1,0 +1,207 @@
+"""Parity check: run a ``.tflite`` with LiteRT beside its Keras model on evaluation batches.
+
+Usage::
+
+    python -m deploy.verify --model slim.keras --tflite slim_int8.tflite --out verify.json \\
+        [--dataset fashion_mnist --data_dir DIR --split test --num_batches 10 --batch_size 32]
+
+The images are the dataset's evaluation split, normalised like training and resized to the model's
+input. Both models see the same float images (int8/uint8 inputs are quantized with the input
+tensor's scale and zero point, integer outputs dequantized). Criteria:
+
+* fp32: max |logit difference| <= ``atol`` (1e-4);
+* every other quantization (fp16, dynamic, int8, qat): top-1 agreement >= ``min_agreement`` (99%).
+
+Top-1 accuracy of both and the drop (percentage points) are reported when labels are known. The
+report is ``verify.json`` (schema ``verify`` v1, written atomically); the program exits 1 when the
+check fails (after writing the report).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from deploy.errors import DeployError, UsageError
+
+SCHEMA = "verify"
+VERSION = 1
+FP32_ATOL = 1e-4
+MIN_AGREEMENT = 0.99
+REQUIRED = ("tflite", "quant", "num_images", "max_abs_diff", "top1_agreement", "passed", "criterion")
+
+
+def detect_quant(tflite_path: str) -> str:
+    """The quantization recorded by deploy.export, else guessed from the tensor types."""
+    from deploy import tflite_model
+
+    metadata = tflite_model.read_metadata(tflite_path)
+    if metadata and metadata.get("quant"):
+        return str(metadata["quant"])
+    summary = tflite_model.summarize(tflite_path)
+    activations = {t.dtype for t in summary.tensors if not t.is_constant}
+    constants = {t.dtype for t in summary.tensors if t.is_constant}
+    if activations <= {"int8", "uint8", "int32"}:
+        return "int8"
+    if "float16" in constants:
+        return "fp16"
+    if "int8" in constants:
+        return "dynamic"
+    return "fp32"
+
+
+def compare(
+    keras_logits: np.ndarray,
+    tflite_logits: np.ndarray,
+    labels: np.ndarray | None,
+    quant: str,
+    atol: float = FP32_ATOL,
+    min_agreement: float = MIN_AGREEMENT,
+) -> dict[str, Any]:
+    """The parity metrics and verdict of two sets of logits (N, classes)."""
+    if keras_logits.shape != tflite_logits.shape:
+        raise DeployError(f"Keras logits {keras_logits.shape} and TFLite logits {tflite_logits.shape} differ in shape")
+    diff = np.abs(keras_logits.astype(np.float64) - tflite_logits.astype(np.float64))
+    keras_top1 = keras_logits.argmax(axis=-1)
+    tflite_top1 = tflite_logits.argmax(axis=-1)
+    agreement = float(np.mean(keras_top1 == tflite_top1))
+    report: dict[str, Any] = {
+        "quant": quant,
+        "num_images": int(len(keras_logits)),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "top1_agreement": agreement,
+        "keras_accuracy": None,
+        "tflite_accuracy": None,
+        "accuracy_drop_pt": None,
+    }
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        keras_acc = float(np.mean(keras_top1 == labels))
+        tflite_acc = float(np.mean(tflite_top1 == labels))
+        report.update(keras_accuracy=keras_acc, tflite_accuracy=tflite_acc, accuracy_drop_pt=100.0 * (keras_acc - tflite_acc))
+    if quant == "fp32":
+        report["criterion"] = f"max_abs_diff <= {atol:g}"
+        report["passed"] = report["max_abs_diff"] <= atol
+    else:
+        report["criterion"] = f"top1_agreement >= {min_agreement:g}"
+        report["passed"] = agreement >= min_agreement
+    return report
+
+
+def verify(
+    model: Any,
+    tflite_path: str,
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    quant: str | None = None,
+    batch_size: int = 32,
+    atol: float = FP32_ATOL,
+    min_agreement: float = MIN_AGREEMENT,
+    num_threads: int | None = None,
+) -> dict[str, Any]:
+    """Compares ``model`` (Keras) and ``tflite_path`` (LiteRT) on ``images``; returns the report."""
+    from deploy import tflite_model
+
+    if len(images) == 0:
+        raise DeployError("verification needs at least one image")
+    runner = tflite_model.TFLiteRunner(tflite_path, num_threads=num_threads)
+    want_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    have_shape = tuple(runner.input_shape[1:])
+    if want_shape != have_shape:
+        raise DeployError(f"the Keras model takes {want_shape} but {tflite_path!r} takes {have_shape}; are they the same model?")
+    quant = quant or detect_quant(tflite_path)
+    keras_logits, tflite_logits = [], []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        keras_logits.append(np.asarray(model(batch, training=False)))
+        outputs = runner(batch)
+        tflite_logits.append(next(iter(outputs.values())))
+    report = compare(np.concatenate(keras_logits), np.concatenate(tflite_logits), labels, quant, atol, min_agreement)
+    report.update(tflite=os.path.abspath(tflite_path), batch_size=batch_size, signature=runner.signature)
+    return report
+
+
+def write_report(path: str, report: Mapping[str, Any]) -> None:
+    """Writes ``verify.json`` atomically."""
+    from cafe_tf import io as cafe_io
+
+    cafe_io.write_artifact(path, SCHEMA, VERSION, report)
+
+
+def _validate(obj: Mapping[str, Any]) -> None:
+    if not isinstance(obj["passed"], bool):
+        raise ValueError("passed must be true or false")
+    if not 0.0 <= float(obj["top1_agreement"]) <= 1.0:
+        raise ValueError(f"top1_agreement must lie in [0, 1], got {obj['top1_agreement']!r}")
+    if float(obj["max_abs_diff"]) < 0 or int(obj["num_images"]) < 1:
+        raise ValueError("max_abs_diff must be >= 0 and num_images >= 1")
+
+
+def read_report(path: str) -> dict[str, Any]:
+    """Reads and validates a ``verify.json``."""
+    from cafe_tf import io as cafe_io
+
+    return cafe_io.read_artifact(path, SCHEMA, (VERSION,), REQUIRED, _validate)
+
+
+# --------------------------------------------------------------------------------------------
+# Program
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("model", None, "the Keras 3 model (.keras) the .tflite was exported from")
+    flags.DEFINE_string("tflite", None, "the .tflite to check")
+    flags.DEFINE_string("out", None, "where to write verify.json")
+    flags.DEFINE_string("dataset", "fashion_mnist", "evaluation dataset (a cafe_tf.data name)")
+    flags.DEFINE_string("data_dir", None, "tfds data_dir (default $CAFE_TF_DATA_DIR or ~/tensorflow_datasets)")
+    flags.DEFINE_string("split", "test", "evaluation split")
+    flags.DEFINE_integer("num_batches", 10, "evaluation batches")
+    flags.DEFINE_integer("batch_size", 32, "images per batch")
+    flags.DEFINE_float("atol", FP32_ATOL, "fp32: largest allowed |logit difference|")
+    flags.DEFINE_float("min_agreement", MIN_AGREEMENT, "quantized models: smallest allowed top-1 agreement")
+
+
+def _main() -> None:
+    from absl import flags
+
+    from deploy import _cli
+    from deploy.export import load_keras_model
+    from deploy.representative import dataset_images
+
+    FLAGS = flags.FLAGS
+    model_path = _cli.require_file(FLAGS.model, "model")
+    tflite_path = _cli.require_file(FLAGS.tflite, "tflite")
+    if not FLAGS.out:
+        raise UsageError("--out is required: where to write verify.json")
+    if FLAGS.num_batches < 1 or FLAGS.batch_size < 1:
+        raise UsageError(f"--num_batches and --batch_size must be >= 1, got {FLAGS.num_batches} and {FLAGS.batch_size}")
+    model = load_keras_model(model_path)
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    images, labels, normalization = dataset_images(
+        FLAGS.dataset, shape, FLAGS.num_batches * FLAGS.batch_size, split=FLAGS.split, data_dir=FLAGS.data_dir, seed=None
+    )
+    report = verify(model, tflite_path, images, labels, batch_size=FLAGS.batch_size, atol=FLAGS.atol, min_agreement=FLAGS.min_agreement)
+    report.update(model=os.path.abspath(model_path), dataset=FLAGS.dataset, split=FLAGS.split, normalization=normalization)
+    write_report(FLAGS.out, report)
+    accuracy = ""
+    if report["keras_accuracy"] is not None:
+        accuracy = (f", accuracy Keras {100 * report['keras_accuracy']:.2f}% vs TFLite {100 * report['tflite_accuracy']:.2f}% "
+                    f"(drop {report['accuracy_drop_pt']:+.2f} pt)")
+    verdict = "PASS" if report["passed"] else "FAIL"
+    print(f"verify: {verdict} ({report['criterion']}): {report['quant']} on {report['num_images']} images, max |diff| "
+          f"{report['max_abs_diff']:.3g}, top-1 agreement {100 * report['top1_agreement']:.2f}%{accuracy}\nverify: wrote {FLAGS.out}")
+    if not report["passed"]:
+        raise DeployError(f"parity check failed: {report['criterion']} does not hold (report in {FLAGS.out})")
+
+
+if __name__ == "__main__":
+    from deploy import _cli
+
+    _define_flags()
+    _cli.run(_main)
