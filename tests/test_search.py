@@ -289,7 +289,7 @@ def test_search_job_writes_widths_json_that_retrains_and_resumes(trained, tmp_pa
 
     # Run again: everything comes from the cache and the state, the answer is the same.
     again = search_run.run(config, str(tmp_path), data=src)
-    assert again["scored_this_run"] == 0 and again["cache_hits_this_run"] > 0
+    assert again["scored_this_run"] == 0  # the finished state and the cache answer everything
     assert again["groups"] == record["groups"]
 
 
@@ -318,3 +318,54 @@ def test_search_program_refuses_an_infeasible_budget(trained, tmp_path):
 def test_missing_supernet_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"supernet '.*supernet.keras' does not exist; train one"):
         search_run.run(search_config(), str(tmp_path))
+
+
+def test_latency_budget_with_a_deploy_latency_table_file(space, tmp_path):
+    latency_table = pytest.importorskip("deploy.latency_table")
+    from cafe_tf import surgery
+
+    # A table in the deploy format whose entries cost 1 ns per MAC, measured on a few uniform subnets.
+    full = space.graph.model
+    entries = {}
+    for fraction in (1.0, 0.75, 0.5, 0.25):
+        sub = surgery.extract(full, space.channels(space.fixed(space.uniform_widths(fraction))), graph=space.graph,
+                              copy_weights=False)
+        for key in latency_table.layer_keys(sub):
+            entries[key] = 1e-6 * key.macs() + 1e-3
+    path = str(tmp_path / "latency_table.json")
+    latency_table.LatencyTable(entries, constant_ms=0.05, scale=1.0,
+                               info={"target": "host", "quant": "fp32", "threads": 1}).save(path)
+    table = search_run.load_latency_predictor(path)
+    checker = BudgetChecker(space, Budget(max_latency_ms=0.6 * table.predict_ms(full)), latency=table)
+    checker.check_feasible()
+    cache = ScoreCache(lambda w: float(np.sum(w)))
+    evolve(checker, cache, EvolutionSettings(population=5, generations=2, parents=2, seed=0))
+    bound = checker.budget.max_latency_ms
+    for widths, _ in cache.items():
+        assert 0.8 * bound <= checker.latency_ms(widths) <= bound
+
+
+def test_retraining_flags_of_the_train_program(fashion_mnist_dir, tmp_path):
+    from cafe_tf.space import write_widths
+
+    # A cnn_small "supernet" for 28x28 images and a widths.json keeping half of every group.
+    full = models.build("cnn_small", input_shape=(28, 28, 1), num_classes=10)
+    full.save(tmp_path / "supernet.keras")
+    graph = ChannelGraph.from_model(full)
+    info = {"name": "cnn_small", "input_shape": [28, 28, 1], "num_classes": 10, "width_mult": 1.0}
+    record = write_widths(tmp_path / "widths.json", graph,
+                          {g.id: np.arange(0, g.size, 2) for g in graph.prunable_groups}, info)
+    common = [sys.executable, "-m", "cafe_tf.train", "--config", "configs/fashion_mnist_cnn.py",
+              f"--config.data.data_dir={fashion_mnist_dir}", "--config.data.max_train_examples=256",
+              "--config.data.max_eval_examples=128", "--config.train.epochs=1", "--config.data.cache=False",
+              f"--widths={tmp_path / 'widths.json'}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(common + [f"--workdir={tmp_path / 'finetune'}",
+                                      f"--init_from_supernet={tmp_path / 'supernet.keras'}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = keras.models.load_model(tmp_path / "finetune" / "model.keras")
+    assert count_keras_model(trained)["macs"] == record["macs"] and trained.count_params() == record["params"]
+    bad = subprocess.run(common[:-1] + [f"--workdir={tmp_path / 'bad'}", "--init_from_supernet=/nope.keras"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert bad.returncode == 2 and "--init_from_supernet needs --widths" in bad.stderr

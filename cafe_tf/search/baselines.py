@@ -36,7 +36,7 @@ def random_search(checker: BudgetChecker, cache: ScoreCache, num_samples: int, s
             history.append({"scored": i, "best": float(max(r[0] for r in ranked))})
             logging.info("random search: %d/%d scored, best %.4f", i, len(candidates), history[-1]["best"])
     widths = candidates[max(ranked)[2]]
-    return SearchResult("random", widths, cache.record(widths), history, len(candidates))
+    return SearchResult("random", widths, cache.get(widths), history, len(candidates))
 
 
 def uniform_widths_within(checker: BudgetChecker, resolution: int = 2000) -> np.ndarray:
@@ -85,7 +85,7 @@ def greedy_slimming(checker: BudgetChecker, cache: ScoreCache, step: float = 0.1
                         "widths": widths.tolist(), "scored": len(cache)})
         logging.info("greedy slimming round %d: %d MACs, score %.4f", len(history), history[-1]["macs"],
                      history[-1]["score"])
-    return SearchResult("greedy", widths, cache.record(widths), history, len(cache))
+    return SearchResult("greedy", widths, cache.record(widths), history, len(cache))  # scored unless at the start
 
 
 __all__ = ["random_search", "uniform_scaling", "uniform_widths_within", "greedy_slimming"]

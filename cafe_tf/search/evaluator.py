@@ -86,6 +86,10 @@ class ScoreCache:
     def __call__(self, widths: Sequence[int]) -> float:
         return self.record(widths)["score"]
 
+    def get(self, widths: Sequence[int]) -> dict[str, Any] | None:
+        """The record of ``widths`` if it was scored (no scoring, not counted as a hit)."""
+        return self.records.get(widths_key(widths))
+
     def __contains__(self, widths: Sequence[int]) -> bool:
         return widths_key(widths) in self.records
 

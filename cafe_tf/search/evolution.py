@@ -95,9 +95,9 @@ def best_of(cache: ScoreCache, checker: BudgetChecker, candidates: Sequence[np.n
     """The best-scoring scored candidate (of ``candidates``, default all cached) in the window, or only
     within the bounds with ``window=False``; ties go to fewer MACs."""
     best = None
-    pool = cache.items() if candidates is None else ((w, cache.record(w)) for w in candidates)
+    pool = cache.items() if candidates is None else ((w, cache.get(w)) for w in candidates)
     for widths, rec in pool:
-        if not (checker.in_window(widths) if window else checker.within(widths)):
+        if rec is None or not (checker.in_window(widths) if window else checker.within(widths)):
             continue
         key = (rec["score"], -int(checker.space.macs(widths)))
         if best is None or key > best[0]:

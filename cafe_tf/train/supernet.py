@@ -582,11 +582,14 @@ def train(
         "config": dict(config_record) if config_record is not None else None,
     }
     if chief:
-        # Save before scoring: BN recalibration below rewrites moving statistics.
+        # BN recalibration while scoring rewrites moving statistics: score on a snapshot, then put it back.
+        trained = model.get_weights()
+        summary["validation"] = score_widths(supernet, space, data, section)
+        model.set_weights(trained)
+        io.write_artifact(os.path.join(workdir, "supernet.json"), SUPERNET_SCHEMA, SUPERNET_VERSION, summary)
+        # Last: supernet.keras is the stage's artifact, so it must not exist before supernet.json does.
         with io.atomic_path(os.path.join(workdir, "supernet.keras")) as tmp:
             model.save(tmp)
-        summary["validation"] = score_widths(supernet, space, data, section)
-        io.write_artifact(os.path.join(workdir, "supernet.json"), SUPERNET_SCHEMA, SUPERNET_VERSION, summary)
     else:
         shutil.rmtree(os.path.dirname(ckpt_dir), ignore_errors=True)
     return {"schema": SUPERNET_SCHEMA, "schema_version": SUPERNET_VERSION, **summary}
