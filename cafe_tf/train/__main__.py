@@ -2,6 +2,8 @@
 
   python -m cafe_tf.train --config configs/fashion_mnist_cnn.py --workdir runs/fmnist_cnn
   python -m cafe_tf.train --config configs/fashion_mnist_cnn.py --workdir runs/x --config.train.epochs=2
+  python -m cafe_tf.train --config C --workdir W/retrain --widths W/widths.json      # a searched net, from scratch
+  python -m cafe_tf.train --config C --workdir W/finetune --widths W/widths.json --init_from_supernet W/supernet.keras
 
 The config (configs/*.py) names the dataset, the registered model, the recipe and the
 tf.distribute strategy; any field can be overridden with --config.<section>.<key>=<value>.
@@ -19,19 +21,33 @@ import os
 # Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
+from absl import flags  # noqa: E402
+
 from cafe_tf import programs  # noqa: E402
 
 _CONFIG, _WORKDIR = programs.define_config_flags()
 
-# Extension point (issue 4): --widths=widths.json trains a searched network from scratch and
-# --init_from_supernet inherits its weights. Both become a model_fn handed to standard.run()
-# (see cafe_tf.train.standard's module doc); the loop itself does not change.
+# --widths / --init_from_supernet (issue 4) become a model_fn handed to standard.run() (see
+# cafe_tf.train.standard's module doc); the loop itself does not change.
+_WIDTHS = flags.DEFINE_string(
+    "widths", None, "a widths.json from `python -m cafe_tf.search`: train that searched network (instead of "
+    "config.model) from scratch")
+_INIT_FROM_SUPERNET = flags.DEFINE_string(
+    "init_from_supernet", None, "with --widths: a supernet.keras from `python -m cafe_tf.train_supernet`; start "
+    "from its weights of the searched channels (fine-tuning)")
 
 
 def main(config, workdir: str) -> None:
+    from cafe_tf.config import ConfigError
     from cafe_tf.train import standard
 
     model_fn = None  # the registry model config.model names
+    if _INIT_FROM_SUPERNET.value and not _WIDTHS.value:
+        raise ConfigError("--init_from_supernet needs --widths (which channels of the supernet to train)")
+    if _WIDTHS.value:
+        from cafe_tf.train.subnet import subnet_factory
+
+        model_fn = subnet_factory(_WIDTHS.value, _INIT_FROM_SUPERNET.value)
     metrics = standard.run(config, workdir, model_fn=model_fn)
     final = metrics["final"] or {}
     lines = [f"done: {metrics['steps']} steps, {metrics['epochs']} epochs"]
