@@ -2,7 +2,10 @@
 
 Usage::
 
-    python -m deploy.edgetpu --model slim_int8.tflite --out edgetpu.json [--compile] [--min_runtime 14]
+    python -m deploy.edgetpu --model slim_int8.tflite --out edgetpu.json [--nocompile] [--min_runtime 14]
+
+Exit codes: 0 ready, 1 not ready (the report is written either way) or the model cannot be read,
+2 bad usage.
 
 The readiness check (:func:`readiness`) reads the ``.tflite`` and applies Coral's model requirements
 (https://coral.ai/docs/edgetpu/models-intro/#supported-operations, see :data:`SUPPORTED_OPS`):
@@ -543,6 +546,12 @@ def _main() -> None:
     else:
         print(f"edgetpu: {compiler.get('message', COMPILER + ' not run')}")
     print(f"edgetpu: wrote {FLAGS.out}")
+    if not report["ready"]:
+        raise DeployError(
+            f"{model} is not ready for the Edge TPU ({report['ops_on_cpu']} of {report['num_ops']} ops would run on the CPU"
+            f"{', model checks failed' if report['model_checks']['problems'] else ''}"
+            f"{', op versions too new for compiler 16.0' if report['compiler_would_reject'] else ''}); details in {FLAGS.out}"
+        )
 
 
 if __name__ == "__main__":

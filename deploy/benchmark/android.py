@@ -61,10 +61,10 @@ class Adb:
     """Runs adb commands against one server with a timeout, turning failures into :class:`DeployError`."""
 
     def __init__(self, adb: str | None = None, serial: str | None = None, timeout_s: float = 60.0, env: Mapping[str, str] | None = None):
-        self.path = find_adb(adb)
+        self.env = dict(os.environ if env is None else env)
+        self.path = find_adb(adb, search_path=self.env.get("PATH"))
         self.serial = serial
         self.timeout_s = timeout_s
-        self.env = dict(os.environ if env is None else env)
 
     def run(self, args: Sequence[str], timeout_s: float | None = None, check: bool = True, device: bool = True) -> subprocess.CompletedProcess:
         command = [self.path]
@@ -100,14 +100,15 @@ class Adb:
         self.run(["push", local, remote], timeout_s=max(self.timeout_s, 300))
 
 
-def find_adb(adb: str | None = None) -> str:
-    """The adb executable: ``adb`` if given (a path or a name on PATH), else ``adb`` on PATH."""
+def find_adb(adb: str | None = None, search_path: str | None = None) -> str:
+    """The adb executable: ``adb`` if given (a path or a name on PATH), else ``adb`` on PATH
+    (``search_path``, default ``$PATH``)."""
     name = adb or "adb"
     if os.sep in name:
         if os.path.isfile(name) and os.access(name, os.X_OK):
             return name
         raise DeployError(f"--adb={name!r} is not an executable file")
-    found = shutil.which(name)
+    found = shutil.which(name, path=search_path)
     if found is None:
         raise DeployError(
             f"{name!r} not found on PATH: install Android's platform-tools (Debian: `apt-get install adb`) "
@@ -229,7 +230,8 @@ def parse_benchmark_output(text: str) -> dict[str, Any]:
         else "benchmark_model's memory footprint delta from the tool's start (overall)" if delta else None
     )
     result["memory_footprint_delta_mb"] = {"init": float(delta.group(1)), "overall": float(delta.group(2))} if delta else None
-    result["delegate_log"] = [line.strip() for line in text.splitlines() if re.search(r"delegate", line, re.IGNORECASE)][:20]
+    head = text.split("Profiling Info for", 1)[0]  # the profile tables name delegate nodes too
+    result["delegate_log"] = [line.strip() for line in head.splitlines() if re.search(r"delegate", line, re.IGNORECASE)][:20]
     result["op_profile"] = parse_op_profile(text)
     return result
 

@@ -66,7 +66,7 @@ def benchmark_coral(
             f"`edgetpu_compiler {model_path}` (check readiness with `python -m deploy.edgetpu --model {model_path}`)"
         )
     start = time.perf_counter_ns()
-    interpreter = host.make_interpreter(data, threads, use_xnnpack=False, delegates=[delegate])
+    interpreter = host.make_interpreter(data, threads, use_xnnpack=False, delegates=[delegate], name=model_path)
     init_ms = (time.perf_counter_ns() - start) / 1e6
     host.fill_inputs(interpreter)
     samples, first_ms = host.time_invokes(interpreter, runs, warmup)

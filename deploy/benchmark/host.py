@@ -61,8 +61,10 @@ def peak_rss_mb() -> float:
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
 
-def make_interpreter(model: str | bytes, threads: int, use_xnnpack: bool = True, delegates: Sequence[Any] | None = None):
-    """A LiteRT interpreter with ``threads`` threads, XNNPACK on or off, allocated."""
+def make_interpreter(
+    model: str | bytes, threads: int, use_xnnpack: bool = True, delegates: Sequence[Any] | None = None, name: str | None = None
+):
+    """A LiteRT interpreter with ``threads`` threads, XNNPACK on or off, allocated (``name`` labels errors)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from deploy import tflite_model
@@ -78,8 +80,8 @@ def make_interpreter(model: str | bytes, threads: int, use_xnnpack: bool = True,
         )
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as e:
-        what = "model bytes" if isinstance(model, bytes) else model
-        raise DeployError(f"LiteRT cannot load {what!r}: {str(e).strip().splitlines()[0]}") from None
+        what = name or ("model bytes" if isinstance(model, bytes) else model)
+        raise DeployError(f"LiteRT cannot load {what!r} (truncated or corrupt .tflite?): {str(e).strip().splitlines()[0]}") from None
     return interpreter
 
 
@@ -91,7 +93,7 @@ def benchmark_host(model_path: str, threads: int = 1, runs: int = 100, warmup: i
         raise DeployError(f"threads must be >= 1, got {threads!r}")
     data = tflite_model.read_model_bytes(model_path)
     start = time.perf_counter_ns()
-    interpreter = make_interpreter(data, threads, use_xnnpack)
+    interpreter = make_interpreter(data, threads, use_xnnpack, name=model_path)
     init_ms = (time.perf_counter_ns() - start) / 1e6
     fill_inputs(interpreter, seed)
     samples, first_ms = time_invokes(interpreter, runs, warmup)
