@@ -1,0 +1,118 @@
+"""deploy.latency_table: layer configurations, interpolation, the additive model, the file format."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from cafe_tf.io import ArtifactError, write_json
+from deploy import latency_table as lt
+from deploy.errors import DeployError
+
+L = keras.layers
+
+
+def net(width=8, name="net") -> keras.Model:
+    x = inputs = keras.Input((16, 16, 3), name="image")
+    x = L.Conv2D(width, 3, padding="same", use_bias=False, name="c1")(x)
+    x = L.BatchNormalization(name="bn1")(x)
+    x = L.ReLU(name="r1")(x)
+    y = L.Conv2D(width, 3, padding="same", name="c2")(x)
+    y = L.BatchNormalization(name="bn2")(y)
+    x = L.Add(name="add")([x, y])
+    x = L.ReLU(name="r2")(x)
+    x = L.DepthwiseConv2D(3, strides=2, padding="same", name="dw")(x)
+    x = L.Activation("swish", name="swish")(x)
+    x = L.MaxPooling2D(2, name="pool")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, L.Dense(4, name="logits")(x), name=name)
+
+
+def test_layer_keys_follow_tflite_fusion():
+    keys = lt.layer_keys(net())
+    assert [k.describe() for k in keys] == [
+        "CONV_2D k3x3 s1 16x16 3->8",
+        "CONV_2D k3x3 s1 16x16 8->8",
+        "ADD 16x16 8->8",  # BN folded into the convs, ReLU fused into conv / add: no entries of their own
+        "DEPTHWISE_CONV_2D k3x3 s2 16x16 8->8",
+        "ACTIVATION 8x8 8->8 [activation=silu]",  # swish (silu) is not fused
+        "MAX_POOL_2D k2x2 s2 8x8 8->8",
+        "MEAN 4x4 8->8",
+        "FULLY_CONNECTED 1x1 8->4",
+    ]
+    conv = keys[1]
+    assert conv.macs() == 16 * 16 * 9 * 8 * 8
+    assert lt.LayerKey.from_dict(conv.to_dict()) == conv
+
+
+def test_every_key_builds_a_one_layer_model():
+    for key in lt.layer_keys(net()):
+        model = lt.build_layer_model(key)
+        assert len(model.layers) == 2, key
+        out = model.outputs[0].shape
+        assert int(out[-1]) == key.cout, key
+
+
+def _key(cin, cout, op="CONV_2D"):
+    return lt.LayerKey(op, (3, 3), (1, 1), "same", 16, 16, cin, cout)
+
+
+def test_interpolation_within_a_group_and_by_macs():
+    true_ms = lambda cin, cout: 0.01 + 0.0004 * cin * cout + 0.001 * (cin + cout)  # noqa: E731
+    entries = {_key(a, b): true_ms(a, b) for a in (8, 16, 32) for b in (8, 16, 32)}
+    table = lt.LatencyTable(entries)
+    assert table.layer_ms(_key(16, 16)) == entries[_key(16, 16)]  # measured
+    assert table.layer_ms(_key(24, 12)) == pytest.approx(true_ms(24, 12), rel=1e-6)  # bilinear in (cin, cout)
+    adds = {lt.LayerKey("ADD", (1, 1), (1, 1), "", 16, 16, c, c): 0.001 * c for c in (8, 16, 32)}
+    table = lt.LatencyTable({**entries, **adds})
+    assert table.layer_ms(lt.LayerKey("ADD", (1, 1), (1, 1), "", 16, 16, 24, 24)) == pytest.approx(0.024)
+    assert table.layer_ms(lt.LayerKey("ADD", (1, 1), (1, 1), "", 16, 16, 48, 48)) == pytest.approx(0.048)
+    other_size = lt.LayerKey("CONV_2D", (3, 3), (1, 1), "same", 8, 8, 16, 16)  # no group: MACs-linear over the op
+    assert 0 < table.layer_ms(other_size) < table.layer_ms(_key(16, 16))
+    with pytest.raises(DeployError, match="no measurement of op TRANSPOSE_CONV"):
+        table.layer_ms(lt.LayerKey("TRANSPOSE_CONV", (3, 3), (2, 2), "same", 8, 8, 4, 4))
+
+
+def test_fit_additive_recovers_constant_and_scale():
+    sums = np.array([1.0, 2.0, 3.0, 5.0])
+    constant, scale = lt.fit_additive(sums, 0.2 + 1.3 * sums)
+    assert constant == pytest.approx(0.2) and scale == pytest.approx(1.3)
+    assert lt.fit_additive([2.0], [3.0]) == (0.0, pytest.approx(1.5))
+
+
+def test_save_load_round_trip_and_validation(tmp_path):
+    entries = {k: 0.01 * (i + 1) for i, k in enumerate(lt.layer_keys(net()))}
+    table = lt.LatencyTable(entries, constant_ms=0.05, scale=1.1, info={"target": "host", "quant": "fp32", "threads": 1})
+    path = tmp_path / "table.json"
+    table.save(str(path))
+    back = lt.load(str(path))
+    assert back.entries == table.entries and (back.constant_ms, back.scale) == (0.05, 1.1)
+    model = net()
+    assert back.predict_ms(model) == pytest.approx(0.05 + 1.1 * sum(entries.values()))
+    assert back.within_budget(model, 10.0) and not back.within_budget(model, 0.01)
+    assert [row["measured"] for row in back.breakdown(model)] == [True] * len(entries)
+    bad = tmp_path / "bad.json"
+    write_json(str(bad), {"schema": "latency_table", "schema_version": 1, "target": "host", "quant": "fp32", "threads": 1,
+                          "entries": [{"op": "ADD", "kernel": [1, 1], "stride": [1, 1], "in_hw": [4, 4], "cin": 2, "cout": 2, "ms": -1}],
+                          "model": {"constant_ms": 0.0, "scale": 1.0}})
+    with pytest.raises(ArtifactError, match="entry 0 has ms -1"):
+        lt.load(str(bad))
+
+
+def test_build_table_predicts_held_out_subnets(tmp_path):
+    """A real (small) measurement on the host: per-layer table, additive fit, held-out report."""
+    model = net(width=16, name="base")
+    table = lt.build_table(model, calibration_subnets=3, holdout_subnets=3, fractions=(0.5, 1.0), rounds=2)
+    held = table.info["holdout"]
+    assert held["subnets"] == 3 and len(held["rows"]) == 3
+    for row in held["rows"]:
+        assert row["measured_ms"] > 0 and row["predicted_ms"] > 0
+    # Timings on a shared 2-core machine are noisy; the +-10% figure is reported by the program,
+    # here the predictor only has to be in the right range.
+    assert held["mean_abs_error_pct"] < 50, held
+    path = tmp_path / "t.json"
+    table.save(str(path))
+    loaded = lt.load(str(path))
+    assert loaded.info["source"]["model"] == "base" and loaded.info["holdout"]["subnets"] == 3
+    assert loaded.predict_ms(model) == pytest.approx(table.predict_ms(model))
