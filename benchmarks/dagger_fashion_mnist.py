@@ -48,6 +48,15 @@ def _config(args: argparse.Namespace, seed: int):
         c.dagger.log_every = 16
         c.finetune.epochs = 2
         c.train.log_every = c.finetune.log_every = 16
+    # Explicit overrides (a "medium" run between --quick and the full recipe).
+    if args.max_train_examples is not None:
+        c.data.max_train_examples = args.max_train_examples
+    if args.pretrain_epochs is not None:
+        c.train.epochs = args.pretrain_epochs
+    if args.gate_epochs is not None:
+        c.dagger.epochs = args.gate_epochs
+    if args.finetune_epochs is not None:
+        c.finetune.epochs = args.finetune_epochs
     return c
 
 
@@ -59,10 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=0.5, help="target MACs ratio (default 0.5)")
     parser.add_argument("--model", default="resnet20", help="registry model (default resnet20)")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "bench_dagger_fashion_mnist"))
+    parser.add_argument("--pretrain_epochs", type=int, default=None, help="override config.train.epochs")
+    parser.add_argument("--gate_epochs", type=float, default=None, help="override config.dagger.epochs")
+    parser.add_argument("--finetune_epochs", type=int, default=None, help="override config.finetune.epochs")
+    parser.add_argument("--max_train_examples", type=int, default=None, help="override (0 = all)")
     args = parser.parse_args(argv)
     seeds = args.seeds or (1 if args.quick else 3)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    workdir = os.path.join(args.workdir, "quick" if args.quick else "full")
+    overridden = any(v is not None for v in (args.pretrain_epochs, args.gate_epochs, args.finetune_epochs,
+                                              args.max_train_examples))
+    workdir = os.path.join(args.workdir, "quick" if args.quick else ("custom" if overridden else "full"))
 
     from absl import logging
 
@@ -102,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     print(f"\n{args.model} on Fashion-MNIST at {args.target:.2f} of the MACs, {seeds} seed(s)"
-          f"{' [QUICK: subsets, few epochs; not the benchmark]' if args.quick else ''}")
+          f"{' [QUICK: subsets, few epochs; not the benchmark]' if args.quick else ''}"
+          f"{' [custom epochs / data: not the full recipe]' if overridden and not args.quick else ''}")
     print(f"{'method':<9} {'test acc (mean ± std)':>22} {'drop vs unpruned (pt)':>22} {'MACs ratio':>11}")
     table = {}
     for method in methods:
@@ -116,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     unpruned = np.mean([r["pretrained"] for r in rows if r["method"] == methods[0]])
     print(f"{'unpruned':<9} {unpruned:>14.4f}")
     io.write_json(os.path.join(workdir, "benchmark.json"),
-                  {"quick": args.quick, "model": args.model, "target": args.target, "seeds": seeds,
+                  {"quick": args.quick, "overrides": {k: getattr(args, k) for k in (
+                      "pretrain_epochs", "gate_epochs", "finetune_epochs", "max_train_examples")},
+                   "model": args.model, "target": args.target, "seeds": seeds,
                    "unpruned_accuracy_mean": float(unpruned), "methods": table, "runs": rows})
     print(f"written: {os.path.join(workdir, 'benchmark.json')}")
     return 0

@@ -173,7 +173,8 @@ class DaggerModule(GateModule):
     def logits(self) -> list[tf.Tensor]:
         feats, sizes = [], []
         for gid in self.group_ids:
-            per_source = [self.projections[self._projection_index[s.name]](s.rows(self.normalize)) for s in self._sources[gid]]
+            per_source = [self.projections[self._projection_index[s.name]](s.rows(self.normalize))
+                          for s in self._sources[gid]]
             feats.append(per_source[0] if len(per_source) == 1 else tf.add_n(per_source) / len(per_source))
             sizes.append(self.graph.groups[gid].size)
         # One trunk pass over every channel of every group (one matmul instead of one per group).

@@ -146,12 +146,10 @@ def extra_validators() -> dict[str, Callable[[ml_collections.ConfigDict], None]]
 def _same_settings(record: dict[str, Any], expected: dict[str, Any], path: str) -> None:
     """Refuses to reuse an artifact written with other settings (a stale workdir)."""
     stored = record.get("settings", {})
-    diff = {k: (stored.get(k), v) for k, v in expected.items() if stored.get(k) != v}
+    diff = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in expected.items() if stored.get(k) != v]
     if diff:
-        raise ConfigError(
-            f"{path} was written with other settings ({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
-            "use a new --workdir or delete that stage's folder"
-        )
+        raise ConfigError(f"{path} was written with other settings ({', '.join(diff)}); "
+                          "use a new --workdir or delete that stage's folder")
 
 
 def model_info(model: keras.Model, config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -166,8 +164,8 @@ def check_model_fits_data(model: keras.Model, image_shape, num_classes: int, pat
     """Clear errors when a given model does not take the dataset's images or predict its classes."""
     shape = tuple(int(d) if d is not None else None for d in model.inputs[0].shape[1:])
     if shape != tuple(image_shape):
-        raise ValueError(f"model {path!r} takes inputs of shape {shape}, but the data pipeline yields {tuple(image_shape)}; "
-                         "set --config.data.image_size (or give a model for this dataset)")
+        raise ValueError(f"model {path!r} takes inputs of shape {shape}, but the data pipeline yields "
+                         f"{tuple(image_shape)}; set --config.data.image_size (or give a model for this dataset)")
     out = int(model.outputs[0].shape[-1])
     if out != num_classes:
         raise ValueError(f"model {path!r} predicts {out} classes, but the dataset has {num_classes}")

@@ -342,11 +342,12 @@ def load_model(path: str | os.PathLike) -> keras.Model:
 
 def kept_ratios(graph: ChannelGraph, selection: Mapping[int, np.ndarray]) -> list[dict[str, Any]]:
     """Per prunable group: name, layers producing it, size, kept channels and kept ratio."""
-    return [
-        {"group": g.name, "layers": list(g.producers), "size": g.size, "kept": int(len(selection.get(g.id, range(g.size)))),
-         "ratio": len(selection.get(g.id, range(g.size))) / g.size}
-        for g in graph.prunable_groups
-    ]
+    rows = []
+    for g in graph.prunable_groups:
+        kept = len(selection[g.id]) if g.id in selection else g.size
+        rows.append({"group": g.name, "layers": list(g.producers), "size": g.size, "kept": int(kept),
+                     "ratio": kept / g.size})
+    return rows
 
 
 def logits_by_group(group_ids: Sequence[int], logits: Sequence[np.ndarray]) -> dict[int, np.ndarray]:

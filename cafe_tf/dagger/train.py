@@ -117,8 +117,16 @@ class GateTrainer:
     # ----------------------------------------------------------------------------------------
     def restore(self) -> int:
         """Restores the latest checkpoint in the workdir, if any; returns the step reached."""
-        if self.manager.latest_checkpoint:
-            self.ckpt.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        latest = self.manager.latest_checkpoint
+        if latest:
+            try:
+                self.ckpt.restore(latest).assert_existing_objects_matched()
+            except (AssertionError, ValueError, tf.errors.OpError) as e:
+                raise ValueError(
+                    f"gate checkpoint {latest} does not match this model / gate module ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}); use a new workdir or remove "
+                    f"{os.path.dirname(latest)}"
+                ) from None
             logging.info("gate training: resumed from %s at step %d", self.manager.latest_checkpoint,
                          int(self.step))
         return int(self.step)
