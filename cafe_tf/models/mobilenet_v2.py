@@ -1,48 +1,73 @@
-"""MobileNetV2 (Sandler et al. 2018).
+"""MobileNetV2 (Sandler et al. 2018), as Keras Applications / torchvision define it.
 
-Inverted residual blocks (expand 1x1 -> depthwise 3x3 -> project 1x1, ReLU6, linear bottleneck);
-channels scaled by ``width_mult`` and rounded to multiples of 8; the last 1x1 convolution keeps
-1280 channels for ``width_mult <= 1`` as the reference does. Stride-2 convolutions use 'same'
-padding (the same output sizes and MACs as the reference's explicit padding at 224x224).
-At 1.0/224/1000 classes: 300.8 M MACs, 3,538,984 params (BN statistics included).
+Stem 3x3/2 conv (32), 17 inverted residual blocks in 7 stages (expand 1x1 -> depthwise 3x3 ->
+project 1x1 with a linear bottleneck; ReLU6; residual add when stride is 1 and channels match),
+a 1x1 head conv (1280), global average pooling, optional dropout, Dense logits.
+Channels are ``make_divisible(c * width_mult, 8)``; the head keeps 1280 channels for
+``width_mult <= 1`` and scales above, as the reference does. BatchNormalization as Keras
+Applications (momentum 0.999, epsilon 1e-3). ``dropout`` defaults to 0 (Keras Applications has
+none; torchvision trains with 0.2).
+
+Padding is 'same' everywhere. For the stride-2 depthwise convs Keras Applications writes
+``ZeroPadding2D(correct_pad(x, 3))`` + 'valid', which pads (0, 1) on even and (1, 1) on odd sides:
+exactly what 'same' pads, so outputs, shapes and MACs are identical at every input size.
+
+At 224x224x3 and 1000 classes: 300,774,272 MACs (the paper's 300 M), 3,538,984 params =
+3,504,872 trainable (torchvision's and the paper's 3.4-3.5 M) + 34,112 BN statistics.
+
+Layer names: ``stem_conv/bn/relu6``; per block ``stage{s}_block{b}_expand_conv/_expand_bn/
+_expand_relu6`` (not in stage 1, whose expansion is 1), ``_dw_conv/_dw_bn/_dw_relu6``,
+``_project_conv/_project_bn``, ``_add`` (1-based); ``head_conv/bn/relu6``, ``gap``, [``dropout``],
+``logits``.
 """
 
 from __future__ import annotations
 
 import keras
 
-from cafe_tf.models.common import conv_bn, make_divisible
+from cafe_tf.models.common import (BatchNormConfig, check_args, check_rate, classifier, conv_bn, depthwise_bn,
+                                   make_divisible)
 
 L = keras.layers
-# expansion t, output channels c, repeats n, first stride s
-BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
-BN = {"bn_momentum": 0.999, "bn_epsilon": 1e-3}
+# expansion t, output channels c, blocks n, stride s of the first block (the paper's table 2)
+STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+          (6, 320, 1, 1))
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
+BN = BatchNormConfig(momentum=0.999, epsilon=1e-3)
 
 
-def mobilenet_v2(input_shape=(224, 224, 3), num_classes=1000, width_mult=1.0, dropout=0.0) -> keras.Model:
-    """MobileNetV2 at ``width_mult``; logits out."""
-    inputs = keras.Input(input_shape, name="image")
-    x = conv_bn(inputs, make_divisible(32 * width_mult), 3, 2, "stem", "relu6", **BN)
-    index = 0
-    for t, c, n, s in BLOCKS:
+def inverted_residual(x, expansion: int, out: int, stride: int, prefix: str):
+    """Expand 1x1 (ReLU6) -> depthwise 3x3 (ReLU6) -> project 1x1 (linear), add when shapes match."""
+    cin = x.shape[-1]
+    y = x
+    if expansion != 1:
+        y = conv_bn(y, cin * expansion, 1, 1, f"{prefix}_expand", activation="relu6", bn=BN)
+    y = depthwise_bn(y, 3, stride, prefix, "relu6", BN)
+    y = conv_bn(y, out, 1, 1, f"{prefix}_project", activation=None, bn=BN)
+    if stride == 1 and cin == out:
+        y = L.Add(name=f"{prefix}_add")([x, y])
+    return y
+
+
+def mobilenet_v2(
+    input_shape: tuple[int, int, int] = (224, 224, 3),
+    num_classes: int = 1000,
+    width_mult: float = 1.0,
+    dropout: float = 0.0,
+) -> keras.Model:
+    """MobileNetV2 at ``width_mult`` for any input size (e.g. 96x96); logits out.
+
+    Example: ``mobilenet_v2().count_params() == 3_538_984``.
+    """
+    shape = check_args("mobilenet_v2", input_shape, num_classes, width_mult)
+    dropout = check_rate("mobilenet_v2", "dropout", dropout)
+    inputs = keras.Input(shape, name="image")
+    x = conv_bn(inputs, make_divisible(STEM_CHANNELS * width_mult), 3, 2, "stem", activation="relu6", bn=BN)
+    for stage, (t, c, n, s) in enumerate(STAGES, start=1):
         out = make_divisible(c * width_mult)
-        for i in range(n):
-            name = f"block{index}"
-            cin = x.shape[-1]
-            y = x
-            if t != 1:
-                y = conv_bn(y, cin * t, 1, 1, f"{name}_expand", "relu6", **BN)
-            y = L.DepthwiseConv2D(3, strides=s if i == 0 else 1, padding="same", use_bias=False,
-                                  name=f"{name}_dw_conv")(y)
-            y = L.BatchNormalization(momentum=0.999, epsilon=1e-3, name=f"{name}_dw_bn")(y)
-            y = L.ReLU(6.0, name=f"{name}_dw_relu6")(y)
-            y = conv_bn(y, out, 1, 1, f"{name}_project", None, **BN)
-            x = L.Add(name=f"{name}_add")([x, y]) if (s == 1 or i > 0) and cin == out else y
-            index += 1
-    last = make_divisible(1280 * width_mult) if width_mult > 1.0 else 1280
-    x = conv_bn(x, last, 1, 1, "head", "relu6", **BN)
-    x = L.GlobalAveragePooling2D(name="gap")(x)
-    if dropout:
-        x = L.Dropout(dropout, name="dropout")(x)
-    outputs = L.Dense(num_classes, name="logits")(x)
-    return keras.Model(inputs, outputs, name="mobilenet_v2")
+        for block in range(1, n + 1):
+            x = inverted_residual(x, t, out, s if block == 1 else 1, f"stage{stage}_block{block}")
+    head = make_divisible(HEAD_CHANNELS * width_mult) if width_mult > 1.0 else HEAD_CHANNELS
+    x = conv_bn(x, head, 1, 1, "head", activation="relu6", bn=BN)
+    return keras.Model(inputs, classifier(x, num_classes, dropout), name="mobilenet_v2")
