@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import keras
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -94,8 +94,8 @@ def _trainer(model, space=None, **options):
     space = space or SearchSpace(supernet.graph, granularity="uniform", num_bins=64)
     opt = keras.optimizers.SGD(0.1)
     opt.build(model.trainable_variables)
-    return S.MinMinTrainer(supernet, space, opt, S.MinMinOptions(**options), num_classes=int(model.outputs[0].shape[-1]),
-                           global_batch=8)
+    return S.MinMinTrainer(supernet, space, opt, S.MinMinOptions(**options),
+                           num_classes=int(model.outputs[0].shape[-1]), global_batch=8)
 
 
 # ---------------------------------------------------------------------------- the step
@@ -213,7 +213,8 @@ def test_settings_of_a_checkpoint_must_match(tmp_path):
 def test_config_section_errors_name_the_key():
     s = S.supernet_section()
     s.sharing = "loose"
-    with pytest.raises(ConfigError, match=r"config.supernet.sharing='loose' is invalid; valid values: \['locally_free', 'fixed'\]"):
+    with pytest.raises(ConfigError,
+                       match=r"config.supernet.sharing='loose' is invalid; valid values: \['locally_free', 'fixed'\]"):
         S.validate_supernet(s)
     s = S.supernet_section()
     s.epochs = 0
@@ -227,7 +228,6 @@ def test_config_section_errors_name_the_key():
 
 def test_default_config_validates():
     from cafe_tf.config import validate
-    from cafe_tf.programs import parse_flags  # noqa: F401 - the program frame imports cleanly
     from cafe_tf.search.run import validate_search
     import importlib.util
 

@@ -210,7 +210,10 @@ class BudgetChecker:
         return list(found.values())[:n]
 
     def repair(self, widths: np.ndarray, rng: np.random.Generator, max_moves: int | None = None) -> np.ndarray | None:
-        """Moves a candidate into the window one bin at a time (shrink while over, grow while under); None if it can't."""
+        """Moves a candidate into the window one bin at a time (shrink while over, grow while under).
+
+        Returns None when it cannot get there (nothing left to shrink, or every growth breaks a bound).
+        """
         w = self.space.check_widths(widths).copy()
         n_bins = self.space.num_bins
         max_moves = max_moves or int(n_bins.sum()) * 2

@@ -20,7 +20,6 @@ import keras
 import ml_collections
 from absl import logging
 
-from cafe_tf import io
 from cafe_tf.config import ConfigError, to_dict
 from cafe_tf.search import baselines
 from cafe_tf.search.budget import Budget, BudgetChecker, LatencyPredictor
@@ -163,8 +162,8 @@ def run(
     t0 = time.time()
     supernet_path = os.path.abspath(os.path.expanduser(section.supernet or os.path.join(workdir, "supernet.keras")))
     if not os.path.isfile(supernet_path):
-        raise ValueError(f"supernet {supernet_path!r} does not exist; train one with `python -m cafe_tf.train_supernet` "
-                         "or set config.search.supernet")
+        raise ValueError(f"supernet {supernet_path!r} does not exist; train one with "
+                         "`python -m cafe_tf.train_supernet` or set config.search.supernet")
     record = supernet_lib.read_supernet(os.path.join(os.path.dirname(supernet_path), "supernet.json"))
     model = keras.models.load_model(supernet_path, compile=False)
     supernet = Supernet(model)
@@ -236,7 +235,8 @@ def summary_lines(record: Mapping[str, Any]) -> list[str]:
     """A few lines describing a widths.json record, for the program's output."""
     lines = [
         f"method {record['method']}: validation score {record['score']:.4f} (supernet)",
-        f"  MACs   {record['macs']:>14,} of {record['full_macs']:,} ({100.0 * record['macs'] / record['full_macs']:.1f}%)",
+        f"  MACs   {record['macs']:>14,} of {record['full_macs']:,} "
+        f"({100.0 * record['macs'] / record['full_macs']:.1f}%)",
         f"  params {record['params']:>14,} of {record['full_params']:,} "
         f"({100.0 * record['params'] / record['full_params']:.1f}%)",
     ]

@@ -47,6 +47,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from cafe_tf import data as data_lib
 from cafe_tf import distribute as distribute_lib
 from cafe_tf import io
 from cafe_tf.config import ConfigError, validate_train
@@ -103,7 +104,8 @@ def validate_supernet(section: ml_collections.ConfigDict) -> None:
     if section.r < 0:
         raise ConfigError(f"config.supernet.r={section.r!r} is invalid; it must be >= 0 (bins)")
     if section.eval_examples < 0:
-        raise ConfigError(f"config.supernet.eval_examples={section.eval_examples!r} is invalid; it must be >= 0 (0 = all)")
+        raise ConfigError(f"config.supernet.eval_examples={section.eval_examples!r} is invalid; "
+                          "it must be >= 0 (0 = all)")
     bad = [f for f in section.eval_fractions if not 0 < f <= 1]
     if bad:
         raise ConfigError(f"config.supernet.eval_fractions={tuple(section.eval_fractions)!r} is invalid; "
@@ -273,7 +275,8 @@ class MinMinTrainer:
             k = padded.shape[0]
             if k > 1:
                 losses = tf.stack([
-                    tf.stop_gradient(self._candidate_loss(images, labels, self.encoder.selection(padded[i], lengths[i])))
+                    tf.stop_gradient(
+                        self._candidate_loss(images, labels, self.encoder.selection(padded[i], lengths[i])))
                     for i in range(k)
                 ])
                 losses = ctx.all_reduce(tf.distribute.ReduceOp.SUM, losses)  # one global decision
@@ -341,7 +344,10 @@ class MinMinTrainer:
     def _replica_probe(self, images, labels, slots):
         out = []
         for slot in slots:
-            selection = [None] * self.supernet.num_groups if slot is None else self.encoder.selection(slot[0][0], slot[1][0])
+            if slot is None:
+                selection = [None] * self.supernet.num_groups
+            else:
+                selection = self.encoder.selection(slot[0][0], slot[1][0])
             out.append(self._candidate_loss(images, labels, selection))
         return tf.stack(out), tf.cast(tf.shape(labels)[0], tf.float32)
 
@@ -446,7 +452,7 @@ def train(
     batch = data.global_batch
     if batch % replicas:
         raise ConfigError(f"config.data.batch_size={batch} must be divisible by the {replicas} replicas")
-    spe = standard.data_lib.steps_per_epoch(data.train_examples, batch, distribute_lib.num_input_pipelines(strategy))
+    spe = data_lib.steps_per_epoch(data.train_examples, batch, distribute_lib.num_input_pipelines(strategy))
     if spe < 1:
         raise ConfigError(f"config.data.batch_size={batch} is larger than the {data.train_examples} training examples")
     if section.mixed_precision != "none":
@@ -501,7 +507,8 @@ def train(
     slot_names = (["max", "min"] if options.sandwich else []) + [
         "sampled" if options.num_sampled == 1 else f"sampled{i}" for i in range(options.num_sampled)]
     tb_dir = os.path.join(workdir, "tensorboard")
-    writer = tf.summary.create_file_writer(os.path.join(tb_dir, "supernet")) if chief else tf.summary.create_noop_writer()
+    writer = (tf.summary.create_file_writer(os.path.join(tb_dir, "supernet")) if chief
+              else tf.summary.create_noop_writer())
     if chief:
         logging.info("supernet: %d prunable groups, 10^%.1f width assignments (%s bins, %s sharing, r=%d), K=%d%s",
                      len(space.groups), space.size_log10, space.granularity, space.sharing, space.r,
