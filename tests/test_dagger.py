@@ -406,3 +406,33 @@ def test_prune_program_on_a_users_keras_model(tmp_path, fashion_mnist_dir):
     bad = subprocess.run(_prune_cmd(tmp_path / "flat", flat, fashion_mnist_dir), capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 1 and "no prunable channel group" in bad.stderr, bad.stderr[-2000:]
+
+
+def test_soft_gates_and_temperature_schedule():
+    from cafe_tf.dagger.train import temperature_at
+
+    assert temperature_at(0, 11, 1.0, 0.01) == pytest.approx(1.0)
+    assert temperature_at(5, 11, 1.0, 0.01) == pytest.approx(0.1)
+    assert temperature_at(10, 11, 1.0, 0.01) == pytest.approx(0.01)
+    logits = [tf.constant([-1.0, 0.5, 2.0])]
+    soft = gates_from_logits(logits, "soft", 1.0)[0].numpy()
+    assert 0 < soft.min() and soft.max() < 1
+    cold = gates_from_logits(logits, "soft", 0.01)[0].numpy()  # annealed: close to the hard gates
+    np.testing.assert_allclose(cold, gates_from_logits(logits, "hard")[0].numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="'sharp' is not one of"):
+        gates_from_logits(logits, "sharp")
+
+
+@pytest.mark.parametrize("head", ["softmax_layer", "activation"])
+def test_softmax_heads_are_trained_as_logits_and_restored(head):
+    from cafe_tf.dagger.pipeline import as_logits_model
+
+    L = keras.layers
+    inp = keras.Input((6,), name="x")
+    z = L.Dense(4, name="z")(L.Dense(8, activation="relu", name="h")(inp))
+    out = L.Softmax(name="probs")(z) if head == "softmax_layer" else L.Activation("softmax", name="probs")(z)
+    model = keras.Model(inp, out)
+    logits_model, restore = as_logits_model(model)
+    x = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
+    np.testing.assert_allclose(tf.nn.softmax(logits_model(x)).numpy(), model(x).numpy(), atol=1e-6)
+    np.testing.assert_allclose(restore(logits_model)(x).numpy(), model(x).numpy(), atol=1e-6)

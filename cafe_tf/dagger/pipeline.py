@@ -182,8 +182,9 @@ def as_logits_model(model: keras.Model) -> tuple[keras.Model, Callable[[keras.Mo
     is_softmax_layer = isinstance(last, keras.layers.Softmax) or (
         isinstance(last, keras.layers.Activation) and getattr(act, "__name__", "") == "softmax")
     if is_softmax_layer:
-        logits = keras.Model(model.inputs, last.input, name=model.name)
-        return logits, lambda m: keras.Model(m.inputs, keras.layers.Softmax(name=last.name)(m.outputs[0]),
+        # Single input (the channel graph requires it): pass the tensor, not a list, as Keras expects.
+        logits = keras.Model(model.inputs[0], last.input, name=model.name)
+        return logits, lambda m: keras.Model(m.inputs[0], keras.layers.Softmax(name=last.name)(m.outputs[0]),
                                              name=model.name)
     if isinstance(last, keras.layers.Dense) and getattr(act, "__name__", "") == "softmax":
         def switch(activation: str) -> Callable[[keras.Model], keras.Model]:
