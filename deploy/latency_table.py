@@ -25,8 +25,9 @@ What it does (host target: LiteRT with XNNPACK, the same runtime deploy.benchmar
 
 A configuration missing from the table is interpolated from the measured ones of the same op,
 kernel, stride, padding and input size: piecewise-linear in the channel count when input and output
-channels move together (depthwise, add, pooling), a least-squares bilinear fit in (cin, cout) for
-convolutions and dense layers, and a MACs-proportional estimate as the last resort.
+channels move together (depthwise, add, pooling), a least-squares line of latency against MACs for
+convolutions and dense layers, and a MACs-proportional estimate from the nearest entry (or from all
+entries of the op) as the last resort.
 
 File format (schema ``latency_table``, version 1, written atomically with ``cafe_tf.io``)::
 
@@ -383,9 +384,7 @@ class LatencyTable:
             return self.entries[key]
         group = self._groups.get(key.group, [])
         if group:
-            estimate = _interpolate(key, group)
-            if estimate is not None:
-                return estimate
+            return _interpolate(key, group)
         same_op = self._by_op.get(key.op, [])
         if not same_op:
             raise DeployError(
@@ -469,13 +468,16 @@ def _validate(obj: Mapping[str, Any]) -> None:
         raise ValueError(f"model must hold finite constant_ms and scale, got {model!r}")
 
 
-def _interpolate(key: LayerKey, group: list[tuple[LayerKey, float]]) -> float | None:
-    """Estimate within one (op, kernel, stride, padding, input size) group, or None if it cannot."""
-    cin = np.array([k.cin for k, _ in group], dtype=np.float64)
+# Ops whose cost follows one channel count (input and output channels move together).
+_COUPLED_OPS = ("ADD", "SUB", "MUL", "MEAN", "REDUCE_MAX", "MAX_POOL_2D", "AVERAGE_POOL_2D", "DEPTHWISE_CONV_2D",
+                "CONCATENATION", "ACTIVATION", "BATCH_NORM", "PAD")
+
+
+def _interpolate(key: LayerKey, group: list[tuple[LayerKey, float]]) -> float:
+    """Estimate within one (op, kernel, stride, padding, input size) group of measured entries."""
     cout = np.array([k.cout for k, _ in group], dtype=np.float64)
     ms = np.array([v for _, v in group])
-    coupled = all(k.cin == k.cout or k.op in ("DEPTHWISE_CONV_2D", "CONCATENATION") for k, _ in group)
-    if coupled:  # one channel count drives the cost: piecewise-linear, linear beyond the ends
+    if key.op in _COUPLED_OPS:  # one channel count drives the cost: piecewise-linear, linear beyond the ends
         order = np.argsort(cout)
         x, y = cout[order], ms[order]
         x, idx = np.unique(x, return_index=True)
@@ -489,12 +491,17 @@ def _interpolate(key: LayerKey, group: list[tuple[LayerKey, float]]) -> float | 
             slope = (y[-1] - y[-2]) / (x[-1] - x[-2])
             return float(y[-1] + slope * (key.cout - x[-1]))
         return float(np.interp(key.cout, x, y))
-    design = np.stack([np.ones_like(cin), cin, cout, cin * cout], axis=1)
-    if len(group) >= 4 and np.linalg.matrix_rank(design) == 4:
-        coef, *_ = np.linalg.lstsq(design, ms, rcond=None)
-        estimate = float(coef @ np.array([1.0, key.cin, key.cout, key.cin * key.cout]))
-        return max(estimate, float(ms.min()) * 0.25)
-    return None
+    # Convolutions and dense layers: latency against MACs within the group (same op, kernel, stride,
+    # input size), a straight line fitted by least squares: the intercept carries the fixed cost of
+    # the op, the slope its throughput. (A bilinear fit in (cin, cout) extrapolated badly from the
+    # few points random subnets leave in a group.)
+    macs = np.array([k.macs() for k, _ in group], dtype=np.float64)
+    if np.ptp(macs) > 0:
+        slope, intercept = np.polyfit(macs, ms, 1)
+        if slope > 0:
+            return float(max(intercept + slope * key.macs(), float(ms.min()) * 0.25))
+    nearest = int(np.argmin([abs(np.log(k.cin / key.cin)) + abs(np.log(k.cout / key.cout)) for k, _ in group]))
+    return float(ms[nearest] * key.macs() / max(macs[nearest], 1.0))
 
 
 def fit_additive(layer_sums: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:

@@ -59,11 +59,14 @@ def _key(cin, cout, op="CONV_2D"):
 
 
 def test_interpolation_within_a_group_and_by_macs():
-    true_ms = lambda cin, cout: 0.01 + 0.0004 * cin * cout + 0.001 * (cin + cout)  # noqa: E731
+    true_ms = lambda cin, cout: 0.01 + 0.0004 * cin * cout  # noqa: E731  (fixed cost + throughput)
     entries = {_key(a, b): true_ms(a, b) for a in (8, 16, 32) for b in (8, 16, 32)}
     table = lt.LatencyTable(entries)
     assert table.layer_ms(_key(16, 16)) == entries[_key(16, 16)]  # measured
-    assert table.layer_ms(_key(24, 12)) == pytest.approx(true_ms(24, 12), rel=1e-6)  # bilinear in (cin, cout)
+    assert table.layer_ms(_key(24, 12)) == pytest.approx(true_ms(24, 12), rel=1e-6)  # a line against MACs
+    assert table.layer_ms(_key(64, 48)) == pytest.approx(true_ms(64, 48), rel=1e-6)  # also beyond the grid
+    single = lt.LatencyTable({_key(16, 16): 0.1})
+    assert single.layer_ms(_key(32, 16)) == pytest.approx(0.2)  # one point: scaled by MACs
     adds = {lt.LayerKey("ADD", (1, 1), (1, 1), "", 16, 16, c, c): 0.001 * c for c in (8, 16, 32)}
     table = lt.LatencyTable({**entries, **adds})
     assert table.layer_ms(lt.LayerKey("ADD", (1, 1), (1, 1), "", 16, 16, 24, 24)) == pytest.approx(0.024)
