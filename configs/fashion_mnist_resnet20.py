@@ -8,10 +8,11 @@ r"""Fashion-MNIST, ResNet-20, CafeNet at 50% of the MACs: the offline default, s
 Stages and their sizes (our choices: the paper's numbers are unavailable, see the spec):
 
 * supernet: min-min training (locally free sharing, r = 1 bin, K = 2 candidates, FLOPs-sensitive
-  bins, no sandwich), SGD 0.1 / momentum 0.9 / wd 5e-4 / cosine, 2 epochs. A min-min step costs
-  about 1.05x a plain step of the full net with widths sampled per group (benchmarks/minmin_cost.py),
-  so this is ~2 epochs of plain ResNet-20 time. Candidate selection compares K arrangements with
-  BN on the batch's own statistics and updates no moving statistics (cafe_tf/train/supernet.py).
+  bins, no sandwich), SGD 0.1 / momentum 0.9 / wd 5e-4 / cosine, 2 epochs. A min-min step with
+  widths sampled per group costs about 0.9-1.05x a plain step of the full net (K = 2 selection
+  passes, then one forward/backward of a smaller net; benchmarks/minmin_cost.py), so this is ~2
+  epochs of plain ResNet-20 time. Candidate selection compares the K arrangements with BN on the
+  batch's own statistics and updates no moving statistics (cafe_tf/train/supernet.py).
 * search: evolution at 50% of the full net's MACs, candidates kept in [0.8, 1] x budget; population
   16, 6 generations, top-4 parents (the spec's 50 / 20 / 10 are the library defaults, reduced here
   for time); each candidate scored as the best of K = 2 arrangements after BN recalibration on 256

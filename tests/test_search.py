@@ -20,7 +20,7 @@ from cafe_tf.slim import Supernet
 from cafe_tf.space import SearchSpace, read_widths, selection_from_record
 from cafe_tf.train import supernet as supernet_lib
 from cafe_tf.train.subnet import build_subnet
-from test_supernet_training import INFO, cnn, separable_source
+from supernet_helpers import INFO, cnn, separable_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
