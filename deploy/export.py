@@ -292,6 +292,8 @@ def export_tflite(
         )
         if labels is None:
             labels = labels_found
+        if label_names is None and data_normalization:
+            label_names = data_normalization.get("label_names")
         if normalization is None:
             normalization = data_normalization
     elif normalization is None and isinstance(representative_data, str):
@@ -437,7 +439,6 @@ def _main() -> None:
         if dataset not in data.names():
             raise UsageError(f"--dataset={dataset!r} is not a known dataset; valid: {data.names()}")
     model = load_keras_model(model_path)
-    label_names = None
     if dataset is not None and FLAGS.quant in ("int8", "qat"):
         print(f"export: calibrating on {FLAGS.num_calibration} images of {dataset!r} (train split)")
     result = export_tflite(
@@ -450,7 +451,6 @@ def _main() -> None:
         normalization=normalization,
         num_calibration=FLAGS.num_calibration,
         data_dir=FLAGS.data_dir,
-        label_names=label_names,
         qat_steps=FLAGS.qat_steps,
         qat_batch_size=FLAGS.qat_batch_size,
         qat_learning_rate=FLAGS.qat_learning_rate,

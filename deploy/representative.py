@@ -103,7 +103,8 @@ def dataset_images(
     seed: int | None = 0,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """``num_images`` images of dataset ``name`` (split ``split``) normalised like training, their labels
-    and the normalisation used (``{"scale", "mean", "std"}`` for pixels in [0, 255]).
+    and the normalisation used (``{"scale", "mean", "std"}`` for pixels in [0, 255], plus the
+    dataset's name and label names).
 
     With ``seed`` the images are a deterministic shuffled sample of the first ``20 * num_images``.
     """
@@ -126,7 +127,8 @@ def dataset_images(
         mean = np.full(channels, float(np.mean(info.mean)), np.float32)
         std = np.full(channels, float(np.mean(info.std)), np.float32)
     images = (pixels / 255.0 - mean) / std
-    normalization = {"scale": 1.0 / 255.0, "mean": mean.tolist(), "std": std.tolist(), "dataset": name}
+    normalization = {"scale": 1.0 / 255.0, "mean": mean.tolist(), "std": std.tolist(), "dataset": name,
+                     "label_names": list(info.label_names)}
     return images.astype(np.float32), np.asarray(labels), normalization
 
 

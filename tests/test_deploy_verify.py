@@ -98,6 +98,7 @@ def test_programs_export_int8_then_verify_on_fashion_mnist(fashion_mnist_dir, tm
     meta = tflite_model.read_metadata(tflite)
     assert meta["normalization"]["dataset"] == "fashion_mnist" and len(meta["normalization"]["mean"]) == 3
     assert meta["calibration_images"] == 64 and meta["inputs"][0]["dtype"] == "uint8"
+    assert len(meta["label_names"]) == 10 and meta["label_names"][1] == "Trouser"
     out = tmp_path / "verify.json"
     checked = _run("deploy.verify", ["--model", model_path, "--tflite", tflite, "--out", str(out), "--dataset", "fashion_mnist",
                                      "--data_dir", fashion_mnist_dir, "--num_batches", "2", "--batch_size", "16"])
