@@ -20,8 +20,9 @@ Stages and their sizes (our choices: the paper's numbers are unavailable, see th
 * train (the retraining recipe `python -m cafe_tf.train --widths` uses): from scratch, SGD 0.1
   cosine, 3 epochs. retrain / deploy: placeholders for the pipeline.
 
-Full-length settings (the CIFAR recipe, ~hours on CPU): supernet.epochs=200, search.population=50,
-search.generations=20, search.parents=10, search.eval_examples=0, train.epochs=200.
+Full-length settings (the CIFAR recipe, ~hours on CPU): configs/fashion_mnist_resnet20_full.py
+(supernet.epochs=200, search.population=50, search.generations=20, search.parents=10,
+search.eval_examples=0, supernet.eval_examples=0, train.epochs=200).
 """
 
 from cafe_tf import config as cfg
