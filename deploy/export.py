@@ -4,6 +4,15 @@ Usage::
 
     python -m deploy.export --model slim.keras --quant int8 --out slim_int8.tflite \\
         [--dataset fashion_mnist --data_dir DIR] [--io_type {float32,int8,uint8}] [--batch_size 1]
+    python -m deploy.export --widths W/widths.json --checkpoint W/retrain --quant int8 --out slim_int8.tflite
+
+The model is either a ``.keras`` file (``--model``) or a searched network and its training checkpoint
+(``--widths`` + ``--checkpoint``): the widths.json records the model name, input shape, classes and
+width multiplier, so the slim model is rebuilt exactly as ``python -m cafe_tf.train --widths`` built
+it (``cafe_tf.train.subnet.build_subnet``) and its weights are restored from the checkpoint, which
+may be the training workdir (its ``checkpoints/``, latest), a checkpoints folder or one prefix
+(``W/retrain/checkpoints/ckpt-120``). A checkpoint of other widths is refused naming the variable
+and both shapes.
 
 How (TF 2.21, Keras 3): the model is traced with ``keras.export.ExportArchive`` into a SavedModel
 whose one endpoint ``serving_default`` has a fixed input signature ``(batch_size, H, W, C)`` and
@@ -34,7 +43,9 @@ and quantization, the input normalisation ``x = (pixel * scale - mean) / std`` f
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -383,6 +394,85 @@ def load_keras_model(path: str) -> Any:
         raise DeployError(f"cannot load the Keras model {path!r}: {first}") from None
 
 
+_DATA_SHARD = re.compile(r"\.data-\d+-of-\d+$")
+_SHAPE_MISMATCH = re.compile(
+    r"incompatible tensor with shape (\([^)]*\)|\[[^\]]*\]) when attempting to restore variable with shape "
+    r"(\([^)]*\)|\[[^\]]*\]) and name (\S+?)(?::0)?\.?$"
+)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> str:
+    """The checkpoint prefix ``path`` names: a prefix, a checkpoints folder, or a cafe_tf.train workdir (latest).
+
+    Raises:
+      DeployError: nothing at ``path``, or a folder holding no checkpoint (naming the path).
+    """
+    import tensorflow as tf
+
+    path = os.path.expanduser(os.fspath(path)).rstrip(os.sep) or os.sep
+    prefix = _DATA_SHARD.sub("", path[: -len(".index")] if path.endswith(".index") else path)
+    if os.path.isfile(prefix + ".index"):
+        return prefix
+    if os.path.isdir(path):
+        for folder in (path, os.path.join(path, "checkpoints")):
+            latest = tf.train.latest_checkpoint(folder) if os.path.isdir(folder) else None
+            if latest:
+                return latest
+        raise DeployError(
+            f"no checkpoint in {path!r}: pass the cafe_tf.train workdir (holding checkpoints/), its checkpoints "
+            f"folder, or one checkpoint prefix such as {os.path.join(path, 'checkpoints', 'ckpt-100')}"
+        )
+    raise DeployError(f"checkpoint {path!r} does not exist (neither a folder nor a checkpoint prefix with {prefix}.index)")
+
+
+def load_widths_checkpoint(widths_path: str | os.PathLike, checkpoint: str | os.PathLike) -> Any:
+    """The slim model of ``widths_path`` (rebuilt as cafe_tf.train built it) with the weights of ``checkpoint``.
+
+    Raises:
+      DeployError: a missing checkpoint, or one of other widths / another model (naming the variable and
+        both shapes where the shapes differ). ArtifactError / ValueError: an invalid widths.json.
+    """
+    import tensorflow as tf
+
+    from cafe_tf.train.subnet import build_subnet
+
+    prefix = resolve_checkpoint(checkpoint)
+    widths_path = os.fspath(widths_path)
+    model = build_subnet(widths_path)
+    checkpoint_ = tf.train.Checkpoint(model=model)
+    retry = "pass the checkpoint that `python -m cafe_tf.train --widths` wrote for these widths"
+    try:
+        status = checkpoint_.restore(prefix)
+        status.expect_partial()  # training also saved the optimizer, step and RNG states: not needed here
+        status.assert_existing_objects_matched()
+        return model
+    except ValueError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        mismatch = _SHAPE_MISMATCH.search(first)
+        if mismatch:
+            saved, built, name = mismatch.groups()
+            problem = (f"checkpoint {prefix!r} does not match {widths_path!r}: variable {name!r} has shape {built} in "
+                       f"the model built from the widths but {saved} in the checkpoint; {retry}")
+        else:
+            problem = f"cannot restore {prefix!r} into the model of {widths_path!r}: {first}"
+    except AssertionError as e:
+        unbound = re.search(r"Found (\d+) Python objects", str(e))
+        what = f"{unbound.group(1)} of the model's variables have no value in it" if unbound else "its variables do not match"
+        problem = f"checkpoint {prefix!r} does not hold the weights of the model of {widths_path!r} ({what}); {retry}"
+    except tf.errors.OpError as e:
+        problem = f"cannot read checkpoint {prefix!r}: {e.message.splitlines()[0]}"
+    # A failed restore leaves TF's restore bookkeeping alive; collected later it logs a page of "unrestored
+    # value" warnings under the one-line error. Collect it now, quietly.
+    logger, level = tf.get_logger(), tf.get_logger().level
+    logger.setLevel("ERROR")
+    try:
+        del checkpoint_, model
+        gc.collect()
+    finally:
+        logger.setLevel(level)
+    raise DeployError(problem)
+
+
 # --------------------------------------------------------------------------------------------
 # Program
 
@@ -390,7 +480,10 @@ def load_keras_model(path: str) -> Any:
 def _define_flags() -> None:
     from absl import flags
 
-    flags.DEFINE_string("model", None, "the Keras 3 model to export (.keras file)")
+    flags.DEFINE_string("model", None, "the Keras 3 model to export (.keras file); or give --widths and --checkpoint")
+    flags.DEFINE_string("widths", None, "instead of --model: the widths.json of a searched network (with --checkpoint)")
+    flags.DEFINE_string("checkpoint", None, "with --widths: the `python -m cafe_tf.train --widths` workdir, its "
+                        "checkpoints/ folder (latest is used) or one checkpoint prefix (.../checkpoints/ckpt-120)")
     flags.DEFINE_enum("quant", None, list(QUANT_MODES), "quantization: fp32, fp16 (float16 weights), dynamic "
                       "(int8 weights), int8 (full integer, calibrated), qat (quantization-aware fine-tune + int8)")
     flags.DEFINE_string("out", None, "output .tflite path (written atomically)")
@@ -415,7 +508,23 @@ def _main() -> None:
     from deploy import _cli
 
     FLAGS = flags.FLAGS
-    model_path = _cli.require_file(FLAGS.model, "model")
+    if FLAGS.model and (FLAGS.widths or FLAGS.checkpoint):
+        given = "--widths" if FLAGS.widths else "--checkpoint"
+        raise UsageError(f"--model and {given} both name the model to export; pass either --model FILE.keras or "
+                         "--widths W/widths.json with --checkpoint W/<workdir>, not both")
+    if FLAGS.widths or FLAGS.checkpoint:
+        if not (FLAGS.widths and FLAGS.checkpoint):
+            raise UsageError("--widths and --checkpoint go together: the widths.json of the searched network and the "
+                             "checkpoint (workdir, checkpoints folder or prefix) `python -m cafe_tf.train --widths` wrote")
+        widths_path = _cli.require_file(FLAGS.widths, "widths")
+        checkpoint = os.path.expanduser(FLAGS.checkpoint)
+        if not os.path.exists(checkpoint) and not os.path.isfile(_DATA_SHARD.sub("", checkpoint) + ".index"):
+            raise UsageError(f"--checkpoint={FLAGS.checkpoint!r} does not exist (a cafe_tf.train workdir, its "
+                             "checkpoints folder or a checkpoint prefix such as W/retrain/checkpoints/ckpt-120)")
+        source = None
+    else:
+        model_path = _cli.require_file(FLAGS.model, "model")
+        source = os.path.basename(model_path)
     if not FLAGS.out:
         raise UsageError("--out is required: the .tflite to write")
     if FLAGS.quant is None:
@@ -438,7 +547,13 @@ def _main() -> None:
 
         if dataset not in data.names():
             raise UsageError(f"--dataset={dataset!r} is not a known dataset; valid: {data.names()}")
-    model = load_keras_model(model_path)
+    if source is None:
+        prefix = resolve_checkpoint(checkpoint)
+        model = load_widths_checkpoint(widths_path, prefix)
+        source = f"{os.path.basename(widths_path)} + {os.path.basename(prefix)}"
+        print(f"export: rebuilt {model.name!r} from {widths_path} with the weights of {prefix}")
+    else:
+        model = load_keras_model(model_path)
     if dataset is not None and FLAGS.quant in ("int8", "qat"):
         print(f"export: calibrating on {FLAGS.num_calibration} images of {dataset!r} (train split)")
     result = export_tflite(
@@ -454,7 +569,7 @@ def _main() -> None:
         qat_steps=FLAGS.qat_steps,
         qat_batch_size=FLAGS.qat_batch_size,
         qat_learning_rate=FLAGS.qat_learning_rate,
-        source=os.path.basename(model_path),
+        source=source,
     )
     ops = ", ".join(f"{op} v{'/'.join(map(str, v))}" for op, v in result.op_versions.items())
     inputs = result.metadata["inputs"][0]

@@ -258,3 +258,132 @@ def test_program_runtime_error_exit_1(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "cannot load the Keras model" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o.tflite").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# --widths + --checkpoint: a searched network exported from its training checkpoint
+
+
+@pytest.fixture(scope="module")
+def searched_run(tmp_path_factory):
+    """A cnn_small subnet (28x28x1, half of every group) and a checkpoint written as cafe_tf.train's fit() writes it."""
+    import tensorflow as tf
+
+    from cafe_tf import models
+    from cafe_tf.graph import ChannelGraph
+    from cafe_tf.space import write_widths
+    from cafe_tf.train.subnet import build_subnet
+
+    root = tmp_path_factory.mktemp("searched")
+    full = models.build("cnn_small", input_shape=(28, 28, 1), num_classes=10)
+    graph = ChannelGraph.from_model(full)
+    info = {"name": "cnn_small", "input_shape": [28, 28, 1], "num_classes": 10, "width_mult": 1.0}
+    write_widths(root / "widths.json", graph, {g.id: np.arange(0, g.size, 2) for g in graph.prunable_groups}, info)
+    write_widths(root / "narrow.json", graph, {g.id: np.arange(0, g.size, 4) for g in graph.prunable_groups}, info)
+    keras.utils.set_random_seed(3)
+    model = build_subnet(str(root / "widths.json"))
+    rng = np.random.default_rng(3)  # "trained" weights, unlike a fresh build, so a restore that did nothing fails
+    model.set_weights([np.abs(w) + 0.5 if "variance" in v.path else w + rng.normal(0, 0.05, w.shape).astype(w.dtype)
+                       for v, w in zip(model.weights, model.get_weights())])
+    # What cafe_tf.train.standard.fit checkpoints: model, optimizer (with slots), step, run shape, RNG states.
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build(model.trainable_variables)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=tf.Variable(12, dtype=tf.int64),
+                                     run_shape=tf.Variable([4, 64], dtype=tf.int64),
+                                     rng=[v.value for v in model.variables if v.name == "seed_generator_state"])
+    manager = tf.train.CheckpointManager(checkpoint, str(root / "retrain" / "checkpoints"), max_to_keep=2)
+    manager.save(checkpoint_number=8)
+    prefix = manager.save(checkpoint_number=12)
+    return {"root": root, "model": model, "prefix": prefix, "workdir": str(root / "retrain")}
+
+
+def test_widths_checkpoint_export_equals_keras_within_1e4(searched_run, tmp_path):
+    run = searched_run
+    restored = export.load_widths_checkpoint(run["root"] / "widths.json", run["workdir"])
+    for a, b in zip(restored.get_weights(), run["model"].get_weights()):
+        np.testing.assert_array_equal(a, b)
+    path = tmp_path / "searched.tflite"
+    export.export_tflite(restored, "fp32", path, source="widths.json + ckpt-12")
+    x = images(16, shape=(28, 28, 1), seed=2)
+    got = tflite_model.TFLiteRunner(str(path))(x)["logits"]
+    want = np.asarray(run["model"](x, training=False))
+    assert got.shape == want.shape == (16, 10)
+    assert np.max(np.abs(got - want)) <= 1e-4
+
+
+def test_checkpoint_path_forms_resolve_to_the_latest_or_named_prefix(searched_run, tmp_path):
+    prefix, workdir = searched_run["prefix"], searched_run["workdir"]
+    assert prefix.endswith("ckpt-12")
+    assert export.resolve_checkpoint(workdir) == prefix
+    assert export.resolve_checkpoint(os.path.join(workdir, "checkpoints")) == prefix
+    older = os.path.join(workdir, "checkpoints", "ckpt-8")
+    assert export.resolve_checkpoint(older) == older
+    assert export.resolve_checkpoint(older + ".index") == older
+    assert export.resolve_checkpoint(older + ".data-00000-of-00001") == older
+    with pytest.raises(DeployError, match=f"checkpoint '{tmp_path}/nope' does not exist"):
+        export.resolve_checkpoint(tmp_path / "nope")
+    with pytest.raises(DeployError, match=f"no checkpoint in '{tmp_path}'"):
+        export.resolve_checkpoint(tmp_path)
+
+
+def test_checkpoint_of_other_widths_names_variable_and_both_shapes(searched_run):
+    narrow = searched_run["root"] / "narrow.json"
+    with pytest.raises(DeployError) as info:
+        export.load_widths_checkpoint(narrow, searched_run["workdir"])
+    message = str(info.value)
+    assert "does not match" in message and str(narrow) in message and "ckpt-12" in message
+    import re
+
+    from cafe_tf.train.subnet import build_subnet
+
+    found = re.search(r"variable '(\S+)' has shape (\(.*?\)) in the model built from the widths but (\(.*?\)) in the "
+                      r"checkpoint", message)
+    assert found, message
+    name, built, saved = found.groups()
+    shapes = {v.path: tuple(v.shape) for v in build_subnet(str(narrow)).weights}
+    wide = {v.path: tuple(v.shape) for v in searched_run["model"].weights}
+    assert built == str(shapes[name]) and saved == str(wide[name]) and built != saved
+
+
+def test_program_exports_from_widths_and_checkpoint(searched_run, tmp_path):
+    run = searched_run
+    out = tmp_path / "cli.tflite"
+    proc = _program(["--widths", str(run["root"] / "widths.json"), "--checkpoint", run["workdir"], "--quant", "fp32",
+                     "--out", str(out), "--dataset", ""])
+    assert proc.returncode == 0, proc.stderr
+    assert "ckpt-12" in proc.stdout
+    x = images(4, shape=(28, 28, 1), seed=9)
+    got = tflite_model.TFLiteRunner(str(out))(x)["logits"]
+    assert np.max(np.abs(got - np.asarray(run["model"](x, training=False)))) <= 1e-4
+    assert tflite_model.read_metadata(str(out))["source_model"] == "widths.json + ckpt-12"
+
+
+def test_program_widths_checkpoint_usage_errors(searched_run, tmp_path):
+    widths = str(searched_run["root"] / "widths.json")
+    both = _program(["--model", "m.keras", "--widths", widths, "--checkpoint", searched_run["workdir"],
+                     "--quant", "fp32", "--out", str(tmp_path / "o.tflite")])
+    assert both.returncode == 2 and "--model and --widths both name the model" in both.stderr
+    assert "Traceback" not in both.stderr
+    alone = _program(["--widths", widths, "--quant", "fp32", "--out", str(tmp_path / "o.tflite")])
+    assert alone.returncode == 2 and "--widths and --checkpoint go together" in alone.stderr
+    missing = _program(["--widths", widths, "--checkpoint", str(tmp_path / "gone"), "--quant", "fp32",
+                        "--out", str(tmp_path / "o.tflite")])
+    assert missing.returncode == 2 and f"--checkpoint='{tmp_path}/gone' does not exist" in missing.stderr
+    assert not (tmp_path / "o.tflite").exists()
+
+
+def test_checkpoint_without_the_model_is_refused(searched_run, tmp_path):
+    import tensorflow as tf
+
+    tf.train.Checkpoint(step=tf.Variable(1)).write(str(tmp_path / "ckpt-1"))
+    with pytest.raises(DeployError, match=r"does not hold the weights of the model of .*widths.json' \(\d+ of the model's"):
+        export.load_widths_checkpoint(searched_run["root"] / "widths.json", tmp_path / "ckpt-1")
+
+
+def test_program_mismatched_checkpoint_exit_1_one_line(searched_run, tmp_path):
+    proc = _program(["--widths", str(searched_run["root"] / "narrow.json"), "--checkpoint", searched_run["workdir"],
+                     "--quant", "fp32", "--out", str(tmp_path / "o.tflite"), "--dataset", ""])
+    assert proc.returncode == 1
+    assert "export: error: checkpoint" in proc.stderr and "in the model built from the widths but" in proc.stderr
+    assert "Traceback" not in proc.stderr and "unrestored" not in proc.stderr
+    assert not (tmp_path / "o.tflite").exists()
