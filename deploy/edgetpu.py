@@ -13,7 +13,8 @@ The readiness check (:func:`readiness`) reads the ``.tflite`` and applies Coral'
 * every activation tensor int8/uint8 (constant int32 biases, shapes and axes are fine), static shapes,
   batch 1 (a tensor of more than 3 dimensions may only have its 3 innermost ones > 1);
 * every op in the Edge TPU's supported-op list, with that op's constraints (fused activations,
-  reduction / padding axes, FullyConnected weights format, Softmax size, StridedSlice strides, ...)
+  reduction / padding axes, a Mean over channels only when they are a multiple of 4, PReLU's
+  one-dimensional alpha, FullyConnected weights format, Softmax size, StridedSlice strides, ...)
   and the minimum Edge TPU runtime version that supports it;
 * what would run on the CPU: the compiler makes one Edge TPU subgraph, so the first op it cannot map
   and **every op after it** fall back to the CPU (a leading input QUANTIZE excepted);
@@ -62,7 +63,13 @@ class OpRule:
     limitations: str = ""
 
 
-# Coral's table (models-intro, "Supported operations"), keyed by TFLite builtin name.
+# Coral's table, keyed by TFLite builtin name: https://coral.ai/docs/edgetpu/models-intro/#supported-operations
+# (columns: operation, minimum runtime version, known limitations; rows split by runtime are merged
+# into one entry whose text says what changed at runtime 13). Checked against that table as
+# reproduced for the Edge-TPU-compiled ARTPEC-7 DLPU, which carries the current rows' wording:
+# https://developer.axis.com/computer-vision/on-device/system-on-chip/artpec-7/supported-ops/ (the
+# stored copy of the Coral page showed only its introduction). The 2019 table (no runtime column)
+# had Mean / Pad along x and y only; runtime 13 allowed z.
 SUPPORTED_OPS: dict[str, OpRule] = {
     "ADD": OpRule("Add", 1),
     "AVERAGE_POOL_2D": OpRule("AveragePool2d", 1, "No fused activation function."),
@@ -72,7 +79,8 @@ SUPPORTED_OPS: dict[str, OpRule] = {
         "2 inputs, and this constant tensor must be all zeroes (effectively, a zero-padding op).",
     ),
     "CONV_2D": OpRule("Conv2d", 1, "Must use the same dilation in x and y dimensions."),
-    "DEPTHWISE_CONV_2D": OpRule("DepthwiseConv2d", 1, "Must use the same dilation in x and y dimensions (runtime >= 13; dilation unsupported before)."),
+    "DEPTHWISE_CONV_2D": OpRule("DepthwiseConv2d", 1, "Runtime <= 12: dilated conv kernels are not supported. Runtime >= 13: "
+                                "must use the same dilation in x and y dimensions."),
     "EXPAND_DIMS": OpRule("ExpandDims", 13),
     "FULLY_CONNECTED": OpRule("FullyConnected", 1, "Only the default format is supported for fully-connected weights. Output tensor is one-dimensional."),
     "L2_NORMALIZATION": OpRule("L2Normalization", 1),
@@ -80,19 +88,21 @@ SUPPORTED_OPS: dict[str, OpRule] = {
     "UNIDIRECTIONAL_SEQUENCE_LSTM": OpRule("LSTM", 14, "Unidirectional LSTM only."),
     "MAXIMUM": OpRule("Maximum", 1),
     "MAX_POOL_2D": OpRule("MaxPool2d", 1, "No fused activation function."),
-    "MEAN": OpRule("Mean", 1, "No fused activation function. Supports reduction along x-, y- and (runtime >= 13) z-dimensions only."),
+    "MEAN": OpRule("Mean", 1, "No reduction in batch dimension. Runtime <= 12: reduction along x- and/or y-dimensions only. "
+                   "Runtime >= 13: if a z-reduction, the z-dimension must be a multiple of 4."),
     "MINIMUM": OpRule("Minimum", 1),
     "MUL": OpRule("Mul", 1),
     "PACK": OpRule("Pack", 13, "No packing in batch dimension."),
-    "PAD": OpRule("Pad", 1, "Supports padding along x-, y- and (runtime >= 13) z-dimensions only."),
-    "PRELU": OpRule("PReLU", 13, "Alpha needs to be 1-dimensional (only the innermost dimension can be >1 size)."),
+    "PAD": OpRule("Pad", 1, "Runtime <= 12: padding along x- and/or y-dimensions only. Runtime >= 13: no padding in batch dimension."),
+    "PRELU": OpRule("PReLU", 13, "Alpha needs to be 1-dimensional (only the innermost dimension can be >1 size). With Keras "
+                    "PReLU on 4D input (batch, height, width, channels), shared_axes must be [1,2]."),
     "QUANTIZE": OpRule("Quantize", 13),
     "REDUCE_MAX": OpRule("ReduceMax", 14, "Cannot operate on batch dimension."),
     "REDUCE_MIN": OpRule("ReduceMin", 14, "Cannot operate on batch dimension."),
     "RELU": OpRule("ReLu", 1),
     "RELU6": OpRule("ReLu6", 1),
     "RELU_N1_TO_1": OpRule("ReLuN1To1", 1),
-    "RESHAPE": OpRule("Reshape", 1, "Certain reshape operations might not be mapped for large tensor sizes."),
+    "RESHAPE": OpRule("Reshape", 1, "Certain reshapes might not be mapped for large tensor sizes."),
     "RESIZE_BILINEAR": OpRule("ResizeBilinear", 1, "Input/output is a 3-dimensional tensor. Depending on input/output size, this operation may not be mapped to the Edge TPU to avoid loss in precision."),
     "RESIZE_NEAREST_NEIGHBOR": OpRule("ResizeNearestNeighbor", 1, "Input/output is a 3-dimensional tensor. Depending on input/output size, this operation may not be mapped to the Edge TPU to avoid loss in precision."),
     "RSQRT": OpRule("Rsqrt", 14),
@@ -100,7 +110,8 @@ SUPPORTED_OPS: dict[str, OpRule] = {
     "SOFTMAX": OpRule("Softmax", 1, "Supports only 1-D input tensor with a max of 16,000 elements."),
     "SPACE_TO_DEPTH": OpRule("SpaceToDepth", 1),
     "SPLIT": OpRule("Split", 1, "No splitting in batch dimension."),
-    "SQUEEZE": OpRule("Squeeze", 1, "Before runtime 13: only when the squeezed dimensions are leading 1s (no relayout)."),
+    "SQUEEZE": OpRule("Squeeze", 1, "Runtime <= 12: only when the input's dimensions have leading 1s (no relayout needed). "
+                      "Runtime >= 13: none."),
     "STRIDED_SLICE": OpRule("StridedSlice", 1, "Supported only when all strides are equal to 1 (that is, effectively a Stride op), and with ellipsis-axis-mask == 0, and new-axis-max == 0."),
     "SUB": OpRule("Sub", 1),
     "SUM": OpRule("Sum", 13, "Cannot operate on batch dimension."),
@@ -188,6 +199,8 @@ def _op_constraints(op: OpInfo, summary: ModelSummary, data: bytes, min_runtime:
             allowed = {rank - 3, rank - 2} if op.op == "MEAN" and min_runtime < 13 else {rank - 3, rank - 2, rank - 1}
             if rank >= 3 and not set(axes) <= allowed:
                 problems.append(f"reduces over axes {axes} of a rank-{rank} tensor (only the spatial / channel axes, never batch)")
+            elif op.op == "MEAN" and rank >= 3 and rank - 1 in axes and source.shape[-1] % 4:
+                problems.append(f"reduces the z (channel) dimension of size {source.shape[-1]}, which must be a multiple of 4")
     if op.op == "PAD" and len(op.inputs) > 1:
         source = _tensor(summary, op.inputs[0])
         pads = _axis_values(data, summary, op.inputs[1])
@@ -195,6 +208,11 @@ def _op_constraints(op: OpInfo, summary: ModelSummary, data: bytes, min_runtime:
             problems.append("paddings are not a compile-time constant")
         elif source is not None and len(source.shape) == 4 and (pads[0] or pads[1] or (min_runtime < 13 and (pads[6] or pads[7]))):
             problems.append(f"pads the batch{'' if min_runtime >= 13 else ' or channel'} dimension (paddings {pads})")
+    if op.op == "PRELU" and len(op.inputs) > 1:
+        alpha = _tensor(summary, op.inputs[1])
+        if alpha is not None and any(d > 1 for d in alpha.shape[:-1]):
+            problems.append(f"alpha of shape {list(alpha.shape)} is not 1-dimensional (only its innermost dimension may "
+                            "be > 1: Keras PReLU(shared_axes=[1, 2]) on images)")
     if op.op == "SOFTMAX" and op.inputs:
         source = _tensor(summary, op.inputs[0])
         if source is not None:

@@ -190,3 +190,47 @@ def test_program_report_and_exit_codes(int8_path, tmp_path):
     assert g.returncode == 1 and "not a TFLite model" in g.stderr and not (tmp_path / "e3.json").exists()
     usage = _program(["--out", str(tmp_path / "e4.json")])
     assert usage.returncode == 2 and "--model is required" in usage.stderr
+
+
+def prelu_zmean_net(channels: int, shared_axes) -> keras.Model:
+    """Conv, PReLU, a Mean over the channel (z) axis: two rows of Coral's table with shape conditions."""
+    x = inputs = keras.Input((8, 8, 3), name="image")
+    x = L.Conv2D(channels, 3, padding="same", name="conv")(x)
+    x = L.PReLU(shared_axes=shared_axes, alpha_initializer=keras.initializers.Constant(0.2), name="prelu")(x)
+    x = L.Lambda(lambda t: keras.ops.mean(t, axis=-1, keepdims=True), name="zmean")(x)
+    x = L.Flatten(name="flat")(x)
+    return keras.Model(inputs, L.Dense(3, name="logits")(x), name=f"prelu_zmean_{channels}")
+
+
+@pytest.mark.parametrize("channels, shared_axes, ready", [(8, [1, 2], True), (6, None, False)])
+def test_prelu_alpha_and_channel_mean_follow_corals_table(tmp_path, channels, shared_axes, ready):
+    path = str(tmp_path / "m.tflite")
+    cal = np.random.default_rng(0).standard_normal((16, 8, 8, 3)).astype(np.float32)
+    export.export_tflite(prelu_zmean_net(channels, shared_axes), "int8", path, representative_data=cal, io_type="int8")
+    report = edgetpu.readiness(path)
+    ops = {o["op"]: o for o in report["ops"]}
+    assert set(ops) >= {"PRELU", "MEAN"}
+    assert report["ready"] is ready, report["cpu_ops"]
+    if ready:
+        assert ops["PRELU"]["placement"] == ops["MEAN"]["placement"] == "edgetpu"
+    else:  # per-pixel alpha (8, 8, 6) and a z-reduction over 6 channels (not a multiple of 4)
+        assert ops["PRELU"]["problems"] == [
+            "alpha of shape [8, 8, 6] is not 1-dimensional (only its innermost dimension may be > 1: Keras "
+            "PReLU(shared_axes=[1, 2]) on images)"]
+        assert ops["MEAN"]["problems"] == ["reduces the z (channel) dimension of size 6, which must be a multiple of 4"]
+        assert ops["PRELU"]["placement"] == "cpu"
+    # Before runtime 13 PReLU did not exist and Mean reduced only x and y.
+    old = edgetpu.readiness(path, min_runtime=12)
+    old_ops = {o["op"]: o for o in old["ops"]}
+    assert "PReLU needs Edge TPU runtime >= 13 (targeting 12)" in old_ops["PRELU"]["problems"]
+    assert any("reduces over axes [3]" in p for p in old_ops["MEAN"]["problems"])
+
+
+def test_supported_ops_table_cites_coral_and_keeps_runtime_rows():
+    rules = edgetpu.SUPPORTED_OPS
+    assert "coral.ai/docs/edgetpu/models-intro" in edgetpu.__doc__
+    since_13 = ("EXPAND_DIMS", "PACK", "PRELU", "QUANTIZE", "SUM", "TRANSPOSE_CONV")
+    since_14 = ("UNIDIRECTIONAL_SEQUENCE_LSTM", "REDUCE_MAX", "REDUCE_MIN", "RSQRT", "SQUARED_DIFFERENCE", "TRANSPOSE")
+    assert {op: rules[op].min_runtime for op in since_13 + since_14} == {**dict.fromkeys(since_13, 13),
+                                                                       **dict.fromkeys(since_14, 14)}
+    assert "multiple of 4" in rules["MEAN"].limitations and "shared_axes must be [1,2]" in rules["PRELU"].limitations
