@@ -25,42 +25,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import sys
-import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from cafe_tf import programs  # noqa: E402
 
 _CONFIG, _WORKDIR = programs.define_config_flags()
-
-
-def _config_args() -> list[str]:
-    """The --config file and every --config.* override of this process, to hand to each stage."""
-    from absl import flags
-
-    from ml_collections import config_flags
-
-    out = [f"--config={config_flags.get_config_filename(flags.FLAGS['config'])}"]
-    out += [a for a in sys.argv[1:] if a.startswith("--config.")]
-    return out
-
-
-def _is_keras_file(path: str) -> None:
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a .keras archive")
-
-
-def _is_tflite(path: str) -> None:
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if len(head) < 8 or head[4:8] != b"TFL3":
-        raise ValueError(f"{path} is not a TFLite flatbuffer")
-
-
-def _json(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def _have(module: str) -> bool:
@@ -70,16 +40,16 @@ def _have(module: str) -> bool:
 def build_stages(config, workdir: str) -> tuple[list, list[str]]:
     """The stages for ``config`` and notes on any stage whose program is not available."""
     from cafe_tf.space import read_widths
-    from cafe_tf.stages import Stage
+    from cafe_tf.stages import Stage, is_keras_file, is_tflite, read_json
 
-    cfg = _config_args()
+    cfg = programs.config_argv()
     w = lambda *p: os.path.join(workdir, *p)  # noqa: E731
     notes: list[str] = []
     stages = [
-        Stage("supernet", ["-m", "cafe_tf.train_supernet", *cfg, f"--workdir={workdir}"], w("supernet.keras"), _is_keras_file),
+        Stage("supernet", ["-m", "cafe_tf.train_supernet", *cfg, f"--workdir={workdir}"], w("supernet.keras"), is_keras_file),
         Stage("search", ["-m", "cafe_tf.search", *cfg, f"--workdir={workdir}"], w("widths.json"), read_widths),
         Stage("retrain", ["-m", "cafe_tf.train", *cfg, f"--workdir={w('retrain')}", f"--widths={w('widths.json')}"],
-              w("retrain", "model.keras"), _is_keras_file),
+              w("retrain", "model.keras"), is_keras_file),
     ]
     deploy = config.get("deploy", {})
     dataset = config.data.name
@@ -90,7 +60,7 @@ def build_stages(config, workdir: str) -> tuple[list, list[str]]:
                 ["-m", "deploy.export", f"--model={w('retrain', 'model.keras')}", f"--quant={quant}",
                  f"--out={w('deploy', f'model_{quant}.tflite')}", f"--dataset={dataset}"]
                 + ([f"--data_dir={config.data.data_dir}"] if config.data.get("data_dir") else []),
-                w("deploy", f"model_{quant}.tflite"), _is_tflite))
+                w("deploy", f"model_{quant}.tflite"), is_tflite))
     else:
         notes.append("TFLite export skipped: deploy.export is not available in this checkout")
     if _have("deploy.verify"):
@@ -99,7 +69,7 @@ def build_stages(config, workdir: str) -> tuple[list, list[str]]:
             f"verify_{quant}",
             ["-m", "deploy.verify", f"--model={w('retrain', 'model.keras')}", f"--tflite={w('deploy', f'model_{quant}.tflite')}",
              f"--dataset={dataset}", f"--out={w('deploy', f'verify_{quant}.json')}"],
-            w("deploy", f"verify_{quant}.json"), _json))
+            w("deploy", f"verify_{quant}.json"), read_json))
     else:
         notes.append("parity check skipped: deploy.verify is not available in this checkout")
     if _have("deploy.benchmark.__main__") or _have("deploy.benchmark.cli"):
@@ -108,15 +78,17 @@ def build_stages(config, workdir: str) -> tuple[list, list[str]]:
                 f"benchmark_{quant}",
                 ["-m", "deploy.benchmark", "--target=host", f"--model={w('deploy', f'model_{quant}.tflite')}",
                  f"--out={w('deploy', f'benchmark_{quant}.json')}", f"--runs={deploy.get('benchmark_runs', 50)}"],
-                w("deploy", f"benchmark_{quant}.json"), _json))
+                w("deploy", f"benchmark_{quant}.json"), read_json))
     else:
         notes.append("host benchmark skipped: deploy.benchmark is not available in this checkout")
     return stages, notes
 
 
 def _maybe(path: str) -> dict | None:
+    from cafe_tf.stages import read_json
+
     try:
-        return _json(path)
+        return read_json(path)
     except (OSError, ValueError):
         return None
 
@@ -164,7 +136,7 @@ def write_run_report(config, workdir: str, stages, notes: list[str]) -> str:
     budget = (widths.get("budget") or {}).get("max_macs") if isinstance(widths.get("budget"), dict) else None
     return write_report(
         workdir, f"cafe-tf run: {config.model.name} on {config.data.name}", rows, candidates, chosen,
-        groups=widths.get("groups", []), finals=finals, budget_macs=budget,
+        baselines=widths.get("baselines", []), groups=widths.get("groups", []), finals=finals, budget_macs=budget,
         notes=notes + [f"verify: {json.dumps({k: v for k, v in verify.items() if not isinstance(v, (list, dict))})}"]
         if verify else notes,
     )

@@ -72,6 +72,13 @@ def define_config_flags(
     return config, workdir
 
 
+def config_argv() -> list[str]:
+    """This process's ``--config`` file and every ``--config.*`` override, to hand to a stage's program."""
+    out = [f"--config={config_flags.get_config_filename(flags.FLAGS['config'])}"]
+    out += [a for a in sys.argv[1:] if a.startswith("--config.")]
+    return out
+
+
 def program_name() -> str:
     """The running program's short name (``train`` for ``python -m cafe_tf.train``)."""
     main = sys.modules.get("__main__")
@@ -171,7 +178,7 @@ def run_program(
         logging.info("%s: workdir %s, log %s", program_name(), workdir, log_path)
         try:
             main(config, workdir)
-        except ConfigError as e:
+        except (ConfigError, UsageError) as e:
             logging.debug("config error", exc_info=True)
             _usage_exit(str(e))
         except KeyboardInterrupt:

@@ -10,11 +10,13 @@ its own checkpoints), and process-wide state one stage changes (the QAT adapter 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shlex
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 
 from absl import logging
@@ -75,3 +77,31 @@ def run_stages(stages: Sequence[Stage], log_dir: str, env: dict[str, str] | None
         if not stage.is_done():
             raise StageError(f"stage {stage.name!r} finished but left no valid artifact {stage.artifact!r}; see {log_path}")
         print(f"      {stage.name} done in {stage.seconds:.0f} s", flush=True)
+
+
+# Artifact validators for Stage.validate.
+
+
+def is_keras_file(path: str) -> None:
+    """Validates a .keras archive (a zip file)."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a .keras archive")
+
+
+def is_metrics_file(path: str) -> None:
+    """Validates a finished training job's metrics.json (it holds the final evaluation)."""
+    if not (read_json(path).get("final") or {}):
+        raise ValueError(f"{path} holds no final evaluation")
+
+
+def is_tflite(path: str) -> None:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8 or head[4:8] != b"TFL3":
+        raise ValueError(f"{path} is not a TFLite flatbuffer")
+
+
+def read_json(path: str) -> dict:
+    """The JSON object in ``path`` (raises on a missing or malformed file)."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

@@ -267,6 +267,10 @@ def test_search_job_writes_widths_json_that_retrains_and_resumes(trained, tmp_pa
     assert stored["pareto"] and stored["model"] == INFO and stored["search"]["population"] == 6
     assert len(stored["score_record"]["candidates"]) == 2  # K = 2 arrangements scored, the best kept
     assert stored["scored_this_run"] == len(stored["evaluated"]) > 0
+    # The uniform-width net at the same budget, scored by the same supernet, for the report's figure.
+    (uniform,) = stored["baselines"]
+    assert uniform["name"] == "uniform width" and uniform["macs"] <= budget
+    assert uniform["score"] == next(r["score"] for r in stored["evaluated"] if r["widths"] == uniform["widths"])
 
     # The score is reproducible: the chosen arrangement's accuracy after recalibration, on the same images.
     supernet = Supernet(model)
@@ -299,6 +303,7 @@ def test_baselines_run_on_the_same_job(trained, tmp_path, method):
                            greedy_step=0.5, num_candidates=1)
     record = search_run.run(config, str(tmp_path), data=src)
     assert record["method"] == method and record["macs"] <= 0.5 * record["full_macs"]
+    assert [b["name"] for b in record["baselines"]] == ([] if method == "uniform" else ["uniform width"])
     assert len(record["score_record"]["candidates"]) == 1
 
 

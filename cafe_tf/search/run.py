@@ -138,6 +138,64 @@ def run_search(method: str, checker: BudgetChecker, cache: ScoreCache, section: 
     raise ConfigError(f"config.search.method={method!r} is invalid; valid values: {list(METHODS)}")
 
 
+def load_supernet(path: str) -> tuple[str, dict[str, Any], keras.Model, Any, SearchSpace]:
+    """(absolute path, supernet.json record, Keras model, Supernet, SearchSpace) of a trained supernet.keras."""
+    from cafe_tf.slim import Supernet
+    from cafe_tf.train import supernet as supernet_lib
+
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(path):
+        raise ValueError(f"supernet {path!r} does not exist; train one with "
+                         "`python -m cafe_tf.train_supernet` or set config.search.supernet")
+    record = supernet_lib.read_supernet(os.path.join(os.path.dirname(path), "supernet.json"))
+    model = keras.models.load_model(path, compile=False)
+    supernet = Supernet(model)
+    return path, record, model, supernet, supernet_lib.space_from_section(supernet.graph, record["space"])
+
+
+def check_input_shape(model: keras.Model, data: Any) -> None:
+    """Raises ValueError when ``data``'s images do not fit the supernet's input."""
+    model_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    if tuple(data.image_shape) != model_shape:
+        raise ValueError(f"the supernet takes inputs of shape {model_shape}, but config.data yields "
+                         f"{tuple(data.image_shape)}; use the data settings the supernet was trained with")
+
+
+def make_evaluator(config: ml_collections.ConfigDict, supernet: Any, space: SearchSpace, supernet_path: str,
+                   data: Any) -> tuple[SupernetEvaluator, dict[str, Any]]:
+    """The supernet evaluator ``config.search`` describes on ``data``'s validation split, and its cache fingerprint."""
+    from cafe_tf.train import supernet as supernet_lib
+
+    section = config.search
+    check_input_shape(supernet.model, data)
+    calibration = [x for x, _ in supernet_lib.calibration_batches(data, section.calibration_examples)]
+    validation = supernet_lib.take_batches(data.make_eval["validation"], section.eval_examples)
+    evaluator = SupernetEvaluator(supernet, space, calibration, validation, section.num_candidates, seed=section.seed)
+    fingerprint = {
+        "supernet_sha256": file_sha256(supernet_path), "space": space.describe(),
+        "num_candidates": section.num_candidates, "calibration_examples": section.calibration_examples,
+        "eval_examples": section.eval_examples, "seed": section.seed, "data": config.data.name,
+        "validation_size": config.data.validation_size,
+    }
+    return evaluator, fingerprint
+
+
+def baseline_records(checker: BudgetChecker, cache: ScoreCache, method: str) -> list[dict[str, Any]]:
+    """The uniform-width net at the same budget, scored by the same supernet (the report draws it).
+
+    One extra evaluation (none when ``method`` is already ``uniform``); empty when no uniformly
+    scaled net meets the budget.
+    """
+    if method == "uniform":
+        return []
+    try:
+        widths = baselines.uniform_widths_within(checker)
+    except ValueError:
+        return []
+    return [{"name": "uniform width", "widths": widths.tolist(), **checker.measure(widths),
+             "score": cache.record(widths)["score"]}]
+
+
 def run(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -152,22 +210,13 @@ def run(
     ``evaluator_factory(supernet, space, data)`` replaces the supernet evaluator; ``latency``
     replaces the predictor loaded from ``search.latency_table``.
     """
-    from cafe_tf.slim import Supernet
     from cafe_tf.train import standard
-    from cafe_tf.train import supernet as supernet_lib
 
     section = config.search
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     t0 = time.time()
-    supernet_path = os.path.abspath(os.path.expanduser(section.supernet or os.path.join(workdir, "supernet.keras")))
-    if not os.path.isfile(supernet_path):
-        raise ValueError(f"supernet {supernet_path!r} does not exist; train one with "
-                         "`python -m cafe_tf.train_supernet` or set config.search.supernet")
-    record = supernet_lib.read_supernet(os.path.join(os.path.dirname(supernet_path), "supernet.json"))
-    model = keras.models.load_model(supernet_path, compile=False)
-    supernet = Supernet(model)
-    space: SearchSpace = supernet_lib.space_from_section(supernet.graph, record["space"])
+    supernet_path, record, model, supernet, space = load_supernet(section.supernet or os.path.join(workdir, "supernet.keras"))
     if latency is None and section.latency_table:
         latency = load_latency_predictor(os.path.expanduser(section.latency_table))
     budget = budget_from_section(section, space.cost.macs())
@@ -178,24 +227,12 @@ def run(
 
     if data is None:
         data = standard.make_data_source(config.data, seed=section.seed, eval_splits=("validation",))
-    model_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-    if tuple(data.image_shape) != model_shape:
-        raise ValueError(f"the supernet takes inputs of shape {model_shape}, but config.data yields "
-                         f"{tuple(data.image_shape)}; use the data settings the supernet was trained with")
     if evaluator_factory is not None:
+        check_input_shape(model, data)
         evaluator = evaluator_factory(supernet, space, data)
         fingerprint = {"evaluator": "custom"}
     else:
-        calibration = [x for x, _ in supernet_lib.calibration_batches(data, section.calibration_examples)]
-        validation = supernet_lib.take_batches(data.make_eval["validation"], section.eval_examples)
-        evaluator = SupernetEvaluator(supernet, space, calibration, validation, section.num_candidates,
-                                      seed=section.seed)
-        fingerprint = {
-            "supernet_sha256": file_sha256(supernet_path), "space": space.describe(),
-            "num_candidates": section.num_candidates, "calibration_examples": section.calibration_examples,
-            "eval_examples": section.eval_examples, "seed": section.seed, "data": config.data.name,
-            "validation_size": config.data.validation_size,
-        }
+        evaluator, fingerprint = make_evaluator(config, supernet, space, supernet_path, data)
     cache = ScoreCache(evaluator, path=os.path.join(workdir, "search_cache.json"), fingerprint=fingerprint)
     result = run_search(section.method, checker, cache, section, os.path.join(workdir, "search_state.json"))
 
@@ -203,6 +240,7 @@ def run(
     channels = space.channels(arrangement)
     measured = checker.measure(result.widths)
     extra = {
+        "baselines": baseline_records(checker, cache, result.method),
         "method": result.method,
         "score": result.record["score"],
         "score_metric": "validation_accuracy (supernet, BN recalibrated)",
@@ -250,4 +288,5 @@ def summary_lines(record: Mapping[str, Any]) -> list[str]:
 
 
 __all__ = ["METHODS", "search_section", "validate_search", "budget_from_section", "load_latency_predictor",
-           "run_search", "run", "summary_lines"]
+           "load_supernet", "check_input_shape", "make_evaluator", "run_search", "baseline_records", "run",
+           "summary_lines"]
