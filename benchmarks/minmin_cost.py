@@ -42,7 +42,7 @@ from cafe_tf.train.supernet import MinMinOptions, MinMinTrainer, Slot, plan_step
 
 def plain_step_fn(model: keras.Model, optimizer, num_classes: int, weight_decay: float):
     """The standard loop's step (cross-entropy + L2 on kernels), without a strategy."""
-    decayed = [v for v in model.trainable_variables if standard._is_decayed(v)]  # noqa: SLF001
+    decayed = [v for v in model.trainable_variables if standard.is_decayed(v)]
 
     @tf.function
     def step(images, labels):

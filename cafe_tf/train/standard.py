@@ -285,7 +285,6 @@ def write_scalar(name: str, value: float, step: int) -> None:
     tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=_scalar_metadata())
 
 
-
 class Progress:
     """A Progbar (steps/epoch, loss, acc, ETA) on a terminal; a log line every ``log_every`` steps otherwise."""
 
@@ -484,7 +483,7 @@ def fit(
             for hook in hooks:
                 hook.on_step_end(step, logs)
             if train.checkpoint_every and step % train.checkpoint_every == 0 and step < total_steps:
-                last_saved = _save(manager, step, hooks)
+                last_saved = save_checkpoint(manager, step, hooks)
         epoch_logs: dict[str, Any] = {"epoch": epoch + 1, "step": step}
         if sums[2]:
             epoch_logs["train"] = {"loss": sums[0] / sums[2], "accuracy": sums[1] / sums[2]}
@@ -496,7 +495,7 @@ def fit(
             io.write_artifact(os.path.join(workdir, "history.json"), HISTORY_SCHEMA, HISTORY_VERSION,
                               {"entries": history})
         if last_saved != step:
-            last_saved = _save(manager, step, hooks)
+            last_saved = save_checkpoint(manager, step, hooks)
         for hook in hooks:
             hook.on_epoch_end(epoch + 1, epoch_logs)
     train_seconds = time.time() - t_start
@@ -567,7 +566,8 @@ def _load_history(workdir: str, start_step: int) -> list[dict[str, Any]]:
     return [e for e in entries if e.get("step", 0) <= start_step]
 
 
-def _save(manager: tf.train.CheckpointManager, step: int, hooks: Sequence[Hook]) -> int:
+def save_checkpoint(manager: tf.train.CheckpointManager, step: int, hooks: Sequence[Hook]) -> int:
+    """Writes checkpoint number ``step`` with ``manager``, tells each hook's ``on_checkpoint``; returns ``step``."""
     path = manager.save(checkpoint_number=step)
     for hook in hooks:
         hook.on_checkpoint(step, path)
@@ -693,8 +693,3 @@ def run(
         io.write_json(os.path.join(workdir, "config.json"), to_dict(config))
     return fit(model_fn, data, config.train, workdir, strategy=strategy, hooks=hooks, config_record=to_dict(config))
 
-
-# Earlier private names, still used by cafe_tf.train.supernet.
-_is_decayed = is_decayed
-_restore = restore_checkpoint
-_Progress = Progress

@@ -244,7 +244,7 @@ class MinMinTrainer:
         self.weight_decay, self.label_smoothing = float(weight_decay), float(label_smoothing)
         self.strategy = strategy or tf.distribute.get_strategy()
         self.variables = list(supernet.model.trainable_variables)
-        self.decayed = [v for v in self.variables if standard._is_decayed(v)]  # noqa: SLF001 - one L2 convention
+        self.decayed = [v for v in self.variables if standard.is_decayed(v)]
         self.traces = 0  # how many times the step was traced (tests: once for every width)
         self._step_fn = tf.function(self._distributed_step)
         self._probe_fn = tf.function(self._distributed_probe)
@@ -495,7 +495,7 @@ def train(
                 f"{ckpt_dir} holds a supernet trained with other settings ("
                 + ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
                 + "); use a new --workdir or delete it")
-    resumed_from = standard._restore(checkpoint, manager, run_shape, spe, batch)  # noqa: SLF001 - one resume scheme
+    resumed_from = standard.restore_checkpoint(checkpoint, manager, run_shape, spe, batch)
     if chief:
         io.write_artifact(settings_path, "cafe_tf.supernet_settings", 1, {"settings": settings})
     start_step = int(global_step.numpy())
@@ -518,7 +518,7 @@ def train(
         if resumed_from is not None:
             logging.info("resuming from %s at step %d", resumed_from, start_step)
 
-    progress = standard._Progress(int(section.epochs), spe, section.log_every, enabled=chief)  # noqa: SLF001
+    progress = standard.Progress(int(section.epochs), spe, section.log_every, enabled=chief)
     history: list[dict[str, Any]] = []
     window: dict[str, float] = {}
     window_count = 0
@@ -566,9 +566,9 @@ def train(
                             standard.write_scalar(k, v, step)
                 window, window_count = {}, 0
             if section.checkpoint_every and step % section.checkpoint_every == 0 and step < total_steps:
-                last_saved = standard._save(manager, step, hooks)  # noqa: SLF001 - one checkpoint scheme
+                last_saved = standard.save_checkpoint(manager, step, hooks)
         if last_saved != step:
-            last_saved = standard._save(manager, step, hooks)  # noqa: SLF001
+            last_saved = standard.save_checkpoint(manager, step, hooks)
     writer.flush()
     train_seconds = time.time() - t0
 
