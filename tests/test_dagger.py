@@ -421,18 +421,3 @@ def test_soft_gates_and_temperature_schedule():
     np.testing.assert_allclose(cold, gates_from_logits(logits, "hard")[0].numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="'sharp' is not one of"):
         gates_from_logits(logits, "sharp")
-
-
-@pytest.mark.parametrize("head", ["softmax_layer", "activation"])
-def test_softmax_heads_are_trained_as_logits_and_restored(head):
-    from cafe_tf.dagger.pipeline import as_logits_model
-
-    L = keras.layers
-    inp = keras.Input((6,), name="x")
-    z = L.Dense(4, name="z")(L.Dense(8, activation="relu", name="h")(inp))
-    out = L.Softmax(name="probs")(z) if head == "softmax_layer" else L.Activation("softmax", name="probs")(z)
-    model = keras.Model(inp, out)
-    logits_model, restore = as_logits_model(model)
-    x = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
-    np.testing.assert_allclose(tf.nn.softmax(logits_model(x)).numpy(), model(x).numpy(), atol=1e-6)
-    np.testing.assert_allclose(restore(logits_model)(x).numpy(), model(x).numpy(), atol=1e-6)

@@ -134,6 +134,71 @@ def test_losses_with_label_smoothing():
     assert float(ml_loss[0]) == pytest.approx(math.log1p(math.exp(-3.0)), rel=1e-6)
 
 
+def _with_head(model, head):
+    """``model`` (logits) with a probability head that shares every weight with it."""
+    L = keras.layers
+    z = model.outputs[0]
+    if head == "dense_softmax":  # the head inside the last layer: a twin Dense with the same weights
+        last = model.layers[-1]
+        twin = L.Dense(last.units, activation="softmax", name="probs")
+        out = twin(last.input)
+        twin.set_weights(last.get_weights())
+        return keras.Model(model.inputs[0], out, name=model.name)
+    out = {"softmax_layer": lambda: L.Softmax(name="probs")(z),
+           "softmax_activation": lambda: L.Activation("softmax", name="probs")(z),
+           "softmax_op": lambda: keras.ops.softmax(z),
+           "sigmoid_activation": lambda: L.Activation("sigmoid", name="probs")(z)}[head]()
+    return keras.Model(model.inputs[0], out, name=model.name)
+
+
+@pytest.mark.parametrize("head", ["softmax_layer", "softmax_activation", "softmax_op", "dense_softmax"])
+def test_softmax_model_has_the_logits_models_loss(head):
+    logits_model = tiny_model()
+    probs_model = _with_head(logits_model, head)
+    assert standard.outputs_probabilities(probs_model) and not standard.outputs_probabilities(logits_model)
+    x = tf.random.stateless_normal((6, 8, 8, 1), seed=(1, 2)) * 3.0
+    labels = tf.constant([0, 1, 2, 2, 1, 0])
+    logits, probs = logits_model(x), probs_model(x)
+    for smoothing in (0.0, 0.1):
+        np.testing.assert_allclose(
+            standard.per_example_loss("classification", labels, probs, 3, smoothing, from_logits=False),
+            standard.per_example_loss("classification", labels, logits, 3, smoothing), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(standard.per_example_accuracy("classification", labels, probs, from_logits=False),
+                                  standard.per_example_accuracy("classification", labels, logits))
+
+
+def test_sigmoid_model_has_the_logits_models_multilabel_loss():
+    logits_model = tiny_model(classes=4)
+    probs_model = _with_head(logits_model, "sigmoid_activation")
+    assert standard.outputs_probabilities(probs_model, "multilabel")
+    with pytest.raises(cfg.ConfigError, match="ends in a sigmoid but a classification task needs logits or a softmax"):
+        standard.outputs_probabilities(probs_model, "classification")
+    with pytest.raises(cfg.ConfigError, match="ends in a softmax but a multilabel task"):
+        standard.outputs_probabilities(_with_head(logits_model, "softmax_layer"), "multilabel")
+    x = tf.random.stateless_normal((6, 8, 8, 1), seed=(3, 4)) * 3.0
+    labels = tf.constant(np.random.default_rng(0).integers(0, 2, (6, 4)))
+    logits, probs = logits_model(x), probs_model(x)
+    np.testing.assert_allclose(
+        standard.per_example_loss("multilabel", labels, probs, 4, 0.1, from_logits=False),
+        standard.per_example_loss("multilabel", labels, logits, 4, 0.1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(standard.per_example_accuracy("multilabel", labels, probs, from_logits=False),
+                                  standard.per_example_accuracy("multilabel", labels, logits))
+
+
+def test_fit_trains_a_softmax_model_as_its_logits_model(tmp_path):
+    # fit() seeds before building, so both factories make the same initial weights.
+    runs = {}
+    for name, factory in (("logits", tiny_model), ("softmax", lambda: _with_head(tiny_model(), "softmax_layer"))):
+        rec = Recorder()
+        metrics = standard.fit(factory, synthetic_source(), train_config(epochs=1), str(tmp_path / name), hooks=[rec])
+        runs[name] = (rec.losses, metrics["final"]["validation"])
+    np.testing.assert_allclose(runs["softmax"][0], runs["logits"][0], rtol=1e-4)
+    assert runs["softmax"][1]["loss"] == pytest.approx(runs["logits"][1]["loss"], rel=1e-4)
+    assert runs["softmax"][1]["accuracy"] == runs["logits"][1]["accuracy"]
+    saved = keras.models.load_model(tmp_path / "softmax" / "model.keras")  # the head is kept
+    assert isinstance(saved.layers[-1], keras.layers.Softmax)
+
+
 def test_weight_decay_covers_kernels_only():
     from cafe_tf import models
 

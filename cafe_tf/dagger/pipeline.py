@@ -171,40 +171,6 @@ def check_model_fits_data(model: keras.Model, image_shape, num_classes: int, pat
         raise ValueError(f"model {path!r} predicts {out} classes, but the dataset has {num_classes}")
 
 
-def as_logits_model(model: keras.Model) -> tuple[keras.Model, Callable[[keras.Model], keras.Model]]:
-    """(a copy of ``model`` that outputs logits, a function restoring the softmax on a trained copy).
-
-    The standard training loop takes logits; a user's model that ends in a softmax is trained
-    without it and gets it back afterwards, so the saved model keeps the user's convention.
-    """
-    last = model.outputs[0]._keras_history.operation
-    act = getattr(last, "activation", None)
-    is_softmax_layer = isinstance(last, keras.layers.Softmax) or (
-        isinstance(last, keras.layers.Activation) and getattr(act, "__name__", "") == "softmax")
-    if is_softmax_layer:
-        # Single input (the channel graph requires it): pass the tensor, not a list, as Keras expects.
-        logits = keras.Model(model.inputs[0], last.input, name=model.name)
-        return logits, lambda m: keras.Model(m.inputs[0], keras.layers.Softmax(name=last.name)(m.outputs[0]),
-                                             name=model.name)
-    if isinstance(last, keras.layers.Dense) and getattr(act, "__name__", "") == "softmax":
-        def switch(activation: str) -> Callable[[keras.Model], keras.Model]:
-            def clone(m: keras.Model) -> keras.Model:
-                def fn(layer):
-                    cfg = layer.get_config()
-                    if layer.name == last.name:
-                        cfg["activation"] = activation
-                    return type(layer).from_config(cfg)
-
-                out = keras.models.clone_model(m, clone_function=fn)
-                out.set_weights(m.get_weights())
-                return out
-
-            return clone
-
-        return switch("linear")(model), switch("softmax")
-    return model, lambda m: m
-
-
 def _epochs_of(make_train: Callable[[int, int, Any], tf.data.Dataset], steps_per_epoch: int
                ) -> Callable[[int], Iterator]:
     """Batches from global step ``start`` on, chaining the standard loop's seeded per-epoch pipelines."""
@@ -372,20 +338,10 @@ def stage_finetune(config: ml_collections.ConfigDict, workdir: str, data, pruned
     if os.path.isfile(metrics_path) and os.path.isfile(model_path):
         logging.info("stage finetune: done already (%s)", metrics_path)
         return io.read_artifact(metrics_path, standard.METRICS_SCHEMA, (standard.METRICS_VERSION,))
-    # A factory, so the standard loop builds the model under its strategy's scope.
-    restore: list[Callable[[keras.Model], keras.Model]] = []
-
-    def model_fn() -> keras.Model:
-        trainable, back = as_logits_model(prune_lib.load_model(pruned_path))
-        restore.append(back)
-        return trainable
-
-    metrics = standard.fit(model_fn, data, config.finetune, folder, strategy=strategy, config_record=to_dict(config))
-    trained = prune_lib.load_model(model_path)
-    final = restore[0](trained)
-    if final is not trained:  # the user's model ended in a softmax: save it that way
-        prune_lib.save_model(final, model_path)
-    return metrics
+    # A factory, so the standard loop builds the model under its strategy's scope. A softmax head
+    # is trained as it is (the standard loop's from_logits=False) and saved with the model.
+    return standard.fit(lambda: prune_lib.load_model(pruned_path), data, config.finetune, folder, strategy=strategy,
+                        config_record=to_dict(config))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

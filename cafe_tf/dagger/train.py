@@ -37,21 +37,13 @@ from cafe_tf import io
 from cafe_tf.flops import CostModel
 from cafe_tf.graph import ChannelGraph
 from cafe_tf.slim import Supernet
-from cafe_tf.train.standard import write_scalar
+from cafe_tf.train.standard import is_decayed, outputs_probabilities, write_scalar
 from cafe_tf.dagger.module import GATE_MODES, GateModule, gate_masks, gates_from_logits
 from cafe_tf.dagger.regularizer import FlopsRegularizer
 
 GATES_SCHEMA = "cafe_tf.dagger_gates"
 GATES_VERSION = 1
 MAIN_MODES = ("joint", "frozen")
-
-
-def outputs_probabilities(graph: ChannelGraph) -> bool:
-    """True if the model ends in a softmax (probabilities), False if it outputs logits."""
-    name = graph.model.outputs[0]._keras_history.operation.name
-    node = graph.node_by_name[name]
-    act = getattr(node.layer, "activation", None)
-    return node.kind == "softmax" or getattr(act, "__name__", "") == "softmax"
 
 
 def temperature_at(step: int, total: int, start: float, end: float) -> float:
@@ -98,12 +90,12 @@ class GateTrainer:
         self.workdir, self.total_steps = workdir, int(total_steps)
         self.gate_mode, self.temperature, self.main = gate_mode, tuple(map(float, temperature)), main
         self.checkpoint_every = int(checkpoint_every)
-        self.probabilities = outputs_probabilities(self.graph)
+        self.probabilities = outputs_probabilities(model)
         self.gate_opt = keras.optimizers.Adam(gate_lr)
         self.gate_opt.build(module.trainable_variables)
         self.main_vars = list(model.trainable_variables) if main == "joint" else []
-        # Kernels only (not biases, not BN), as in cafe_tf.train.standard.
-        self.decayed = [v for v in self.main_vars if v.path.split("/")[-1].endswith("kernel")]
+        # Kernels only (not biases, not BN): the L2 convention of cafe_tf.train.standard.
+        self.decayed = [v for v in self.main_vars if is_decayed(v)]
         self.weight_decay = float(weight_decay)
         self.main_opt = main_optimizer or keras.optimizers.SGD(1e-3, momentum=0.9)
         if self.main_vars:

@@ -28,6 +28,10 @@ Recipe choices (documented here once):
   ``mixed_bfloat16`` needs no loss scaling. Logits are cast to float32 before the loss.
 * **Multi-label** datasets (CelebA's 40 attributes) use sigmoid cross-entropy; "accuracy" is then
   the mean per-attribute accuracy.
+* **Probability heads**: a model ending in a softmax (a sigmoid for multi-label) trains as it is,
+  its loss taken from the clipped probabilities (``from_logits=False``, as Keras's crossentropies
+  and Dagger's gate training do): the same loss as the model without the head, and the saved
+  ``model.keras`` keeps the head.
 
 Extension point: the model comes from ``model_fn``. ``--widths=widths.json`` (a searched net) and
 ``--init_from_supernet`` plug in by passing a ``model_fn`` that builds the slim model (and loads
@@ -247,9 +251,44 @@ def is_decayed(variable) -> bool:
     return getattr(variable, "path", variable.name).split("/")[-1].split(":")[0].endswith("kernel")
 
 
-def per_example_loss(task: str, labels: tf.Tensor, logits: tf.Tensor, num_classes: int, smoothing: float = 0.0):
-    """Cross-entropy per example: softmax for classification, mean sigmoid over labels for multilabel."""
-    logits = tf.cast(logits, tf.float32)
+def outputs_probabilities(model: keras.Model, task: str = "classification") -> bool:
+    """True if ``model`` ends in the task's probability head (softmax; sigmoid for multilabel), False for logits.
+
+    The head is the operation making the first output: a ``Softmax`` layer or op, or any layer whose
+    ``activation`` is softmax / sigmoid (``Activation``, ``Dense``, ...). A model without symbolic
+    outputs (a subclassed model) is taken to output logits.
+    """
+    try:
+        head = model.outputs[0]._keras_history.operation
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return False
+    kind = type(head).__name__.lower()  # keras.layers.Softmax and the keras.ops Softmax / Sigmoid nodes
+    if kind not in ("softmax", "sigmoid"):
+        kind = getattr(getattr(head, "activation", None), "__name__", "")
+    expected = "sigmoid" if task == "multilabel" else "softmax"
+    if kind in ("softmax", "sigmoid") and kind != expected:
+        raise ConfigError(f"model {model.name!r} ends in a {kind} but a {task} task needs logits or a {expected}")
+    return kind == expected
+
+
+def _logits(task: str, outputs: tf.Tensor, from_logits: bool) -> tf.Tensor:
+    """float32 logits of a model's outputs; probabilities are clipped as Keras's crossentropies clip them."""
+    outputs = tf.cast(outputs, tf.float32)
+    if from_logits:
+        return outputs
+    eps = keras.config.epsilon()
+    probs = tf.clip_by_value(outputs, eps, 1.0 - eps)
+    # log p is a logit vector of softmax(.) = p; for a sigmoid, log(p / (1 - p)) is the logit itself.
+    return tf.math.log(probs) - (tf.math.log1p(-probs) if task == "multilabel" else 0.0)
+
+
+def per_example_loss(task: str, labels: tf.Tensor, logits: tf.Tensor, num_classes: int, smoothing: float = 0.0,
+                     from_logits: bool = True):
+    """Cross-entropy per example: softmax for classification, mean sigmoid over labels for multilabel.
+
+    ``from_logits=False``: ``logits`` are the probabilities of a softmax (sigmoid) head instead.
+    """
+    logits = _logits(task, logits, from_logits)
     if task == "multilabel":
         targets = tf.cast(labels, tf.float32) * (1.0 - smoothing) + 0.5 * smoothing
         return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits), axis=-1)
@@ -257,10 +296,10 @@ def per_example_loss(task: str, labels: tf.Tensor, logits: tf.Tensor, num_classe
     return tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
 
 
-def per_example_accuracy(task: str, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-    """1/0 per example (classification) or the fraction of correct labels (multilabel)."""
+def per_example_accuracy(task: str, labels: tf.Tensor, logits: tf.Tensor, from_logits: bool = True) -> tf.Tensor:
+    """1/0 per example (classification) or the fraction of correct labels (multilabel); see :func:`per_example_loss`."""
     if task == "multilabel":
-        hits = tf.equal(tf.cast(logits > 0, tf.int64), tf.cast(labels, tf.int64))
+        hits = tf.equal(tf.cast(logits > (0 if from_logits else 0.5), tf.int64), tf.cast(labels, tf.int64))
         return tf.reduce_mean(tf.cast(hits, tf.float32), axis=-1)
     return tf.cast(tf.equal(tf.argmax(logits, axis=-1), tf.cast(labels, tf.int64)), tf.float32)
 
@@ -448,8 +487,9 @@ def fit(
             logging.info("resuming from checkpoint %s at step %d (epoch %d, step %d of it)",
                          resumed_from, start_step, start_step // spe + 1, start_step % spe)
 
-    train_step = _train_step_fn(model, optimizer, strategy, info, train, batch, global_step)
-    eval_step = make_eval_step(model, strategy, info)
+    from_logits = not outputs_probabilities(model, info.task)
+    train_step = _train_step_fn(model, optimizer, strategy, info, train, batch, global_step, from_logits)
+    eval_step = make_eval_step(model, strategy, info, from_logits)
     context = TrainContext(model, optimizer, strategy, data, workdir, spe, total_steps, start_step, chief)
     for hook in hooks:
         hook.on_train_begin(context)
@@ -574,7 +614,7 @@ def save_checkpoint(manager: tf.train.CheckpointManager, step: int, hooks: Seque
     return step
 
 
-def _train_step_fn(model, optimizer, strategy, info, train, global_batch: int, global_step):
+def _train_step_fn(model, optimizer, strategy, info, train, global_batch: int, global_step, from_logits: bool):
     task, num_classes = info.task, info.num_classes
     smoothing, weight_decay = float(train.label_smoothing), float(train.weight_decay)
     decayed = [v for v in model.trainable_variables if is_decayed(v)]
@@ -582,7 +622,7 @@ def _train_step_fn(model, optimizer, strategy, info, train, global_batch: int, g
     def replica_step(images, labels):
         with tf.GradientTape() as tape:
             logits = tf.cast(model(images, training=True), tf.float32)
-            per_example = per_example_loss(task, labels, logits, num_classes, smoothing)
+            per_example = per_example_loss(task, labels, logits, num_classes, smoothing, from_logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             regularization = [tf.cast(l, tf.float32) for l in model.losses]
             if weight_decay and decayed:
@@ -593,7 +633,7 @@ def _train_step_fn(model, optimizer, strategy, info, train, global_batch: int, g
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        correct = per_example_accuracy(task, labels, logits)
+        correct = per_example_accuracy(task, labels, logits, from_logits)
         return tf.reduce_sum(per_example), tf.reduce_sum(correct), tf.cast(tf.shape(labels)[0], tf.float32)
 
     @tf.function
@@ -605,14 +645,20 @@ def _train_step_fn(model, optimizer, strategy, info, train, global_batch: int, g
     return train_step
 
 
-def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy, info: data_lib.DatasetInfo) -> Callable:
-    """A ``tf.function`` evaluating one distributed batch: summed loss, correct and example count."""
+def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy, info: data_lib.DatasetInfo,
+                   from_logits: bool | None = None) -> Callable:
+    """A ``tf.function`` evaluating one distributed batch: summed loss, correct and example count.
+
+    ``from_logits=None`` asks :func:`outputs_probabilities` whether the model ends in a softmax.
+    """
     task, num_classes = info.task, info.num_classes
+    if from_logits is None:
+        from_logits = not outputs_probabilities(model, task)
 
     def replica_step(images, labels):
         logits = tf.cast(model(images, training=False), tf.float32)
-        loss = per_example_loss(task, labels, logits, num_classes)
-        correct = per_example_accuracy(task, labels, logits)
+        loss = per_example_loss(task, labels, logits, num_classes, from_logits=from_logits)
+        correct = per_example_accuracy(task, labels, logits, from_logits)
         return tf.reduce_sum(loss), tf.reduce_sum(correct), tf.cast(tf.shape(labels)[0], tf.float32)
 
     @tf.function
