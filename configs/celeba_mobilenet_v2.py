@@ -7,11 +7,12 @@ The spec lists CelebA among the paper's experiments but gives no task, model, bu
 so all of this is our choice. Task: the "Smiling" attribute as a 2-class problem (a balanced
 attribute, about 48% positive), on tfds' aligned 178x218 faces centre-cropped and resized to
 128x128 (cafe_tf.data's CelebA default), flip augmentation. The 40-attribute multi-label task
-(`--config.data.attribute=""`, scored by mean per-attribute accuracy) trains and retrains, but the
-supernet's evaluation and the search score candidates as single-label classification
-(cafe_tf.train.supernet.make_eval_fn), so it is not the default. Splits: CelebA's official train
-(162,770) / validation (19,867, what the search scores on) / test (19,962). Needs CelebA prepared
-in the data_dir (add --config.data.download=True once, with network access).
+(`--config.data.attribute=""`: 40 sigmoid outputs, sigmoid cross-entropy, scored by mean
+per-attribute accuracy) is the other choice: the min-min supernet training, its validation scores,
+the search's evaluator and the retraining all use that loss and that accuracy (the full network
+then has 40 outputs: 97,845,248 MACs). Splits: CelebA's official train (162,770) / validation
+(19,867, what the search scores on) / test (19,962). Needs CelebA prepared in the data_dir (add
+--config.data.download=True once, with network access).
 
 Full network: MobileNetV2 1.0, 97,796,608 MACs and 2,260,546 params at 128x128x3 with 2 classes
 (cafe_tf.flops); budget 50% = 48,898,304 MACs (search.macs_ratio = 0.5), candidates kept in

@@ -24,6 +24,7 @@ _REGISTRY: dict[str, tuple[str, str, dict[str, Any]]] = {
     "vgg16_cifar": ("cafe_tf.models.vgg", "vgg16_cifar", {}),
     "resnet50": ("cafe_tf.models.resnet", "resnet50", {}),
     "mobilenet_v2": ("cafe_tf.models.mobilenet_v2", "mobilenet_v2", {}),
+    "mobilenet_v2_cifar": ("cafe_tf.models.mobilenet_v2", "mobilenet_v2", {"cifar": True}),
     "efficientnet_b0": ("cafe_tf.models.efficientnet", "efficientnet_b0", {}),
 }
 
@@ -36,6 +37,7 @@ DEFAULT_INPUT = {
     "vgg16_cifar": ((32, 32, 3), 10),
     "resnet50": ((224, 224, 3), 1000),
     "mobilenet_v2": ((224, 224, 3), 1000),
+    "mobilenet_v2_cifar": ((32, 32, 3), 10),
     "efficientnet_b0": ((224, 224, 3), 1000),
 }
 

@@ -4,7 +4,9 @@
 spec says: for each of K free-channel arrangements (the base + leftmost choice first, then distinct
 random ones drawn from a seed fixed by the widths, so a score is reproducible), recalibrate the BN
 statistics of its channels on a few hundred training images (``Supernet.calibrate_bn``), measure
-top-1 accuracy on the held-out **validation** split (never test), and keep the best arrangement.
+accuracy on the held-out **validation** split (never test), and keep the best arrangement.
+Accuracy is the standard loop's for the data's task: top-1, or for a multi-label set (CelebA's 40
+attributes) the mean per-attribute accuracy.
 With K = 1, or a fixed-sharing space (r = 0), only the leftmost arrangement is scored.
 
 Recalibration rewrites the moving statistics of exactly the channels a candidate uses, so a score
@@ -130,18 +132,24 @@ class SupernetEvaluator:
         validation: Sequence[tuple[tf.Tensor, tf.Tensor]],
         num_candidates: int = 2,
         seed: int = 0,
+        task: str | None = None,
     ):
-        """``calibration``: image batches (a few hundred training images); ``validation``: (images, labels) batches."""
+        """``calibration``: image batches (a few hundred training images); ``validation``: (images, labels) batches.
+
+        ``task``: "classification" or "multilabel"; ``None`` reads it from the validation labels
+        (0/1 vectors per example: multi-label).
+        """
         if num_candidates < 1:
             raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
         if not calibration or not validation:
             raise ValueError("the evaluator needs calibration images and validation batches; got none")
-        from cafe_tf.train.supernet import make_eval_fn
+        from cafe_tf.train.supernet import label_task, make_eval_fn
 
         self.supernet, self.space = supernet, space
         self.calibration, self.validation = list(calibration), list(validation)
         self.num_candidates, self.seed = int(num_candidates), int(seed)
-        self._eval_fn = make_eval_fn(supernet)
+        self.task = task or label_task(self.validation[0][1])
+        self._eval_fn = make_eval_fn(supernet, self.task)
         self.evaluations = 0  # arrangements scored (each: one calibration + one validation pass)
 
     def arrangements(self, widths: Sequence[int]) -> list[tuple[tuple[int, ...], ...]]:

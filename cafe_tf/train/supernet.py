@@ -8,8 +8,10 @@ One step (read :meth:`MinMinTrainer.train_step` top to bottom):
    arrangement: all channels) and the min net (1 bin per group, free bins included). For every
    slot, ``num_candidates`` (K) free-channel arrangements are drawn inside the local zones. The
    slots reach the traced step as fixed-shape padded index tensors, so one trace serves every width.
-2. **Select** (the first "min"): each candidate's cross-entropy on the batch, from a forward pass
-   without a gradient tape, summed over replicas so every replica picks the same candidate.
+2. **Select** (the first "min"): each candidate's cross-entropy on the batch (the standard loop's
+   loss for the data's task: softmax, or mean sigmoid over the attributes of a multi-label set
+   such as CelebA's 40), from a forward pass without a gradient tape, summed over replicas so
+   every replica picks the same candidate.
    BN during selection uses **the batch's own statistics and updates no moving statistics** (the
    same normalisation the training pass then uses, so the loss compared is the loss trained; the
    spec's other option, ``selection_bn="moving"``, normalises with the shared moving statistics,
@@ -370,10 +372,20 @@ class MinMinTrainer:
 # Scoring a width on validation (also used by the search's evaluator)
 
 
+def label_task(labels) -> str:
+    """The task a batch's labels encode: "multilabel" for [batch, attributes] 0/1 vectors, else "classification"."""
+    return "multilabel" if len(labels.shape) == 2 else "classification"
+
+
 def accuracy_of(supernet: Supernet, selection: Sequence, batches: Sequence[tuple[tf.Tensor, tf.Tensor]],
-                eval_fn: Callable | None = None) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``selection`` (BN in inference mode) over in-memory batches."""
-    fn = eval_fn or make_eval_fn(supernet)
+                eval_fn: Callable | None = None, task: str | None = None) -> tuple[float, float]:
+    """(accuracy, mean loss) of ``selection`` (BN in inference mode) over in-memory batches.
+
+    Accuracy and loss follow ``task`` as the standard loop scores it (top-1 and softmax
+    cross-entropy; multi-label: mean per-attribute accuracy and sigmoid cross-entropy); ``None``
+    reads the task from the labels' rank (:func:`label_task`). ``eval_fn``, when given, decides.
+    """
+    fn = eval_fn or make_eval_fn(supernet, task)
     correct = loss = count = 0.0
     for images, labels in batches:
         c, l, n = (float(t) for t in fn(images, labels, list(selection)))
@@ -383,15 +395,20 @@ def accuracy_of(supernet: Supernet, selection: Sequence, batches: Sequence[tuple
     return correct / count, loss / count
 
 
-def make_eval_fn(supernet: Supernet) -> Callable:
-    """A traced (images, labels, selection) -> (correct, loss sum, count) serving every width with one trace."""
+def make_eval_fn(supernet: Supernet, task: str | None = None) -> Callable:
+    """A traced (images, labels, selection) -> (correct, loss sum, count) serving every width with one trace.
+
+    ``task``: "classification" or "multilabel" (the dataset's ``info.task``); ``None`` reads it
+    from the labels' rank at trace time (:func:`label_task`).
+    """
     num_classes = int(supernet.model.outputs[0].shape[-1])
 
     @tf.function(reduce_retracing=True)
     def fn(images, labels, selection):
+        kind = task or label_task(labels)
         logits = tf.cast(supernet(images, selection=selection, training=False), tf.float32)
-        loss = standard.per_example_loss("classification", labels, logits, num_classes)
-        correct = standard.per_example_accuracy("classification", labels, logits)
+        loss = standard.per_example_loss(kind, labels, logits, num_classes)
+        correct = standard.per_example_accuracy(kind, labels, logits)
         return tf.reduce_sum(correct), tf.reduce_sum(loss), tf.cast(tf.shape(labels)[0], tf.float32)
 
     return fn
@@ -604,12 +621,15 @@ def train(
 
 def score_widths(supernet: Supernet, space: SearchSpace, data: standard.DataSource,
                  section: ml_collections.ConfigDict) -> list[dict[str, Any]]:
-    """Validation accuracy of uniform widths (and the min net) after BN recalibration, leftmost channels."""
+    """Validation accuracy of uniform widths (and the min net) after BN recalibration, leftmost channels.
+
+    Accuracy as the data's task defines it (multi-label: mean per-attribute accuracy).
+    """
     if "validation" not in data.make_eval or not (section.eval_fractions or section.eval_min):
         return []
     calib = calibration_batches(data, int(section.calibration_examples))
     val = take_batches(data.make_eval["validation"], int(section.eval_examples))
-    eval_fn = make_eval_fn(supernet)
+    eval_fn = make_eval_fn(supernet, data.info.task)
     targets = [(f"uniform_{f:g}", space.uniform_widths(f)) for f in section.eval_fractions]
     if section.eval_min:
         targets.append(("min", np.ones_like(space.num_bins)))
