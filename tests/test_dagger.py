@@ -19,6 +19,7 @@ from cafe_tf.flops import CostModel
 from cafe_tf.graph import ChannelGraph
 from cafe_tf.io import ArtifactError
 from cafe_tf.slim import Supernet
+from supernet_helpers import randomise_bn
 from toy_models import coupling_zoo
 
 # Small inputs keep every registry model fast; the channel graph does not depend on the input size.
@@ -32,17 +33,6 @@ SMALL = {
     "mobilenet_v2": (64, 64, 3),
     "efficientnet_b0": (64, 64, 3),
 }
-
-
-def _randomise_bn(model, seed=0):
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(0, 0.5, n).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype("float32"))
-            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
-            layer.beta.assign(rng.normal(0, 0.2, n).astype("float32"))
 
 
 _BUILT: dict = {}
@@ -171,7 +161,7 @@ def test_pruned_model_equals_hard_gated_model(name):
     else:
         model, graph, cost = _registry(name)
         shape = SMALL[name]
-    _randomise_bn(model, 2)
+    randomise_bn(model, 2)
     supernet = Supernet(model, graph)
     x = tf.random.stateless_normal((2,) + shape, seed=(3, 4))
     module = DaggerModule(graph, hidden=8)
@@ -274,7 +264,7 @@ def _user_model():
 
 def test_user_keras_model_round_trip(tmp_path):
     user = _user_model()
-    _randomise_bn(user, 5)
+    randomise_bn(user, 5)
     path = str(tmp_path / "user_model.keras")
     user.save(path)
     model = load_model(path)

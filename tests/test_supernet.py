@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from cafe_tf import models
 from cafe_tf.slim import Supernet
 from cafe_tf.space import SearchSpace
+from supernet_helpers import randomise_bn
 from toy_models import coupling_zoo
 
 # Small inputs keep the ImageNet-style nets fast; the graph does not depend on the input size.
@@ -25,22 +26,11 @@ SMALL = {
 }
 
 
-def _randomise_bn(model, seed=0):
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(0, 0.5, n).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype("float32"))
-            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
-            layer.beta.assign(rng.normal(0, 0.2, n).astype("float32"))
-
-
 @pytest.fixture(scope="module", params=sorted(SMALL))
 def net(request):
     name = request.param
     model = models.build(name, input_shape=SMALL[name], num_classes=7, width_mult=0.5 if "resnet50" in name else 1.0)
-    _randomise_bn(model)
+    randomise_bn(model)
     supernet = Supernet(model)
     images = tf.random.stateless_normal((2,) + SMALL[name], seed=(1, 2))
     return name, supernet, images
@@ -66,7 +56,7 @@ def test_full_selection_is_the_plain_model(net):
 
 def test_mask_mode_equals_removal_on_zoo():
     model = coupling_zoo(flatten=True)
-    _randomise_bn(model, 3)
+    randomise_bn(model, 3)
     supernet = Supernet(model)
     rng = np.random.default_rng(5)
     channels = {g.id: np.sort(rng.choice(g.size, max(1, g.size // 2), replace=False))

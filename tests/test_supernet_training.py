@@ -6,23 +6,20 @@ The distributed check and the SIGKILL check need fresh processes, so they run th
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from cafe_tf import io
 from cafe_tf.config import ConfigError
 from cafe_tf.slim import Supernet
 from cafe_tf.space import SearchSpace
 from cafe_tf.train import standard
 from cafe_tf.train import supernet as S
-from supernet_helpers import INFO, cnn, separable_source
+from supernet_helpers import INFO, HangAfterFirstCheckpoint, cnn, kill_after_first_checkpoint, separable_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -208,38 +205,16 @@ def test_default_config_validates():
 # ---------------------------------------------------------------------------- resume after SIGKILL
 
 
-class _HangAfterFirstCheckpoint(standard.Hook):
-    def __init__(self, marker):
-        self.marker = marker
-
-    def on_checkpoint(self, step, path):
-        io.write_text(self.marker, str(step))
-        time.sleep(600)  # stands for a job that dies here: the test SIGKILLs us
-
-
 def _child_train_until_killed(workdir):
     S.train(cnn, separable_source(n=96), section(epochs=2, checkpoint_every=3), workdir, model_info=INFO,
-            hooks=[_HangAfterFirstCheckpoint(os.path.join(workdir, "first_checkpoint"))])
+            hooks=[HangAfterFirstCheckpoint(workdir)])
 
 
 def test_killed_training_resumes_and_ends_where_an_unbroken_run_ends(tmp_path):
     workdir = str(tmp_path / "killed")
     os.makedirs(workdir)
-    child = subprocess.Popen(
-        [sys.executable, "-c", f"import sys; sys.path[:0] = [{REPO!r}, {TESTS!r}]; import test_supernet_training as t; "
-         f"t._child_train_until_killed({workdir!r})"],
-        cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True)
-    marker = os.path.join(workdir, "first_checkpoint")
-    deadline = time.time() + 180
-    while not os.path.exists(marker) and child.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    if not os.path.exists(marker):
-        child.kill()
-        pytest.fail(f"no checkpoint was written: {child.communicate()[1][-3000:]}")
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
-    assert child.returncode == -signal.SIGKILL and open(marker).read() == "3"
+    code = f"import test_supernet_training as t; t._child_train_until_killed({workdir!r})"
+    assert kill_after_first_checkpoint(code, workdir) == 3
     assert not os.path.exists(os.path.join(workdir, "supernet.keras"))
 
     resumed = S.train(cnn, separable_source(n=96), section(epochs=2, checkpoint_every=3), workdir, model_info=INFO)

@@ -8,11 +8,9 @@ they run this module's ``_child_*`` functions in subprocesses.
 import json
 import math
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
@@ -22,6 +20,7 @@ import tensorflow as tf
 from cafe_tf import config as cfg
 from cafe_tf import data, io
 from cafe_tf.train import standard
+from supernet_helpers import HangAfterFirstCheckpoint, kill_after_first_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -340,41 +339,18 @@ def test_train_program_on_fashion_mnist(fashion_mnist_dir, tmp_path):
 # ---------------------------------------------------------------------------- resume after SIGKILL
 
 
-class _HangAfterFirstCheckpoint(standard.Hook):
-    def __init__(self, marker):
-        self.marker = marker
-
-    def on_checkpoint(self, step, path):
-        io.write_text(self.marker, str(step))
-        time.sleep(600)  # stands for a job that dies here: the test SIGKILLs us
-
-
 def _child_train_until_killed(workdir, overrides_json):
     """Subprocess body: train, and hang after the first checkpoint until killed."""
     config = load_config(json.loads(overrides_json))
-    standard.run(config, workdir, hooks=[_HangAfterFirstCheckpoint(os.path.join(workdir, "first_checkpoint"))])
+    standard.run(config, workdir, hooks=[HangAfterFirstCheckpoint(workdir)])
 
 
 def test_killed_run_resumes_from_its_checkpoint_and_finishes(fashion_mnist_dir, tmp_path):
     overrides = small_fmnist_config(fashion_mnist_dir, epochs=3, checkpoint_every=4)
     workdir = str(tmp_path / "killed")
     os.makedirs(workdir)
-    child = subprocess.Popen(
-        [sys.executable, "-c", f"import sys; sys.path[:0] = [{REPO!r}, {TESTS!r}]; import test_train; "
-         f"test_train._child_train_until_killed({workdir!r}, {json.dumps(overrides)!r})"],
-        cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
-    marker = os.path.join(workdir, "first_checkpoint")
-    deadline = time.time() + 180
-    while not os.path.exists(marker) and child.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    if not os.path.exists(marker):
-        child.kill()
-        pytest.fail(f"no checkpoint was written: {child.communicate()[1][-3000:]}")
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
-    assert child.returncode == -signal.SIGKILL
-    assert open(marker).read() == "4"
+    code = f"import test_train; test_train._child_train_until_killed({workdir!r}, {json.dumps(overrides)!r})"
+    assert kill_after_first_checkpoint(code, workdir) == 4
     assert not os.path.exists(os.path.join(workdir, "metrics.json"))
 
     # The same job, run again through the program, continues from step 4.
