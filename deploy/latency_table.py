@@ -41,7 +41,12 @@ File format (schema ``latency_table``, version 1, written atomically with ``cafe
      "source": {...}, "environment": {...}, "created": "..."}
 
 Use in a search: ``LatencyTable.load(path).predict_ms(keras_model)`` for any plain Keras model made
-of the layers above (others are keyed by class and need an entry of their own).
+of the layers above (others are keyed by class and need an entry of their own). A width search asks
+``predict_widths_ms(space, widths)`` instead: for a batch of width assignments of a
+``cafe_tf.space.SearchSpace`` it gives the same numbers (to the bit) without building a model, since
+only the channel counts of the layer configurations change with the widths (:class:`WidthsPlan`).
+The checker's operations under a latency bound get hundreds of times faster than extracting a model
+per candidate (``benchmarks/latency_budget_speed.py``).
 """
 
 from __future__ import annotations
@@ -353,6 +358,86 @@ def measure_models(models: Sequence[Any], quant: str = "fp32", threads: int = 1,
 
 
 # --------------------------------------------------------------------------------------------
+# Layer configurations as functions of the group widths
+
+
+_ELEMENTWISE_OPS = ("ADD", "SUB", "MUL")
+
+
+@dataclasses.dataclass
+class WidthsPlan:
+    """How the layer configurations of a channel graph's model follow its group widths.
+
+    Only the channel counts of a :class:`LayerKey` change with the widths (kernel, stride, padding
+    and spatial size do not), and each is a tensor's channel count: ``repeat * sum`` of the widths
+    of the groups laid along its last axis (``cafe_tf.graph.TensorSpace``). So ``cin`` and ``cout``
+    of every layer are one integer matrix product of the widths, batched.
+    """
+
+    graph: Any
+    keys: tuple[LayerKey, ...]  # at full width, in model order
+    cin_matrix: np.ndarray  # (groups + 1, layers) int64: cin = [widths, 1] @ cin_matrix
+    cout_matrix: np.ndarray
+    cout_span: np.ndarray  # (layers,) a layer's code is offset + cin * cout_span + cout
+    offsets: np.ndarray
+    full_widths: np.ndarray
+    memo: dict[int, float] = dataclasses.field(default_factory=dict)  # code -> layer ms
+
+    @classmethod
+    def of(cls, graph: Any) -> WidthsPlan:
+        """The plan of a ``cafe_tf.graph.ChannelGraph`` (its model's layers, in model order)."""
+        model, num_groups = graph.model, len(graph.groups)
+        if len(model.inputs) != 1:
+            raise DeployError(f"latency tables take single-input models; {model.name!r} has {len(model.inputs)} inputs")
+
+        def counts(space) -> np.ndarray:
+            column = np.zeros(num_groups + 1, np.int64)
+            for g, _ in space.segments:
+                column[g] += space.repeat
+            return column
+
+        keys, cin_cols, cout_cols = [], [], []
+        for layer in model.layers:
+            key = layer_key(layer)
+            if key is None:
+                continue
+            node = graph.node_by_name[layer.name]
+            if key.op.startswith("LAYER:") and node.kind in ("conv", "dense"):
+                raise NotImplementedError(f"layer {layer.name!r} is keyed by its config, which holds its width")
+            cout = counts(node.out_space)
+            inputs = [counts(graph.node_by_name[i].out_space) for i in node.inputs]
+            cin = cout if key.op in _ELEMENTWISE_OPS else sum(inputs) if key.op == "CONCATENATION" else inputs[0]
+            full = np.append(graph.full_widths(), 1)
+            if (int(full @ cin), int(full @ cout)) != (key.cin, key.cout):
+                raise NotImplementedError(f"the channel counts of layer {layer.name!r} do not follow its groups' widths")
+            keys.append(key)
+            cin_cols.append(cin)
+            cout_cols.append(cout)
+        cin_matrix = np.stack(cin_cols, axis=1)
+        cout_matrix = np.stack(cout_cols, axis=1)
+        cout_span = np.array([k.cout + 1 for k in keys], np.int64)  # widths never exceed the full model's
+        sizes = np.array([k.cin + 1 for k in keys], np.int64) * cout_span
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        return cls(graph, tuple(keys), cin_matrix, cout_matrix, cout_span, offsets, graph.full_widths())
+
+    def channels(self, channel_widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(cin, cout) of every layer, [N, layers], for group widths [N, groups]; checks the widths."""
+        w = np.atleast_2d(np.asarray(channel_widths))
+        if w.ndim != 2 or w.shape[1] != len(self.full_widths) or not np.issubdtype(w.dtype, np.integer):
+            raise ValueError(f"channel widths must be integers of shape [N, {len(self.full_widths)}], got {w.dtype} {w.shape}")
+        if ((w < 1) | (w > self.full_widths)).any():
+            raise ValueError("channel widths must lie in 1..each group's size")
+        w_ext = np.concatenate([w.astype(np.int64), np.ones((len(w), 1), np.int64)], axis=1)
+        return w_ext @ self.cin_matrix, w_ext @ self.cout_matrix
+
+    def key_of(self, code: int) -> LayerKey:
+        """The layer configuration a code stands for."""
+        layer = int(np.searchsorted(self.offsets, code, side="right")) - 1
+        cin, cout = divmod(code - int(self.offsets[layer]), int(self.cout_span[layer]))
+        return dataclasses.replace(self.keys[layer], cin=cin, cout=cout)
+
+
+# --------------------------------------------------------------------------------------------
 # The table
 
 
@@ -370,6 +455,7 @@ class LatencyTable:
         self.constant_ms = float(constant_ms)
         self.scale = float(scale)
         self.info = dict(info or {})
+        self._plans: dict[int, WidthsPlan] = {}  # by id(graph); the plan holds its graph, so the id stays its own
         self._groups: dict[tuple, list[tuple[LayerKey, float]]] = {}
         self._by_op: dict[str, list[tuple[LayerKey, float]]] = {}
         for key, ms in self.entries.items():
@@ -399,11 +485,48 @@ class LatencyTable:
         return float(ms[nearest] * (key.macs() + 1) / (macs[nearest] + 1))
 
     def sum_layers_ms(self, model: Any) -> float:
-        return float(sum(self.layer_ms(k) for k in layer_keys(model)))
+        """Sum of ``model``'s layer latencies (unscaled)."""
+        # Added one by one in model order: predict_channel_widths_ms adds in the same order, so the
+        # two paths agree to the bit and a search decides alike on either.
+        total = 0.0
+        for key in layer_keys(model):
+            total += self.layer_ms(key)
+        return total
 
     def predict_ms(self, model: Any) -> float:
         """Predicted latency (ms) of the plain Keras model ``model`` on this table's target."""
         return self.constant_ms + self.scale * self.sum_layers_ms(model)
+
+    def predict_channel_widths_ms(self, graph: Any, channel_widths: np.ndarray) -> np.ndarray:
+        """Predicted latency (ms) of ``graph``'s sub-networks with these group widths ([N, groups]
+        channels, all groups by id), without building them: equal to ``predict_ms`` of each extracted model.
+
+        Raises NotImplementedError when a layer's configuration depends on the widths in a way
+        the plan cannot follow (then build the model and call ``predict_ms``).
+        """
+        plan = self._plans.get(id(graph))
+        if plan is None or plan.graph is not graph:
+            plan = self._plans[id(graph)] = WidthsPlan.of(graph)
+        cin, cout = plan.channels(channel_widths)
+        codes = plan.offsets + cin * plan.cout_span + cout
+        unique, inverse = np.unique(codes, return_inverse=True)
+        values = np.empty(len(unique))
+        memo = plan.memo
+        for i, code in enumerate(unique.tolist()):
+            ms = memo.get(code)
+            if ms is None:
+                ms = memo[code] = self.layer_ms(plan.key_of(code))
+            values[i] = ms
+        layer_ms = values[inverse.reshape(codes.shape)]
+        total = np.zeros(len(codes))
+        for column in layer_ms.T:  # sequential, in model order, as sum_layers_ms adds
+            total += column
+        return self.constant_ms + self.scale * total
+
+    def predict_widths_ms(self, space: Any, widths: np.ndarray) -> np.ndarray:
+        """Predicted latency (ms) of a batch of bin widths [N, G] of a ``cafe_tf.space.SearchSpace``
+        (leftmost bins, as the search extracts them): one vectorised call, no Keras model built."""
+        return self.predict_channel_widths_ms(space.graph, space.channel_widths(np.atleast_2d(widths)))
 
     def within_budget(self, model: Any, budget_ms: float) -> bool:
         """Whether ``model``'s predicted latency is at most ``budget_ms``."""

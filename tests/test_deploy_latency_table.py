@@ -119,3 +119,71 @@ def test_build_table_predicts_held_out_subnets(tmp_path):
     loaded = lt.load(str(path))
     assert loaded.info["source"]["model"] == "base" and loaded.info["holdout"]["subnets"] == 3
     assert loaded.predict_ms(model) == pytest.approx(table.predict_ms(model))
+
+
+# ---------------------------------------------------------------------------- prediction from widths
+
+
+def _table_for(space, fractions=(1.0, 0.5, 0.25)):
+    """A table measured (synthetically) on uniform subnets of ``space``: other widths are interpolated."""
+    from cafe_tf import surgery
+
+    entries = {}
+    for fraction in fractions:
+        sub = surgery.extract(space.graph.model, space.channels(space.fixed(space.uniform_widths(fraction))),
+                              graph=space.graph, copy_weights=False)
+        for key in lt.layer_keys(sub):  # a fixed cost, a MACs slope and a wiggle the line fit cannot absorb
+            entries[key] = 1e-3 + 1e-6 * key.macs() + 1e-4 * (1 + np.sin(key.cin * 7 + key.cout))
+    return lt.LatencyTable(entries, constant_ms=0.05, scale=1.1)
+
+
+@pytest.mark.parametrize("name, shape, count", [
+    ("resnet20", (16, 16, 3), 6),
+    ("mobilenet_v2", (32, 32, 3), 3),
+    ("coupling_zoo", None, 4),
+    ("coupling_zoo_flatten", None, 4),
+])
+def test_predict_widths_ms_equals_predict_ms_of_the_extracted_model(name, shape, count):
+    from cafe_tf import models, surgery
+    from cafe_tf.graph import ChannelGraph
+    from cafe_tf.space import SearchSpace
+    from toy_models import coupling_zoo
+
+    model = coupling_zoo(flatten=name.endswith("flatten")) if name.startswith("coupling_zoo") else \
+        models.build(name, input_shape=shape)
+    space = SearchSpace(ChannelGraph.from_model(model))
+    table = _table_for(space)
+    rng = np.random.default_rng(0)
+    widths = np.concatenate([space.sample_widths(rng, count), [np.ones_like(space.num_bins), space.num_bins]])
+    fast = table.predict_widths_ms(space, widths)
+    assert fast.shape == (len(widths),)
+    slow = [table.predict_ms(surgery.extract(model, space.channels(space.fixed(w)), graph=space.graph, copy_weights=False))
+            for w in widths]
+    # Both paths look up the same layer latencies and add them in model order: equal to the bit in
+    # practice; the tolerance only allows for a Keras release listing layers in another order.
+    np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=0)
+    assert len(set(np.round(fast, 9))) > 2  # the widths matter (interpolated entries included)
+    one = table.predict_widths_ms(space, widths[0])  # one assignment: a batch of one
+    assert one.shape == (1,) and one[0] == fast[0]
+
+
+def test_predict_widths_ms_checks_widths_and_defers_width_keyed_layers():
+    from cafe_tf.graph import ChannelGraph
+    from cafe_tf.space import SearchSpace
+
+    space = SearchSpace(ChannelGraph.from_model(net(width=8)))
+    table = _table_for(space, fractions=(1.0, 0.5))
+    full = space.cost.full_widths
+    with pytest.raises(ValueError, match="must lie in 1..each group's size"):
+        table.predict_channel_widths_ms(space.graph, (full + 1)[None])
+    with pytest.raises(ValueError, match=r"shape \[N, "):
+        table.predict_channel_widths_ms(space.graph, full[None, :-1])
+    # A Dense layer on a feature map is keyed by its config, which holds its units: no plan for it.
+    x = inputs = keras.Input((8, 8, 3), name="image")
+    x = L.Conv2D(8, 3, padding="same", name="c1")(x)
+    x = L.Dense(6, activation="relu", name="pointwise")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inputs, L.Dense(4, name="logits")(x))
+    graph = ChannelGraph.from_model(model)
+    with pytest.raises(NotImplementedError, match="'pointwise' is keyed by its config"):
+        table.predict_channel_widths_ms(graph, graph.full_widths()[None])

@@ -349,6 +349,76 @@ def test_latency_budget_with_a_deploy_latency_table_file(space, tmp_path):
         assert 0.8 * bound <= checker.latency_ms(widths) <= bound
 
 
+class ModelOnlyLatency:
+    """A user's predictor: ``predict_ms(keras_model)`` only (no widths path), counting its calls."""
+
+    def __init__(self, table):
+        self.table, self.calls = table, 0
+
+    def predict_ms(self, model):
+        self.calls += 1
+        return self.table.predict_ms(model)
+
+
+def _wiggly_latency_table(space, fractions=(1.0, 0.75, 0.5, 0.25)):
+    """A deploy-format table of uniform subnets (1 ns per MAC plus a wiggle): other widths are interpolated."""
+    latency_table = pytest.importorskip("deploy.latency_table")
+    from cafe_tf import surgery
+
+    entries = {}
+    for fraction in fractions:
+        sub = surgery.extract(space.graph.model, space.channels(space.fixed(space.uniform_widths(fraction))),
+                              graph=space.graph, copy_weights=False)
+        for key in latency_table.layer_keys(sub):
+            entries[key] = 1e-6 * key.macs() + 1e-3 * (1.5 + np.sin(key.cin + 3 * key.cout))
+    return latency_table.LatencyTable(entries, constant_ms=0.05, scale=1.0)
+
+
+def test_latency_widths_path_and_model_path_search_alike(space):
+    table = _wiggly_latency_table(space)
+    budget = Budget(max_latency_ms=0.6 * float(table.predict_widths_ms(space, space.num_bins)[0]))
+    fast = BudgetChecker(space, budget, latency=table)
+    user = ModelOnlyLatency(table)
+    slow = BudgetChecker(space, budget, latency=user)
+    assert (fast.latency_path, slow.latency_path) == ("widths", "model")
+    assert BudgetChecker(space, budget, latency=table, build_model=fast._extract).latency_path == "model"
+    assert fast.feasible_range() == slow.feasible_range()
+    sampled = [c.sample(np.random.default_rng(1), 3) for c in (fast, slow)]
+    np.testing.assert_array_equal(*sampled)
+    over = np.minimum(sampled[0][0] + 1, space.num_bins)  # just above the window: a few repair moves
+    repaired = [c.repair(over, np.random.default_rng(2)) for c in (fast, slow)]
+    assert repaired[0] is not None and fast.in_window(repaired[0])
+    np.testing.assert_array_equal(*repaired)
+    settings = EvolutionSettings(population=4, generations=2, parents=2, seed=0)
+    caches = [ScoreCache(preference(space, space.num_bins // 2)) for _ in range(2)]
+    results = [evolve(c, cache, settings) for c, cache in zip((fast, slow), caches)]
+    np.testing.assert_array_equal(results[0].widths, results[1].widths)
+    assert results[0].history == results[1].history
+    scored = [[tuple(w) for w, _ in cache.items()] for cache in caches]
+    assert scored[0] == scored[1]
+    calls = user.calls
+    assert calls > 0 and [fast.latency_ms(w) for w in scored[0]] == [slow.latency_ms(w) for w in scored[0]]
+    assert user.calls == calls  # every candidate the slow search judged was one model, predicted once
+
+
+def test_latency_checker_falls_back_to_models_when_widths_cannot_be_followed():
+    from cafe_tf import surgery
+
+    L = keras.layers
+    x = inputs = keras.Input((8, 8, 3), name="image")
+    x = L.Conv2D(8, 3, padding="same", name="c1")(x)
+    x = L.Dense(6, activation="relu", name="pointwise")(x)  # keyed by its config (units) in the table
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inputs, L.Dense(4, name="logits")(x))
+    space = SearchSpace(ChannelGraph.from_model(model))
+    table = _wiggly_latency_table(space)
+    checker = BudgetChecker(space, Budget(max_latency_ms=float(table.predict_ms(model))), latency=table)
+    assert checker.latency_path == "model"
+    widths = np.ones_like(space.num_bins)
+    sub = surgery.extract(model, space.channels(space.fixed(widths)), graph=space.graph, copy_weights=False)
+    assert checker.latency_batch(widths[None]).tolist() == [table.predict_ms(sub)]
+
+
 def test_retraining_flags_of_the_train_program(fashion_mnist_dir, tmp_path):
     from cafe_tf.space import write_widths
 

@@ -7,13 +7,18 @@ window** when it is also not far below it: at least one given bound is used to `
 them is enough (a net at the params budget but below 0.8x the MACs budget still spends the budget).
 
 Latency comes from a predictor with ``predict_ms(keras_model) -> float`` (the deploy package's
-latency table): each candidate is extracted as a plain model (fresh weights, no copy; latency does
-not depend on which channels are kept) and predicted once, cached by width.
+latency table). When the predictor also offers ``predict_widths_ms(space, widths[N, G]) -> [N]``
+(``deploy.latency_table.LatencyTable`` does), batches of candidates are predicted from their widths
+in one vectorised call, so sampling, repair and filtering under a latency bound cost about what they
+cost under a MACs bound. Otherwise (a user's predictor, or a custom ``build_model``) each candidate
+is extracted as a plain model (fresh weights, no copy; latency does not depend on which channels are
+kept) and predicted once, cached by width. Both paths give the same numbers and the same decisions.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -30,6 +35,12 @@ class LatencyPredictor(Protocol):
     """What the search needs from a latency table: milliseconds of a plain Keras model."""
 
     def predict_ms(self, model: Any) -> float: ...
+
+
+class WidthsLatencyPredictor(LatencyPredictor, Protocol):
+    """A latency predictor that also predicts a batch of bin widths [N, G] of a space without building models."""
+
+    def predict_widths_ms(self, space: SearchSpace, widths: np.ndarray) -> np.ndarray: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,11 +88,14 @@ class BudgetChecker:
         build_model: Callable[[np.ndarray], Any] | None = None,
     ):
         """``build_model(bin widths) -> keras.Model`` feeds the latency predictor (default: extraction
-        of the space's model with fresh weights)."""
+        of the space's model with fresh weights); giving one turns the widths path off."""
         if budget.max_latency_ms is not None and latency is None:
             raise BudgetError("max_latency_ms needs a latency table: set search.latency_table to its file")
         self.space, self.budget, self.latency = space, budget, latency
         self._build_model = build_model or self._extract
+        predict_widths = getattr(latency, "predict_widths_ms", None)
+        self._predict_widths = predict_widths if callable(predict_widths) and build_model is None else None
+        self._widths_path_checked = False
         self._latency_cache: dict[tuple[int, ...], float] = {}
         self.bounds = budget.bounds()
 
@@ -92,14 +106,42 @@ class BudgetChecker:
         return surgery.extract(self.space.graph.model, channels, graph=self.space.graph, copy_weights=False)
 
     # ----------------------------------------------------------------------------------------
+    @property
+    def latency_path(self) -> str | None:
+        """How latency is predicted: "widths" (vectorised, no model built), "model" or None (no predictor)."""
+        return None if self.latency is None else "widths" if self._widths_predictor() is not None else "model"
+
+    def _widths_predictor(self) -> Callable[[SearchSpace, np.ndarray], np.ndarray] | None:
+        """The predictor's ``predict_widths_ms`` if it can follow this space (tried once on the full net), else None."""
+        if self._predict_widths is not None and not self._widths_path_checked:
+            self._widths_path_checked = True
+            try:
+                self._predict_widths(self.space, self.space.num_bins[None])
+            except NotImplementedError as e:  # e.g. a layer keyed by a config that holds its width
+                logging.info("latency: cannot predict from widths here (%s); building a model per candidate", e)
+                self._predict_widths = None
+        return self._predict_widths
+
     def latency_ms(self, widths: np.ndarray) -> float:
         """Predicted latency of one candidate (cached)."""
         if self.latency is None:
             raise BudgetError("no latency table was given (search.latency_table)")
         key = tuple(int(w) for w in widths)
         if key not in self._latency_cache:
-            self._latency_cache[key] = float(self.latency.predict_ms(self._build_model(np.asarray(key))))
+            predict_widths = self._widths_predictor()
+            if predict_widths is not None:
+                self._latency_cache[key] = float(predict_widths(self.space, np.asarray(key)[None])[0])
+            else:
+                self._latency_cache[key] = float(self.latency.predict_ms(self._build_model(np.asarray(key))))
         return self._latency_cache[key]
+
+    def latency_batch(self, widths: np.ndarray) -> np.ndarray:
+        """Predicted latency of a batch of candidates [N, G]: one call on the widths path, else one model each."""
+        widths = np.atleast_2d(widths)
+        predict_widths = self._widths_predictor()
+        if predict_widths is not None:
+            return np.asarray(predict_widths(self.space, widths), dtype=np.float64).reshape(len(widths))
+        return np.array([self.latency_ms(w) for w in widths], dtype=np.float64)
 
     def measure(self, widths: np.ndarray) -> dict[str, Any]:
         """MACs, params (and latency when a predictor is set) of one candidate."""
@@ -148,6 +190,17 @@ class BudgetChecker:
                 used |= values >= self.budget.lower_ratio * self.bounds[metric]
         return within, used
 
+    def _window_masks(self, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(within every bound, uses one to lower_ratio) for a batch, latency predicted in one call
+        for the candidates that meet the cheap bounds (widths path only)."""
+        within, used = self._cheap_masks(widths)
+        if "latency_ms" in self.bounds:
+            bound, rows = self.bounds["latency_ms"], np.flatnonzero(within)
+            latency = self.latency_batch(widths[rows]) if rows.size else np.zeros(0)
+            within[rows] = latency <= bound
+            used[rows] |= latency >= self.budget.lower_ratio * bound
+        return within, used
+
     def within(self, widths: np.ndarray) -> bool:
         """Whether one candidate meets every bound."""
         ok, _ = self._cheap_masks(np.asarray(widths)[None])
@@ -170,7 +223,10 @@ class BudgetChecker:
     def filter_window(self, widths: np.ndarray, limit: int | None = None) -> list[np.ndarray]:
         """The candidates of a batch that are in the window (at most ``limit``), cheap bounds first."""
         widths = np.atleast_2d(widths)
-        ok, used = self._cheap_masks(widths)
+        if "latency_ms" not in self.bounds or self._widths_predictor() is not None:
+            ok, used = self._window_masks(widths)
+            return [widths[i].copy() for i in np.flatnonzero(ok & used)[:limit]]
+        ok, used = self._cheap_masks(widths)  # model path: build models only until ``limit`` are found
         out = []
         for i in np.flatnonzero(ok if "latency_ms" in self.bounds else ok & used):
             if limit is not None and len(out) >= limit:
