@@ -18,7 +18,7 @@ Command line (prints one JSON object)::
 
     python -m cafe_tf.flops --model resnet56
     python -m cafe_tf.flops --model mobilenet_v2 --input_size 160 --width_mult 0.75
-    python -m cafe_tf.flops --model resnet20 --widths runs/demo/search/widths.json
+    python -m cafe_tf.flops --model resnet20 --widths runs/demo/widths.json
 """
 
 from __future__ import annotations

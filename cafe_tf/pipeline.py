@@ -2,7 +2,7 @@ r"""The whole CafeNet job: supernet -> search -> retrain -> int8 TFLite -> verif
 
     python -m cafe_tf.pipeline --config configs/fashion_mnist_resnet20.py --workdir runs/demo
     python -m cafe_tf.pipeline --config configs/fashion_mnist_resnet20.py --workdir runs/demo \
-        --config.search.macs_ratio=0.3          # overrides reach every stage
+        --config.search.macs_ratio=0.3          # overrides reach every stage that takes --config
 
 Each stage is a program run in its own process (``cafe_tf.stages``); a stage is skipped when its
 artifact exists and is valid, so running the same command again after a kill resumes where it
@@ -12,9 +12,9 @@ stopped (and each stage resumes from its own checkpoints). Artifacts, all under 
     widths.json                  python -m cafe_tf.search
     retrain/model.keras          python -m cafe_tf.train --widths widths.json
     deploy/model_fp32.tflite     python -m deploy.export --quant fp32
-    deploy/model_int8.tflite     python -m deploy.export --quant int8
-    deploy/verify_int8.json      python -m deploy.verify
-    deploy/benchmark_*.json      python -m deploy.benchmark --target host
+    deploy/model_int8.tflite     python -m deploy.export --quant int8   (int8: config.deploy.quantization)
+    deploy/verify_int8.json      python -m deploy.verify   (that model against retrain/model.keras)
+    deploy/benchmark_*.json      python -m deploy.benchmark --target host   (both models; config.deploy.benchmark_runs)
     report.md, report.png        cafe_tf.report
 
 Exit codes: 0 done, 1 a stage failed (its log is named), 2 usage or config error.

@@ -8,8 +8,8 @@ r"""Prune a pretrained CNN's filters to a MACs budget with Dagger, then fine-tun
 Stages, each skipped when its artifact in --workdir is valid (training stages resume from their
 checkpoints): pretrain (only without --config.prune.pretrained: trains config.model with the
 standard loop) -> gate training (Dagger module + FLOPs-aware regulariser; methods dagger/free)
--> exact-target selection and physical pruning (widths.json, prune/pruned.keras) -> fine-tuning
-(finetune/model.keras, metrics.json) -> report.md, gates.png, gate_histograms.png, summary.json.
+-> exact-target selection and physical pruning (prune/widths.json, prune/pruned.keras) -> fine-tuning
+(finetune/model.keras, finetune/metrics.json) -> report.md, gates.png, gate_histograms.png, summary.json.
 
 Methods (config.prune.method): dagger (default), free (ablation: free gate logits), l1 and uniform
 (baselines on the same exact-target routine). Ablations: --config.dagger.flops_weight=0 (no FLOPs

@@ -1,4 +1,4 @@
-"""Train a CafeNet supernet with locally free weight sharing and the min-min strategy.
+r"""Train a CafeNet supernet with locally free weight sharing and the min-min strategy.
 
   python -m cafe_tf.train_supernet --config configs/fashion_mnist_resnet20.py --workdir runs/fm_r20
   python -m cafe_tf.train_supernet --config configs/fashion_mnist_resnet20.py --workdir runs/fm_r20_fixed \

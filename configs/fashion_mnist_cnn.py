@@ -1,4 +1,4 @@
-"""Fashion-MNIST, small CNN, plain training: the offline default of `python -m cafe_tf.train`.
+"""Fashion-MNIST, small CNN, plain training: the offline example of `python -m cafe_tf.train`.
 
     python -m cafe_tf.train --config configs/fashion_mnist_cnn.py --workdir runs/fmnist_cnn
 

@@ -18,7 +18,12 @@ Stages and their sizes (our choices: the paper's numbers are unavailable, see th
   for time); each candidate scored as the best of K = 2 arrangements after BN recalibration on 256
   training images, on 2,000 images of the validation split (the last 5,000 training images; never test).
 * train (the retraining recipe `python -m cafe_tf.train --widths` uses): from scratch, SGD 0.1
-  cosine, 3 epochs. retrain / deploy: placeholders for the pipeline.
+  cosine, 3 epochs.
+* deploy: what the pipeline exports besides fp32 (deploy.quantization) and its host benchmark's
+  runs (deploy.benchmark_runs). Not read by any program yet: deploy.representative_examples
+  (deploy.export calibrates on its --num_calibration, 200 images) and the retrain section (the
+  pipeline retrains from scratch with train.seed; fine-tune with `python -m cafe_tf.train
+  --init_from_supernet`, several seeds with `python -m cafe_tf.compare --seeds`).
 
 Full-length settings (the CIFAR recipe, ~hours on CPU): configs/fashion_mnist_resnet20_full.py
 (supernet.epochs=200, search.population=50, search.generations=20, search.parents=10,

@@ -16,8 +16,8 @@ What it does (host target: LiteRT with XNNPACK, the same runtime deploy.benchmar
    :class:`LayerKey` per layer that becomes a TFLite op (BatchNormalization and ReLU after a
    convolution, dense layer or add are fused by the converter and cost nothing on their own);
 3. measures each configuration alone: a one-layer model converted like deploy.export does (same
-   quantization) and timed with the interpreter (median of ``runs`` invokes, best of ``rounds``
-   interleaved rounds);
+   quantization) and timed with the interpreter (median of as many invokes as take about 30 ms, 10 to
+   300, best of ``--rounds`` interleaved rounds);
 4. measures the calibration subnets whole and fits ``predicted = constant_ms + scale * sum(layer_ms)``
    by least squares (the constant absorbs per-invoke overhead, the scale what isolation misses:
    caches, threading);

@@ -1,4 +1,4 @@
-"""Search the widths of a trained CafeNet supernet under a budget; writes <workdir>/widths.json.
+r"""Search the widths of a trained CafeNet supernet under a budget; writes <workdir>/widths.json.
 
   python -m cafe_tf.search --config configs/fashion_mnist_resnet20.py --workdir runs/fm_r20
   python -m cafe_tf.search --config configs/fashion_mnist_resnet20.py --workdir runs/fm_r20 \
@@ -10,12 +10,12 @@
       --config.search.supernet=W/supernet.keras          # a baseline: random | greedy | uniform
 
 The supernet is --workdir's supernet.keras (from `python -m cafe_tf.train_supernet`) unless
-config.search.supernet names another. With no budget flag, the budget is config.search.macs_ratio of
-the full net's MACs. Candidates are scored on the validation split (never test), cached in
-search_cache.json; the evolution's state goes to search_state.json after each generation, so running
-the same command again resumes. widths.json holds the chosen channels, MACs, params, the score, the
-Pareto set of everything scored and the history; train it with
-`python -m cafe_tf.train --config C --workdir R --widths <workdir>/widths.json`.
+config.search.supernet names another. With no budget set (search.max_macs, max_params and
+max_latency_ms all 0), the budget is config.search.macs_ratio of the full net's MACs. Candidates are
+scored on the validation split (never test), cached in search_cache.json; the evolution's state goes
+to search_state.json after each generation, so running the same command again resumes. widths.json
+holds the chosen channels, MACs, params, the score, the Pareto set of everything scored and the
+history; train it with `python -m cafe_tf.train --config C --workdir R --widths <workdir>/widths.json`.
 
 Exit codes: 0 done, 1 the job failed (e.g. an infeasible budget: the message names the feasible
 range), 2 usage or config error.
