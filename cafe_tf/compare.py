@@ -8,12 +8,13 @@ Arms, each searched at ``config.search``'s budget on the same code paths as the 
 
 * ``cafenet``: a supernet with locally free sharing (``config.supernet``), evolutionary search;
 * ``fixed``: the same supernet recipe with fixed-pattern (AutoSlim-style) sharing, the same search;
-* ``uniform``: every group scaled by one factor, the largest that meets the budget.
+* ``uniform``: every group scaled by one factor, the largest that meets the budget (scored with the
+  cafenet supernet, or the fixed one when cafenet is not run).
 
 Each arm's network is retrained from scratch with ``config.train`` once per ``--seeds`` seed
 (``config.train.seed``), and the test accuracies are reported as mean and spread.
 
-Ranking quality (``--ranking N``): N width assignments spread evenly over [0.25, 0.95] of the full
+Ranking quality (``--ranking N``, only when ``--arms`` has both cafenet and fixed): N width assignments spread evenly over [0.25, 0.95] of the full
 net's MACs (random within each MACs window, seeded) plus the arms' networks are scored by both
 supernets (the search's evaluator: BN recalibration, validation split) and retrained once (seed
 ``--seeds[0]``); Kendall's tau-b between each supernet's scores and the retrained test accuracy says
@@ -41,7 +42,8 @@ _CONFIG, _WORKDIR = programs.define_config_flags()
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "retraining seeds (config.train.seed) of each arm's network")
 _ARMS = flags.DEFINE_list("arms", ["cafenet", "fixed", "uniform"], "which arms to run: cafenet, fixed, uniform")
 _RANKING = flags.DEFINE_integer("ranking", 8, "width assignments spread over MACs for the ranking study "
-                                "(scored by the cafenet and fixed supernets, retrained once); 0 = no ranking study")
+                                "(scored by the cafenet and fixed supernets, retrained once); 0 = no ranking study; "
+                                "runs only when --arms includes both cafenet and fixed")
 _SUMMARY_ONLY = flags.DEFINE_bool("summary_only", False, "run no stage: write compare.json/.md/.png from what exists")
 
 ARMS = ("cafenet", "fixed", "uniform")

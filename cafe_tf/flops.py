@@ -238,5 +238,7 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     from absl import app
 
+    from cafe_tf import programs
+
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=programs.parse_flags)

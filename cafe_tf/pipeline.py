@@ -48,18 +48,21 @@ def build_stages(config, workdir: str) -> tuple[list, list[str]]:
     stages = [
         Stage("supernet", ["-m", "cafe_tf.train_supernet", *cfg, f"--workdir={workdir}"], w("supernet.keras"), is_keras_file),
         Stage("search", ["-m", "cafe_tf.search", *cfg, f"--workdir={workdir}"], w("widths.json"), read_widths),
-        Stage("retrain", ["-m", "cafe_tf.train", *cfg, f"--workdir={w('retrain')}", f"--widths={w('widths.json')}"],
+        Stage("retrain", ["-m", "cafe_tf.train", *cfg, f"--workdir={w('retrain')}", f"--widths={w('widths.json')}"]
+              + ([f"--init_from_supernet={w('supernet.keras')}"]
+                 if config.get("retrain", {}).get("init_from_supernet") else []),
               w("retrain", "model.keras"), is_keras_file),
     ]
     deploy = config.get("deploy", {})
     dataset = config.data.name
+    data_dir = [f"--data_dir={config.data.data_dir}"] if config.data.get("data_dir") else []
     if _have("deploy.export"):
         for quant in ("fp32", deploy.get("quantization", "int8")):
             stages.append(Stage(
                 f"export_{quant}",
                 ["-m", "deploy.export", f"--model={w('retrain', 'model.keras')}", f"--quant={quant}",
-                 f"--out={w('deploy', f'model_{quant}.tflite')}", f"--dataset={dataset}"]
-                + ([f"--data_dir={config.data.data_dir}"] if config.data.get("data_dir") else []),
+                 f"--out={w('deploy', f'model_{quant}.tflite')}", f"--dataset={dataset}",
+                 f"--num_calibration={deploy.get('representative_examples', 200)}", *data_dir],
                 w("deploy", f"model_{quant}.tflite"), is_tflite))
     else:
         notes.append("TFLite export skipped: deploy.export is not available in this checkout")
@@ -68,7 +71,7 @@ def build_stages(config, workdir: str) -> tuple[list, list[str]]:
         stages.append(Stage(
             f"verify_{quant}",
             ["-m", "deploy.verify", f"--model={w('retrain', 'model.keras')}", f"--tflite={w('deploy', f'model_{quant}.tflite')}",
-             f"--dataset={dataset}", f"--out={w('deploy', f'verify_{quant}.json')}"],
+             f"--dataset={dataset}", f"--out={w('deploy', f'verify_{quant}.json')}", *data_dir],
             w("deploy", f"verify_{quant}.json"), read_json))
     else:
         notes.append("parity check skipped: deploy.verify is not available in this checkout")

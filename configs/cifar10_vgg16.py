@@ -80,7 +80,6 @@ def get_config():
 
     c.retrain = ml_collections.ConfigDict(dict(
         init_from_supernet=False,  # False: from scratch (the paper's protocol); True: fine-tune from the supernet
-        seeds=(0,),
     ))
     c.deploy = ml_collections.ConfigDict(dict(
         quantization="int8",

@@ -19,11 +19,12 @@ Stages and their sizes (our choices: the paper's numbers are unavailable, see th
   training images, on 2,000 images of the validation split (the last 5,000 training images; never test).
 * train (the retraining recipe `python -m cafe_tf.train --widths` uses): from scratch, SGD 0.1
   cosine, 3 epochs.
-* deploy: what the pipeline exports besides fp32 (deploy.quantization) and its host benchmark's
-  runs (deploy.benchmark_runs). Not read by any program yet: deploy.representative_examples
-  (deploy.export calibrates on its --num_calibration, 200 images) and the retrain section (the
-  pipeline retrains from scratch with train.seed; fine-tune with `python -m cafe_tf.train
-  --init_from_supernet`, several seeds with `python -m cafe_tf.compare --seeds`).
+* retrain: init_from_supernet=True makes the pipeline's retrain stage fine-tune from the supernet's
+  weights (`--init_from_supernet`) instead of training from scratch; several seeds: `python -m
+  cafe_tf.compare --seeds`.
+* deploy: what the pipeline exports besides fp32 (deploy.quantization), the training images that
+  calibrate it (deploy.representative_examples, export's --num_calibration) and its host
+  benchmark's runs (deploy.benchmark_runs).
 
 Full-length settings (the CIFAR recipe, ~hours on CPU): configs/fashion_mnist_resnet20_full.py
 (supernet.epochs=200, search.population=50, search.generations=20, search.parents=10,
@@ -88,7 +89,6 @@ def get_config():
 
     c.retrain = ml_collections.ConfigDict(dict(
         init_from_supernet=False,  # False: from scratch (the paper's protocol); True: fine-tune from the supernet
-        seeds=(0,),  # retraining seeds (the comparison script runs several)
     ))
     c.deploy = ml_collections.ConfigDict(dict(
         quantization="int8",  # what the deploy stage exports
