@@ -6,11 +6,11 @@ r"""ImageNet, ResNet-50, Dagger filter pruning to 50% of the MACs, then fine-tun
 Give a pretrained ResNet-50 (stage 0 would otherwise train one: 90 epochs, SGD 0.4 for batch 1024
 with 5 warm-up epochs, cosine, weight decay 1e-4, label smoothing 0.1, inception crop + flip).
 Gate training (the spec's ImageNet range is 5-20 epochs): 10 epochs, Adam 1e-3 on the Dagger
-module, the network jointly with SGD 0.01 (cosine), lambda = 2 on |F/F_target - 1|; it runs on
-one device (our gate loop is not distributed yet: budget a long job, or use
---config.dagger.epochs=5). Fine-tuning: 90 epochs, SGD 0.04 cosine (batch 1024), label smoothing
-0.1, on config.distribute's strategy (mirrored here). Published context at ~50% FLOPs: Dagger
-76.1 top-1 (the paper's headline); DMCP 76.20; LRF 75.71; SCOP 75.26; HRank 74.98. ImageNet must be
+module, the network jointly with SGD 0.01 (cosine), lambda = 2 on |F/F_target - 1|. Fine-tuning:
+90 epochs, SGD 0.04 cosine (batch 1024), label smoothing 0.1. Every training stage (gate training
+included) runs on config.distribute's strategy (mirrored here; the global batch of 1024 is split
+over the replicas); gate training sets no mixed precision of its own. Published context at ~50% FLOPs: Dagger 76.1
+top-1 (the paper's headline); DMCP 76.20; LRF 75.71; SCOP 75.26; HRank 74.98. ImageNet must be
 prepared in the data_dir by hand (see cafe_tf.data). The Dagger details are cafe-tf's design
 (see cafe_tf/dagger/).
 """

@@ -1,4 +1,8 @@
-"""Dagger: regulariser = flops.py at hard gates, exact targets, pruned = gated, training, errors."""
+"""Dagger: regulariser = flops.py at hard gates, exact targets, pruned = gated, training, errors.
+
+The distributed checks (MirroredStrategy on 2 logical CPUs) need fresh processes (logical devices are
+fixed at start-up), so they run this module's ``_child_*`` functions in subprocesses.
+"""
 
 import json
 import os
@@ -19,7 +23,7 @@ from cafe_tf.flops import CostModel
 from cafe_tf.graph import ChannelGraph
 from cafe_tf.io import ArtifactError
 from cafe_tf.slim import Supernet
-from supernet_helpers import randomise_bn
+from supernet_helpers import FIRST_CHECKPOINT, REPO, TESTS, kill_after_first_checkpoint, randomise_bn, separable_source
 from toy_models import coupling_zoo
 
 # Small inputs keep every registry model fast; the channel graph does not depend on the input size.
@@ -186,15 +190,20 @@ def test_pruned_model_equals_hard_gated_model(name):
 # Gate training on a tiny problem: FLOPs move toward the target; checkpoints resume.
 
 
-def _tiny_problem():
+def _tiny_model(batchnorm=True):
     L = keras.layers
     inp = keras.Input((8, 8, 1), name="image")
-    x = L.Conv2D(12, 3, padding="same", use_bias=False, name="c1")(inp)
-    x = L.ReLU(name="r1")(L.BatchNormalization(name="b1")(x))
-    x = L.Conv2D(16, 3, padding="same", use_bias=False, name="c2")(x)
-    x = L.ReLU(name="r2")(L.BatchNormalization(name="b2")(x))
+    norm = (lambda name: L.BatchNormalization(name=name)) if batchnorm else (lambda name: lambda x: x)
+    x = L.Conv2D(12, 3, padding="same", use_bias=not batchnorm, name="c1")(inp)
+    x = L.ReLU(name="r1")(norm("b1")(x))
+    x = L.Conv2D(16, 3, padding="same", use_bias=not batchnorm, name="c2")(x)
+    x = L.ReLU(name="r2")(norm("b2")(x))
     out = L.Dense(3, name="logits")(L.GlobalAveragePooling2D(name="gap")(x))
-    model = keras.Model(inp, out, name="tiny")
+    return keras.Model(inp, out, name="tiny")
+
+
+def _tiny_problem():
+    model = _tiny_model()
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 96)
     images = rng.normal(0, 1, (96, 8, 8, 1)).astype("float32") + labels[:, None, None, None].astype("float32")
@@ -240,6 +249,181 @@ def test_frozen_main_network_keeps_weights(tmp_path):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="main 'both' is not one of"):
         GateTrainer(model, DaggerModule(graph), FlopsRegularizer(cost, 1.0), str(tmp_path), 5, main="both")
+
+
+# -------------------------------------------------------------------------------------------------
+# Gate training under tf.distribute: MirroredStrategy on 2 logical CPUs = one device, resume after kill.
+
+
+def _logical_cpus(n=2):
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+
+
+def _gate_run(strategy, workdir, batches, steps, batchnorm=False, main="joint", on_log=None, checkpoint_every=200):
+    """Builds the tiny model, a Dagger module and the optimizers under ``strategy`` and trains the gates."""
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = _tiny_model(batchnorm)
+        graph = ChannelGraph.from_model(model)
+        module = DaggerModule(graph, hidden=8, init_logit=0.5)
+        main_opt = keras.optimizers.SGD(0.05, momentum=0.9)
+    cost = CostModel(graph)
+    trainer = GateTrainer(model, module, FlopsRegularizer(cost, 0.4 * cost.macs(), weight=2.0), str(workdir), steps,
+                          gate_lr=0.05, main=main, main_optimizer=main_opt, checkpoint_every=checkpoint_every,
+                          strategy=strategy)
+    history = trainer.train(batches, log_every=1, on_log=on_log, progress=False)
+    return trainer, history
+
+
+def _gate_record(trainer, history):
+    return {"replicas": trainer.strategy.num_replicas_in_sync, "steps": [h["step"] for h in history],
+            **{k: [h[k] for h in history] for k in ("loss", "task", "reg", "accuracy", "macs")},
+            "logits": np.concatenate(trainer.logits()).tolist(),
+            "kernel": trainer.model.get_layer("c2").kernel.numpy().ravel().tolist()}
+
+
+def _child_gates_mirrored():
+    """Subprocess body: 5 gate steps on 1 device vs MirroredStrategy on 2 logical CPUs, same global batches,
+    through each input route (the program's per-epoch pipelines, a tf.data.Dataset, numpy batches)."""
+    _logical_cpus()
+    import json
+    import tempfile
+
+    from cafe_tf.dagger.pipeline import _epochs_of
+
+    single, mirrored = tf.distribute.get_strategy(), tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    source = separable_source(n=96, batch=16, shape=(8, 8, 1))
+    spe = 96 // 16
+    epoch0 = list(source.make_train(0, 0, None).as_numpy_iterator())
+    out = {}
+    for name, strategy, batches, bn, main in [
+        ("single", single, _epochs_of(source.make_train, spe, single), False, "joint"),
+        ("mirrored", mirrored, _epochs_of(source.make_train, spe, mirrored), False, "joint"),
+        ("single_dataset", single, source.make_train(0, 0, None), False, "joint"),
+        ("mirrored_dataset", mirrored, source.make_train(0, 0, None), False, "joint"),
+        ("mirrored_numpy", mirrored, epoch0, False, "joint"),
+        # BN in inference mode (frozen main network): the same math on every replica
+        ("single_frozen_bn", single, source.make_train(0, 0, None), True, "frozen"),
+        ("mirrored_frozen_bn", mirrored, source.make_train(0, 0, None), True, "frozen"),
+    ]:
+        out[name] = _gate_record(*_gate_run(strategy, tempfile.mkdtemp(), batches, 5, batchnorm=bn, main=main))
+    # The program's stage: the pretrained model is loaded outside the scope, reloaded inside it.
+    import ml_collections
+
+    from cafe_tf.dagger.pipeline import dagger_section, prune_section, stage_gates
+
+    config = ml_collections.ConfigDict(dict(prune=prune_section(), dagger=dagger_section(),
+                                            train=ml_collections.ConfigDict(dict(seed=0))))
+    config.dagger.update(epochs=5 / spe, log_every=1, hidden=8, main_lr=0.05)
+    pretrained = os.path.join(tempfile.mkdtemp(), "pretrained.keras")
+    save_model(_tiny_model(batchnorm=False), pretrained)
+    for name, strategy in (("stage_single", single), ("stage_mirrored", mirrored)):
+        trained, logits, history = stage_gates(config, tempfile.mkdtemp(), source, load_model(pretrained),
+                                               pretrained, strategy)
+        out[name] = {"steps": [h["step"] for h in history], "loss": [h["loss"] for h in history],
+                     "logits": np.concatenate([logits[g] for g in sorted(logits)]).tolist(),
+                     "mirrored": isinstance(trained.weights[0].value, tf.distribute.DistributedValues)}
+    print("RESULT" + json.dumps(out))
+
+
+def test_gate_training_mirrored_on_two_cpus_matches_one_device():
+    result = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path[:0] = [{REPO!r}, {TESTS!r}]; import test_dagger as t; "
+         "t._child_gates_mirrored()"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.split("RESULT", 1)[1])
+    assert out["single"]["replicas"] == 1 and out["mirrored"]["replicas"] == 2
+    assert out["single"]["steps"] == [1, 2, 3, 4, 5]
+    assert out["single"]["loss"][0] != out["single"]["loss"][-1]  # the trajectory moved
+    assert out["single"]["macs"][-1] < out["single"]["macs"][0]  # the FLOPs term acts (once: see the logits)
+    pairs = [("single", "mirrored"), ("single_dataset", "mirrored_dataset"), ("single_dataset", "mirrored_numpy"),
+             ("single_frozen_bn", "mirrored_frozen_bn")]
+    for a, b in pairs:
+        for key in ("loss", "task", "reg", "accuracy"):
+            np.testing.assert_allclose(out[b][key], out[a][key], rtol=1e-5, atol=1e-6, err_msg=f"{b} {key}")
+        np.testing.assert_allclose(out[b]["macs"], out[a]["macs"], rtol=1e-6, err_msg=b)
+        np.testing.assert_allclose(out[b]["logits"], out[a]["logits"], rtol=1e-5, atol=1e-5, err_msg=b)
+        np.testing.assert_allclose(out[b]["kernel"], out[a]["kernel"], rtol=1e-4, atol=1e-6, err_msg=b)
+    stage, stage_m = out["stage_single"], out["stage_mirrored"]
+    assert stage["steps"] == stage_m["steps"] == [1, 2, 3, 4, 5]
+    assert stage_m["mirrored"] and not stage["mirrored"]  # the program reloaded the model in the strategy's scope
+    np.testing.assert_allclose(stage_m["loss"], stage["loss"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stage_m["logits"], stage["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_gate_trainer_refuses_variables_outside_the_strategy_scope(tmp_path):
+    model, _ = _tiny_problem()
+    graph = ChannelGraph.from_model(model)
+    cost = CostModel(graph)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with pytest.raises(ValueError, match=r"main network 'tiny' was not built under MirroredStrategy.scope\(\)"):
+        GateTrainer(model, FreeGates(graph), FlopsRegularizer(cost, 1.0), str(tmp_path), 5, strategy=strategy)
+    with strategy.scope():
+        scoped = _tiny_model()
+    graph = ChannelGraph.from_model(scoped)
+    with pytest.raises(ValueError, match="gate module 'free_gates' was not built under"):
+        GateTrainer(scoped, FreeGates(graph), FlopsRegularizer(cost, 1.0), str(tmp_path), 5, strategy=strategy)
+
+
+def _hang_after_first_checkpoint(workdir, checkpoint_every):
+    """An ``on_log`` that, at the step after the first checkpoint, writes its step and hangs until killed."""
+    def on_log(record):
+        if record["step"] == checkpoint_every + 1:
+            with open(os.path.join(workdir, FIRST_CHECKPOINT), "w") as f:
+                f.write(str(checkpoint_every))
+            import time
+
+            time.sleep(600)  # stands for a job that dies here: the test SIGKILLs us
+
+    return on_log
+
+
+def _gate_dataset():
+    """Resumable input: global batches from step ``start`` on (the same data for every strategy)."""
+    source = separable_source(n=96, batch=16, shape=(8, 8, 1))
+    return lambda start: source.make_train(0, 0, None).repeat().skip(start)
+
+
+def _child_gates_killed(workdir):
+    """Subprocess body: mirrored gate training that hangs after its first checkpoint (step 3 of 8)."""
+    _logical_cpus()
+    _gate_run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), workdir, _gate_dataset(), 8,
+              on_log=_hang_after_first_checkpoint(workdir, 3), checkpoint_every=3)
+
+
+def _child_gates_resume(workdir, unbroken):
+    """Subprocess body: resume the killed run under MirroredStrategy; an unbroken mirrored run for comparison."""
+    _logical_cpus()
+    import json
+
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    out = {}
+    for name, folder in (("resumed", workdir), ("unbroken", unbroken)):
+        trainer, history = _gate_run(mirrored, folder, _gate_dataset(), 8, checkpoint_every=3)
+        out[name] = _gate_record(trainer, history)
+    print("RESULT" + json.dumps(out))
+
+
+def test_gate_training_resumes_after_kill_under_mirrored(tmp_path):
+    workdir, unbroken = str(tmp_path / "run"), str(tmp_path / "unbroken")
+    os.makedirs(workdir)
+    step = kill_after_first_checkpoint(f"import test_dagger as t; t._child_gates_killed({workdir!r})", workdir,
+                                       timeout=300)
+    assert step == 3
+    result = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path[:0] = [{REPO!r}, {TESTS!r}]; import test_dagger as t; "
+         f"t._child_gates_resume({workdir!r}, {unbroken!r})"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.split("RESULT", 1)[1])
+    resumed, whole = out["resumed"], out["unbroken"]
+    assert resumed["steps"] == whole["steps"] == list(range(1, 9))  # history up to the checkpoint, then resumed
+    # The resume lost and repeated nothing: the same trajectory and end point as an unbroken run.
+    np.testing.assert_allclose(resumed["loss"], whole["loss"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(resumed["logits"], whole["logits"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(resumed["kernel"], whole["kernel"], rtol=1e-5, atol=1e-6)
 
 
 # -------------------------------------------------------------------------------------------------

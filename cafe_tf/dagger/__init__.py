@@ -7,10 +7,12 @@ regulariser); the module architecture, regulariser options and exact-target rout
 
 Pipeline (``python -m cafe_tf.prune``)::
 
-    graph = ChannelGraph.from_model(pretrained)                  # any functional Keras model
-    module = DaggerModule(graph)                                   # or FreeGates (ablation)
+    with strategy.scope():                                         # any tf.distribute strategy
+        pretrained = load_model(path)                              # any functional Keras model
+        graph = ChannelGraph.from_model(pretrained)
+        module = DaggerModule(graph)                               # or FreeGates (ablation)
     reg = FlopsRegularizer(CostModel(graph), 0.5 * CostModel(graph).macs())
-    GateTrainer(pretrained, module, reg, workdir, total_steps).train(batches)
+    GateTrainer(pretrained, module, reg, workdir, total_steps, strategy=strategy).train(batches)
     selection, info = select_channels("dagger", CostModel(graph), 0.5, logits=...)
     pruned = prune_model(pretrained, selection, graph)             # then fine-tune
 """

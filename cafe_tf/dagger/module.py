@@ -27,10 +27,14 @@ Gates: ``g = sigmoid(logit / T)``; ``hard`` mode (default) forwards ``1[g > 0.5]
 straight-through gradient, so the FLOPs seen in training are the FLOPs deployed; ``soft`` mode
 forwards ``g`` itself (anneal ``T`` towards 0 to harden it).
 
+Under ``tf.distribute``, build the module in the strategy's scope, like the model it reads: its
+logits depend on the (mirrored) weights only, so every replica computes the same gates and the
+gated network is the same on all of them (``train.py`` runs the step).
+
 Example::
 
-    graph = ChannelGraph.from_model(pretrained)
-    dagger = DaggerModule(graph, hidden=32)
+    graph = ChannelGraph.from_model(pretrained)       # pretrained built / loaded in strategy.scope()
+    dagger = DaggerModule(graph, hidden=32)            # in the same scope
     logits = dagger.logits()                       # one (size,) tensor per prunable group
     masks, widths = gate_masks(graph, dagger.group_ids, gates_from_logits(logits))
     out = Supernet(pretrained, graph)(images, masks=masks, training=True)

@@ -13,8 +13,11 @@ valid for the same settings; the training stages also resume from their own chec
    ``model.keras`` and ``metrics.json``.
 4. ``report.md`` + figures and ``summary.json`` (achieved MACs vs target, accuracies).
 
-Pretraining and fine-tuning run under ``config.distribute``'s strategy (the standard loop); gate
-training runs on one device in float32 (our loop is not distributed yet).
+Every training stage runs under ``config.distribute``'s strategy: pretraining and fine-tuning in
+the standard loop, gate training in ``GateTrainer`` (main network, gate module and optimizers built
+under ``strategy.scope()``, the global batch split over the replicas, gradients all-reduced). Gate
+training sets no mixed-precision policy of its own (``config.dagger`` has no such option): the main
+network runs in the dtype policy it was saved with, without loss scaling.
 
 The pretrained model may be any functional Keras model the channel graph understands (a user's
 ``.keras``), taking images as ``cafe_tf.data.input_pipeline`` yields them (normalised float32 at
@@ -171,13 +174,15 @@ def check_model_fits_data(model: keras.Model, image_shape, num_classes: int, pat
         raise ValueError(f"model {path!r} predicts {out} classes, but the dataset has {num_classes}")
 
 
-def _epochs_of(make_train: Callable[[int, int, Any], tf.data.Dataset], steps_per_epoch: int
-               ) -> Callable[[int], Iterator]:
-    """Batches from global step ``start`` on, chaining the standard loop's seeded per-epoch pipelines."""
+def _epochs_of(make_train: Callable[[int, int, Any], tf.data.Dataset], steps_per_epoch: int,
+               strategy: tf.distribute.Strategy) -> Callable[[int], Iterator]:
+    """Distributed batches from global step ``start`` on, chaining the standard loop's seeded per-epoch
+    pipelines (one per worker, through ``distribute_datasets_from_function``, as the standard loop)."""
     def batches(start: int) -> Iterator:
         epoch, skip = divmod(start, steps_per_epoch)
         while True:
-            yield from make_train(epoch, skip, None)
+            yield from strategy.distribute_datasets_from_function(
+                lambda ctx, e=epoch, s=skip: make_train(e, s, ctx))
             epoch, skip = epoch + 1, 0
 
     return batches
@@ -225,9 +230,17 @@ def _gate_settings(config: ml_collections.ConfigDict, source: str) -> dict[str, 
             "pretrained": source, "dagger": to_dict(config.dagger)}
 
 
-def stage_gates(config: ml_collections.ConfigDict, workdir: str, data, model: keras.Model, source: str
+def _built_in_scope(model: keras.Model, strategy: tf.distribute.Strategy) -> bool:
+    """Whether ``model``'s variables were created under ``strategy`` (plain variables: the default strategy)."""
+    return all(strategy.extended.variable_created_in_scope(getattr(v, "value", v)) for v in model.weights[:1])
+
+
+def stage_gates(config: ml_collections.ConfigDict, workdir: str, data, model: keras.Model, source: str,
+                strategy: tf.distribute.Strategy | None = None
                 ) -> tuple[keras.Model, dict[int, np.ndarray] | None, list[dict]]:
-    """Stage 1: gate training -> (main network after it, {group id: logits}, history); baselines skip it."""
+    """Stage 1: gate training under ``strategy`` (default: the current one) -> (main network after it,
+    {group id: logits}, history); baselines skip it."""
+    from cafe_tf import distribute as distribute_lib
     from cafe_tf.train import standard
 
     if config.prune.method not in ("dagger", "free"):
@@ -243,17 +256,28 @@ def stage_gates(config: ml_collections.ConfigDict, workdir: str, data, model: ke
         logging.info("stage gates: done already (%s)", gates_path)
         trained = prune_lib.load_model(model_path)
         return trained, record["logits_by_id"], record.get("history", [])
+    strategy = strategy or tf.distribute.get_strategy()
+    if not _built_in_scope(model, strategy):  # mirrored variables: reload the pretrained model in the scope
+        with strategy.scope():
+            model = prune_lib.load_model(source)
+        graph = ChannelGraph.from_model(model)
     cost = CostModel(graph)
     keras.utils.set_random_seed(config.train.seed)
-    if config.prune.method == "dagger":
-        module = module_lib.DaggerModule(graph, hidden=d.hidden, normalize=d.normalize, use_bn=d.use_bn,
-                                         init_logit=d.init_logit, seed=config.train.seed)
-    else:
-        module = module_lib.FreeGates(graph, init_logit=d.init_logit)
+    with strategy.scope():
+        if config.prune.method == "dagger":
+            module = module_lib.DaggerModule(graph, hidden=d.hidden, normalize=d.normalize, use_bn=d.use_bn,
+                                             init_logit=d.init_logit, seed=config.train.seed)
+        else:
+            module = module_lib.FreeGates(graph, init_logit=d.init_logit)
     target = float(config.prune.target_macs_ratio) * cost.macs()
     regularizer = FlopsRegularizer(cost, target, kind=d.flops_penalty, weight=d.flops_weight,
                                    tolerance=d.flops_tolerance)
-    spe = data_lib.steps_per_epoch(data.train_examples, data.global_batch)
+    replicas = strategy.num_replicas_in_sync
+    if data.global_batch % replicas:
+        raise ConfigError(f"config.data.batch_size={data.global_batch} must be divisible by the {replicas} "
+                          f"replicas; use a multiple of {replicas}")
+    spe = data_lib.steps_per_epoch(data.train_examples, data.global_batch,
+                                   distribute_lib.num_input_pipelines(strategy))
     if spe < 1:
         raise ConfigError(f"config.data.batch_size={data.global_batch} is larger than the {data.train_examples} "
                           "training examples; use a smaller batch or more data")
@@ -262,14 +286,16 @@ def stage_gates(config: ml_collections.ConfigDict, workdir: str, data, model: ke
     main_recipe = ml_collections.ConfigDict(dict(optimizer="sgd", momentum=d.main_momentum, nesterov=False,
                                                  mixed_precision="none"))
     schedule = standard.LearningRate(d.main_lr, total, schedule="cosine")
+    with strategy.scope():
+        main_optimizer = standard.make_optimizer(main_recipe, schedule)
     trainer = train_lib.GateTrainer(
         model, module, regularizer, folder, total_steps=total, gate_mode=d.gate_mode,
         temperature=(d.temperature_start, d.temperature_end), gate_lr=d.gate_lr, main=d.main,
-        main_optimizer=standard.make_optimizer(main_recipe, schedule), weight_decay=d.main_weight_decay,
-        checkpoint_every=d.checkpoint_every)
-    logging.info("stage gates: %d steps (%d per epoch), target %.0f MACs (%.3f of %d)", total, spe, target,
-                 config.prune.target_macs_ratio, cost.macs())
-    history = trainer.train(_epochs_of(data.make_train, spe), log_every=d.log_every)
+        main_optimizer=main_optimizer, weight_decay=d.main_weight_decay, checkpoint_every=d.checkpoint_every,
+        strategy=strategy)
+    logging.info("stage gates: %d steps (%d per epoch), target %.0f MACs (%.3f of %d), %s", total, spe, target,
+                 config.prune.target_macs_ratio, cost.macs(), distribute_lib.describe(strategy))
+    history = trainer.train(_epochs_of(data.make_train, spe, strategy), log_every=d.log_every)
     logits = trainer.logits()
     prune_lib.save_model(model, model_path)
     train_lib.write_gates(gates_path, graph, module.group_ids, logits,
@@ -366,7 +392,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         metrics["pretrained"] = previous["accuracy"]["pretrained"]  # one eval pass saved on a rerun
     else:
         metrics["pretrained"] = _accuracy(model, data.make_eval[split])
-    trained, logits, history = stage_gates(config, workdir, data, model, source)
+    trained, logits, history = stage_gates(config, workdir, data, model, source, strategy)
     _, selection, info = stage_prune(config, workdir, trained, source, logits, data)
     if "accuracy_before_finetune" in info:
         metrics["pruned_before_finetune"] = info["accuracy_before_finetune"]["accuracy"]

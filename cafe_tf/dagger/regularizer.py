@@ -14,6 +14,10 @@ the paper's method section was not available to us):
 * ``hinge``: ``max(0, x - 1)``, one-sided: only an over-budget network is pushed.
 * ``log_l1``: ``max(0, |log x| - log(1 + tolerance))``, zero inside a ``tolerance`` band (5%) and
   L1 in log space outside it, our reading of the FLOPs loss of DMCP (same research group).
+
+The term depends on the gates only, not on the batch: under ``tf.distribute`` every replica computes
+the same value, and the gate loop (``train.py``) scales it by ``1 / replicas`` so that it counts
+once in the all-reduced gradient.
 """
 
 from __future__ import annotations

@@ -10,12 +10,24 @@ The loop (one ``tf.function`` step, read top to bottom in :meth:`GateTrainer.tra
    (``main="joint"``, default; BN in training mode) or stays frozen (``main="frozen"``; BN in
    inference mode, no statistics updated).
 
+Distribution: the step runs under a ``tf.distribute`` strategy (default: the current one) like the
+standard loop. The main network and the gate module must be built under ``strategy.scope()`` (the
+trainer builds its optimizers and step counter there); each replica runs ``strategy.run`` on its
+share of the global batch, the cross-entropy is summed and divided by the *global* example count,
+and the batch-independent terms (FLOPs regulariser, L2) go through ``scale_regularization_loss``,
+so after the optimizers' all-reduce (sum) they count once, not once per replica: the gradients
+equal those of one device on the whole batch. BN batch statistics are per replica, as in the
+standard loop (use ``BatchNormalization(synchronized=True)`` for global ones). The trainer sets no
+mixed-precision policy: the model runs in its own dtype policy (float32 for ours), without loss
+scaling; losses and gates are float32.
+
 Checkpoints (``tf.train.CheckpointManager``: main network, gate module, both optimizers, step) go
 to ``<workdir>/ckpt`` every ``checkpoint_every`` steps and at the end (TensorBoard scalars to
 ``<workdir>/tensorboard``, the logged history to ``history.json``); a new trainer on the same
-workdir resumes from the latest one. Given a function of the first step instead of a fixed
-iterable, the input pipeline continues exactly where the checkpoint left it (the program uses the
-standard loop's seeded per-epoch pipelines for that).
+workdir resumes from the latest one, under any strategy. Given a function of the first step instead
+of a fixed iterable, the input pipeline continues exactly where the checkpoint left it (the program
+uses the standard loop's seeded per-epoch pipelines for that). Under multi-worker training only the
+chief writes them (the others save to a scratch folder: saving is collective).
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from cafe_tf import distribute as distribute_lib
 from cafe_tf import io
 from cafe_tf.flops import CostModel
 from cafe_tf.graph import ChannelGraph
@@ -54,8 +67,16 @@ def temperature_at(step: int, total: int, start: float, end: float) -> float:
     return float(start * (end / start) ** frac)
 
 
+def _check_built_in_scope(strategy: tf.distribute.Strategy, weights, what: str, kind: str) -> None:
+    """Refuses weights created outside ``strategy.scope()`` (they would not be mirrored)."""
+    for v in weights[:1]:
+        if not strategy.extended.variable_created_in_scope(getattr(v, "value", v)):
+            raise ValueError(f"{what} was not built under {type(strategy).__name__}.scope(); build (or load) the "
+                             f"{kind} inside the scope")
+
+
 class GateTrainer:
-    """Trains a gate module (and, jointly, the main network) toward a MACs target."""
+    """Trains a gate module (and, jointly, the main network) toward a MACs target, under a strategy."""
 
     def __init__(
         self,
@@ -72,10 +93,12 @@ class GateTrainer:
         weight_decay: float = 5e-4,
         checkpoint_every: int = 200,
         max_to_keep: int = 2,
+        strategy: tf.distribute.Strategy | None = None,
     ):
         """``main_optimizer``: the main network's optimizer in joint mode (default SGD, lr 1e-3, momentum 0.9;
         the program builds it with ``cafe_tf.train.standard.make_optimizer``). ``weight_decay``: L2 on the
-        main network's kernels in the loss, the convention of ``cafe_tf.train.standard``."""
+        main network's kernels in the loss, the convention of ``cafe_tf.train.standard``. ``strategy``
+        (default: the current one): ``model``, ``module`` and ``main_optimizer`` must be built in its scope."""
         if gate_mode not in GATE_MODES:
             raise ValueError(f"gate_mode {gate_mode!r} is not one of {GATE_MODES}")
         if main not in MAIN_MODES:
@@ -84,27 +107,40 @@ class GateTrainer:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         if min(temperature) <= 0:
             raise ValueError(f"temperatures must be > 0, got {temperature}")
+        self.strategy = strategy or tf.distribute.get_strategy()
+        _check_built_in_scope(self.strategy, model.weights, f"the main network {model.name!r}", "model")
+        _check_built_in_scope(self.strategy, module.weights, f"the gate module {module.name!r}", "gate module")
+        if main_optimizer is not None and getattr(main_optimizer, "_distribution_strategy",  # noqa: SLF001
+                                                  self.strategy) is not self.strategy:
+            raise ValueError(f"main_optimizer was not created under {type(self.strategy).__name__}.scope(); "
+                             "create it inside the scope")
         self.model, self.module, self.regularizer = model, module, regularizer
         self.graph: ChannelGraph = module.graph
         self.supernet = Supernet(model, self.graph)
         self.workdir, self.total_steps = workdir, int(total_steps)
         self.gate_mode, self.temperature, self.main = gate_mode, tuple(map(float, temperature)), main
         self.checkpoint_every = int(checkpoint_every)
+        self.chief = distribute_lib.is_chief(self.strategy)
         self.probabilities = outputs_probabilities(model)
-        self.gate_opt = keras.optimizers.Adam(gate_lr)
-        self.gate_opt.build(module.trainable_variables)
         self.main_vars = list(model.trainable_variables) if main == "joint" else []
         # Kernels only (not biases, not BN): the L2 convention of cafe_tf.train.standard.
         self.decayed = [v for v in self.main_vars if is_decayed(v)]
         self.weight_decay = float(weight_decay)
-        self.main_opt = main_optimizer or keras.optimizers.SGD(1e-3, momentum=0.9)
-        if self.main_vars:
-            self.main_opt.build(self.main_vars)  # slots exist before restore, so they are restored too
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        with self.strategy.scope():  # optimizer slots and the step are mirrored like the weights
+            self.gate_opt = keras.optimizers.Adam(gate_lr)
+            self.gate_opt.build(module.trainable_variables)
+            self.main_opt = main_optimizer or keras.optimizers.SGD(1e-3, momentum=0.9)
+            if self.main_vars:
+                self.main_opt.build(self.main_vars)  # slots exist before restore, so they are restored too
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
+                                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.ckpt = tf.train.Checkpoint(model=model, module=module, gate_opt=self.gate_opt, main_opt=self.main_opt,
                                         step=self.step)
-        self.manager = tf.train.CheckpointManager(self.ckpt, os.path.join(workdir, "ckpt"), max_to_keep=max_to_keep)
-        self._step_fn = tf.function(self._train_step)
+        ckpt_dir = os.path.join(workdir, "ckpt")
+        if not self.chief:  # saving is collective: the others write a scratch copy
+            ckpt_dir = os.path.join(workdir, f".scratch_{distribute_lib.worker_id(self.strategy)}", "ckpt")
+        self.manager = tf.train.CheckpointManager(self.ckpt, ckpt_dir, max_to_keep=max_to_keep)
+        self._step_fn = tf.function(self._distributed_step)
 
     # ----------------------------------------------------------------------------------------
     def restore(self) -> int:
@@ -120,42 +156,90 @@ class GateTrainer:
                     f"{os.path.dirname(latest)}"
                 ) from None
             logging.info("gate training: resumed from %s at step %d", self.manager.latest_checkpoint,
-                         int(self.step))
-        return int(self.step)
+                         int(self.step.numpy()))
+        return int(self.step.numpy())
 
-    def task_loss(self, outputs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-        """Mean sparse cross-entropy (the model's outputs are logits or softmax probabilities)."""
-        return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-            labels, tf.cast(outputs, tf.float32), from_logits=not self.probabilities))
+    def per_example_loss(self, outputs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        """Sparse cross-entropy per example (the model's outputs are logits or softmax probabilities)."""
+        return keras.losses.sparse_categorical_crossentropy(
+            labels, tf.cast(outputs, tf.float32), from_logits=not self.probabilities)
 
-    def _train_step(self, images, labels, temperature):
+    def _replica_step(self, images, labels, temperature):
         gate_vars = self.module.trainable_variables
+        ctx = tf.distribute.get_replica_context()
+        count = tf.cast(tf.shape(labels)[0], tf.float32)
+        # The global batch's size, so each replica's share of the mean is exact (also for an uneven batch).
+        global_count = tf.stop_gradient(ctx.all_reduce(tf.distribute.ReduceOp.SUM, count))
         with tf.GradientTape() as tape:
             gates = gates_from_logits(self.module.logits(), self.gate_mode, temperature)
             masks, widths = gate_masks(self.graph, self.module.group_ids, gates)
             outputs = self.supernet(images, masks=masks, training=self.main == "joint")
-            task = self.task_loss(outputs, labels)
+            per_example = self.per_example_loss(outputs, labels)
+            task_sum = tf.reduce_sum(per_example)
             reg, macs = self.regularizer(widths)
-            loss = task + reg
+            penalty = reg
             if self.decayed and self.weight_decay:
-                loss += 0.5 * self.weight_decay * tf.add_n([tf.reduce_sum(tf.square(v)) for v in self.decayed])
+                penalty += 0.5 * self.weight_decay * tf.add_n([tf.reduce_sum(tf.square(v)) for v in self.decayed])
+            # Every replica adds the batch-independent penalty: scaled by 1/replicas, it counts once in the sum.
+            loss = task_sum / global_count + tf.nn.scale_regularization_loss(penalty)
         grads = tape.gradient(loss, list(gate_vars) + self.main_vars)
+        # The optimizers all-reduce (sum) the gradients across replicas before applying them.
         self.gate_opt.apply_gradients(zip(grads[: len(gate_vars)], gate_vars))
         if self.main_vars:
             self.main_opt.apply_gradients(zip(grads[len(gate_vars):], self.main_vars))
         correct = tf.equal(tf.argmax(outputs, -1, output_type=tf.int32), tf.cast(tf.reshape(labels, [-1]), tf.int32))
         open_gates = tf.add_n([tf.reduce_sum(tf.cast(g > 0.5, tf.float32)) for g in gates])
-        return {"loss": loss, "task": task, "reg": reg, "macs": macs,
-                "accuracy": tf.reduce_mean(tf.cast(correct, tf.float32)), "open_gates": open_gates}
+        return {"task_sum": task_sum, "correct": tf.reduce_sum(tf.cast(correct, tf.float32)), "count": count,
+                "penalty": penalty, "reg": reg, "macs": macs, "open_gates": open_gates}
+
+    def _distributed_step(self, images, labels, temperature):
+        out = self.strategy.run(self._replica_step, args=(images, labels, temperature))
+        total = lambda t: self.strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None)  # noqa: E731
+        first = lambda t: self.strategy.experimental_local_results(t)[0]  # noqa: E731 - equal on every replica
+        count = total(out["count"])
+        task = total(out["task_sum"]) / count
+        return {"loss": task + first(out["penalty"]), "task": task, "reg": first(out["reg"]),
+                "macs": first(out["macs"]), "accuracy": total(out["correct"]) / count,
+                "open_gates": first(out["open_gates"])}
+
+    def distribute(self, batches: Iterable) -> Iterable:
+        """``batches`` as the step takes them: a ``tf.data.Dataset`` of global batches through
+        ``experimental_distribute_dataset``; other global batches split evenly over the replicas;
+        batches already distributed (``distribute_datasets_from_function``) as they are."""
+        if self.strategy.num_replicas_in_sync == 1:
+            return batches
+        if isinstance(batches, tf.data.Dataset):
+            return self.strategy.experimental_distribute_dataset(batches)
+        if isinstance(batches, (tf.distribute.DistributedDataset, tf.distribute.DistributedIterator)):
+            return batches
+        return (self._split(b) for b in batches)
+
+    def _split(self, batch):
+        if any(isinstance(t, tf.distribute.DistributedValues) for t in tf.nest.flatten(batch)):
+            return batch
+        batch = tf.nest.map_structure(tf.convert_to_tensor, batch)
+        n = self.strategy.num_replicas_in_sync
+        size = int(tf.nest.flatten(batch)[0].shape[0])
+        if size % n:
+            raise ValueError(f"a global batch of {size} examples does not split over {n} replicas; "
+                             f"use a multiple of {n}")
+        per = size // n
+
+        def share(ctx: tf.distribute.ValueContext):
+            i = ctx.replica_id_in_sync_group
+            return tf.nest.map_structure(lambda t: t[i * per:(i + 1) * per], batch)
+
+        return self.strategy.experimental_distribute_values_from_function(share)
 
     # ----------------------------------------------------------------------------------------
     def train(self, batches: Iterable | Callable[[int], Iterable], log_every: int = 50,
               on_log: Callable[[dict[str, float]], None] | None = None, progress: bool = True) -> list[dict]:
         """Runs the remaining steps (resuming if a checkpoint exists); returns the logged history.
 
-        ``batches``: ``(images, labels)`` batches for at least the remaining steps (a repeated
-        ``tf.data.Dataset``), or a function of the first step to run that returns them, so a resumed
-        run can continue the data exactly where the checkpoint left it.
+        ``batches``: ``(images, labels)`` global batches for at least the remaining steps (a repeated
+        ``tf.data.Dataset``, or batches already distributed by the strategy), or a function of the
+        first step to run that returns them, so a resumed run can continue the data exactly where
+        the checkpoint left it. See :meth:`distribute` for how they reach the replicas.
         """
         start = self.restore()
         history = self._load_history()
@@ -165,14 +249,15 @@ class GateTrainer:
             batches = batches(start)
         # A progress bar on a terminal; log lines (every log_every steps) otherwise, as the standard loop.
         bar = (keras.utils.Progbar(self.total_steps, stateful_metrics=["macs_ratio", "open"], unit_name="step")
-               if progress and sys.stdout.isatty() else None)
+               if progress and self.chief and sys.stdout.isatty() else None)
         if bar is not None and start:
             bar.update(start)
-        writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tensorboard"))
+        writer = (tf.summary.create_file_writer(os.path.join(self.workdir, "tensorboard")) if self.chief
+                  else tf.summary.create_noop_writer())
         full_macs = float(self.regularizer.cost.macs())
         sums: dict[str, float] = {}
         count, t0, step = 0, time.time(), start
-        iterator = iter(batches)
+        iterator = iter(self.distribute(batches))
         for step in range(start, self.total_steps):
             try:
                 images, labels = next(iterator)
@@ -203,15 +288,17 @@ class GateTrainer:
                 with writer.as_default():
                     for k, v in record.items():
                         write_scalar(f"gates/{k}", v, step + 1)
-                logging.info("gate training step %d/%d: loss %.4f task %.4f reg %.4f acc %.3f MACs %.3f of full",
-                             step + 1, self.total_steps, record["loss"], record["task"], record["reg"],
-                             record["accuracy"], record["macs_ratio"])
+                if self.chief:
+                    logging.info("gate training step %d/%d: loss %.4f task %.4f reg %.4f acc %.3f MACs %.3f of full",
+                                 step + 1, self.total_steps, record["loss"], record["task"], record["reg"],
+                                 record["accuracy"], record["macs_ratio"])
                 if on_log is not None:
                     on_log(record)
                 sums, count = {}, 0
             if (step + 1) % self.checkpoint_every == 0 or last:
                 self.manager.save(checkpoint_number=step + 1)
-                io.write_json(os.path.join(self.workdir, "history.json"), history)
+                if self.chief:
+                    io.write_json(os.path.join(self.workdir, "history.json"), history)
         writer.flush()
         return history
 
@@ -220,7 +307,7 @@ class GateTrainer:
         if not os.path.isfile(path):
             return []
         with open(path, encoding="utf-8") as f:
-            return [h for h in json.load(f) if h["step"] <= int(self.step)]
+            return [h for h in json.load(f) if h["step"] <= int(self.step.numpy())]
 
     # ----------------------------------------------------------------------------------------
     def logits(self) -> list[np.ndarray]:
