@@ -38,13 +38,17 @@ from absl import flags  # noqa: E402
 
 from cafe_tf import programs  # noqa: E402
 
-_CONFIG, _WORKDIR = programs.define_config_flags()
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "retraining seeds (config.train.seed) of each arm's network")
-_ARMS = flags.DEFINE_list("arms", ["cafenet", "fixed", "uniform"], "which arms to run: cafenet, fixed, uniform")
-_RANKING = flags.DEFINE_integer("ranking", 8, "width assignments spread over MACs for the ranking study "
-                                "(scored by the cafenet and fixed supernets, retrained once); 0 = no ranking study; "
-                                "runs only when --arms includes both cafenet and fixed")
-_SUMMARY_ONLY = flags.DEFINE_bool("summary_only", False, "run no stage: write compare.json/.md/.png from what exists")
+
+def define_flags() -> None:
+    """The program's flags (defined only when it runs, so the library functions import anywhere)."""
+    programs.define_config_flags()
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "retraining seeds (config.train.seed) of each arm's network")
+    flags.DEFINE_list("arms", list(ARMS), "which arms to run: cafenet, fixed, uniform")
+    flags.DEFINE_integer("ranking", 8, "width assignments spread over MACs for the ranking study (scored by the "
+                         "cafenet and fixed supernets, retrained once); 0 = no ranking study; runs only when --arms "
+                         "includes both cafenet and fixed")
+    flags.DEFINE_bool("summary_only", False, "run no stage: write compare.json/.md/.png from what exists")
+
 
 ARMS = ("cafenet", "fixed", "uniform")
 RANKING_RANGE = (0.25, 0.95)  # of the full net's MACs
@@ -332,13 +336,14 @@ def main(config, workdir: str) -> None:
         if section not in config:
             raise ConfigError(f"the config has no {section!r} section; compare needs a CafeNet config "
                               "(see configs/fashion_mnist_resnet20.py)")
-    if _RANKING.value < 0:
-        raise programs.UsageError(f"--ranking={_RANKING.value} is invalid; it must be >= 0 (0 = no ranking study)")
-    seeds, arms = parse_seeds(_SEEDS.value), parse_arms(_ARMS.value)
-    ranking = _RANKING.value if {"cafenet", "fixed"} <= set(arms) else 0
+    f = flags.FLAGS
+    if f.ranking < 0:
+        raise programs.UsageError(f"--ranking={f.ranking} is invalid; it must be >= 0 (0 = no ranking study)")
+    seeds, arms = parse_seeds(f.seeds), parse_arms(f.arms)
+    ranking = f.ranking if {"cafenet", "fixed"} <= set(arms) else 0
     workdir = os.path.abspath(workdir)
     logs = os.path.join(workdir, "logs")
-    if not _SUMMARY_ONLY.value:
+    if not f.summary_only:
         run_stages(search_stages(workdir, arms), logs)
         # Seed by seed, so an early stop still leaves every arm compared on the first seeds.
         retrains = [retrain_stage(f"{arm}_retrain_s{s}", os.path.join(workdir, arm, "widths.json"),
@@ -374,4 +379,5 @@ if __name__ == "__main__":
     from cafe_tf.search.run import validate_search
     from cafe_tf.train.supernet import validate_supernet
 
+    define_flags()
     programs.run_program(main, extra_validators={"supernet": validate_supernet, "search": validate_search})

@@ -30,19 +30,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from cafe_tf import programs  # noqa: E402
 
-_CONFIG, _WORKDIR = programs.define_config_flags()
 
 
 def _have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def build_stages(config, workdir: str) -> tuple[list, list[str]]:
-    """The stages for ``config`` and notes on any stage whose program is not available."""
+def build_stages(config, workdir: str, config_args: list[str] | None = None) -> tuple[list, list[str]]:
+    """The stages for ``config`` and notes on any stage whose program is not available.
+
+    ``config_args`` (default: this process's ``--config`` and ``--config.*`` flags) go to every
+    stage that takes a config.
+    """
     from cafe_tf.space import read_widths
     from cafe_tf.stages import Stage, is_keras_file, is_tflite, read_json
 
-    cfg = programs.config_argv()
+    cfg = programs.config_argv() if config_args is None else list(config_args)
     w = lambda *p: os.path.join(workdir, *p)  # noqa: E731
     notes: list[str] = []
     stages = [
@@ -157,4 +160,5 @@ def main(config, workdir: str) -> None:
 
 
 if __name__ == "__main__":
+    programs.define_config_flags()
     programs.run_program(main)
