@@ -109,6 +109,24 @@ def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
+def sibling_config(config_file: str, name: str, *args: Any) -> ml_collections.ConfigDict:
+    """``get_config(*args)`` of the config file ``name`` in the folder of ``config_file`` (pass ``__file__``).
+
+    Config files are loaded by path, not imported as a package, so a config that differs from
+    another in a few keys loads that one the same way and changes only those keys (it is locked).
+    """
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config {path!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"cafe_tf_config_{os.path.splitext(name)[0]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(*args)
+
+
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """A JSON-able plain-dict copy of ``config`` (tuples become lists), for artifacts."""
     return _jsonable(config.to_dict())

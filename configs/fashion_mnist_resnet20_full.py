@@ -13,21 +13,11 @@ file's get_config and changes only the lengths; hours on CPU, minutes on a GPU):
 * train (the searched widths retrained from scratch): 200 epochs.
 """
 
-import importlib.util
-import os
-
-
-def _default_config_module():
-    # Config files are loaded by path (no package), so the sibling is loaded the same way.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion_mnist_resnet20.py")
-    spec = importlib.util.spec_from_file_location("fashion_mnist_resnet20_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from cafe_tf.config import sibling_config
 
 
 def get_config():
-    c = _default_config_module().get_config()  # locked: only existing keys can change
+    c = sibling_config(__file__, "fashion_mnist_resnet20.py")  # locked: only existing keys can change
     c.supernet.epochs = 200
     c.supernet.checkpoint_every = 1000
     c.supernet.eval_examples = 0
