@@ -33,11 +33,7 @@ recipe", our choices):
   250 epochs (light nets are usually trained 250-300 epochs; ours).
 """
 
-from cafe_tf import config as cfg
-from cafe_tf.search.run import search_section
-from cafe_tf.train.supernet import supernet_section
-
-import ml_collections
+from cafe_tf.config import sibling_config
 
 # Config string -> search.max_macs (multiply-accumulates).
 BUDGETS = {"200m": 200_000_000, "300m": 300_000_000}
@@ -47,69 +43,14 @@ def get_config(budget: str = "300m"):
     if budget.lower() not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r} for imagenet_mobilenet_v2.py; valid: {sorted(BUDGETS)} "
                          "(or set --config.search.max_macs)")
-    c = cfg.base_config()
-    c.data.name = "imagenet2012"
-    c.data.batch_size = 1024
-    c.data.eval_batch_size = 1024
-    c.data.augment = "inception"
-    c.data.image_size = 224
-    c.data.shuffle_buffer = 20_000
+    # The ImageNet ResNet-50 recipe (data, min-min supernet, search, bf16, mirrored); MobileNetV2's
+    # 1.5x supernet, Nesterov, weight decay 4e-5 and 250-epoch retraining.
+    c = sibling_config(__file__, "imagenet_resnet50.py")
     c.model.name = "mobilenet_v2"
     c.model.width_mult = 1.5  # the supernet; see the docstring
-    c.distribute.strategy = "mirrored"
-
-    # Retraining recipe of the searched network (and of baselines such as uniform width scaling).
     c.train.epochs = 250
-    c.train.optimizer = "sgd"
-    c.train.lr = 0.4
-    c.train.momentum = 0.9
-    c.train.nesterov = True
-    c.train.weight_decay = 4e-5
-    c.train.warmup_epochs = 5.0
-    c.train.schedule = "cosine"
-    c.train.label_smoothing = 0.1
-    c.train.mixed_precision = "mixed_bfloat16"
-    c.train.log_every = 200
-    c.train.checkpoint_every = 2000
-
-    c.supernet = supernet_section()
-    c.supernet.epochs = 100
-    c.supernet.lr = 0.4
-    c.supernet.momentum = 0.9
-    c.supernet.nesterov = True
-    c.supernet.weight_decay = 4e-5
-    c.supernet.warmup_epochs = 5.0
-    c.supernet.schedule = "cosine"
-    c.supernet.label_smoothing = 0.1
-    c.supernet.mixed_precision = "mixed_bfloat16"
-    c.supernet.log_every = 200
-    c.supernet.checkpoint_every = 2000
-    c.supernet.sharing = "locally_free"
-    c.supernet.granularity = "flops_sensitive"
-    c.supernet.r = 1
-    c.supernet.num_candidates = 2
-    c.supernet.sandwich = False
-    c.supernet.selection_bn = "batch"
-    c.supernet.eval_fractions = (1.0, 0.5)
-
-    c.search = search_section()
-    c.search.method = "evolution"
+    for section in (c.train, c.supernet):
+        section.nesterov = True
+        section.weight_decay = 4e-5
     c.search.max_macs = BUDGETS[budget.lower()]
-    c.search.lower_ratio = 0.8
-    c.search.population = 50
-    c.search.generations = 20
-    c.search.parents = 10
-    c.search.mutation_prob = 0.1
-    c.search.num_candidates = 2
-    c.search.calibration_examples = 256
-    c.search.eval_examples = 0  # the whole validation split
-
-    c.retrain = ml_collections.ConfigDict(dict(
-        init_from_supernet=False,  # False: from scratch (the paper's protocol); True: fine-tune from the supernet
-    ))
-    c.deploy = ml_collections.ConfigDict(dict(
-        quantization="int8",
-        representative_examples=200,
-        benchmark_runs=50,
-    ))
-    return cfg.lock(c)
+    return c
