@@ -9,19 +9,9 @@ stage 2, so 32x32 inputs end at a 4x4 feature map; cafe_tf.models.mobilenet_v2).
 87,976,448 MACs, 2,270,794 params (cafe_tf.flops, 32x32x3, 10 classes); budget 50% = 43,988,224
 MACs (search.macs_ratio = 0.5: the spec gives no CIFAR MobileNetV2 budget; 50% is our choice).
 
-Stages (spec "Training (min-min)" and "Search"; the paper's own hyper-parameters are unavailable,
-so the recipe is the spec's CIFAR one, our choice):
-
-* supernet: min-min training (locally free sharing, r = 1 bin, K = 2 candidates, FLOPs-sensitive
-  bins, no sandwich; candidates compared with the batch's own BN statistics), as long as the plain
-  model's recipe: SGD 0.1 / momentum 0.9 / wd 5e-4 / cosine, 200 epochs, batch 128, pad-4 crop + flip.
-* search: evolution with the spec's settings, population 50, 20 generations, top-10 parents,
-  mutation probability 0.1 per group, crossover for half the children, candidates kept in
-  [0.8, 1] x budget; each scored as the best of K = 2 arrangements after BN recalibration on 256
-  training images, on the whole validation split (the last 5,000 training images; never test).
-* train (the retraining of the searched widths, the paper's protocol: from scratch): the same
-  CIFAR recipe, 200 epochs. `--config.search.method=greedy` gives the AutoSlim baseline,
-  `--config.supernet.sharing=fixed` the fixed-pattern supernet.
+Stages and recipe: those of configs/cifar10_resnet20.py (this file loads its get_config and changes
+only the model): 200-epoch min-min supernet (locally free, r = 1, K = 2, FLOPs-sensitive bins),
+evolution with the spec's settings, 200-epoch retraining from scratch.
 
 Our blocks are the reference MobileNetV2 ones; kuangliu/pytorch-cifar's CIFAR MobileNetV2 (the same
 strides) adds 1x1 conv shortcuts where a stride-1 block changes channels (90.1 M MACs by our count),
@@ -29,67 +19,11 @@ so compare with runs of this builder. `--config.model.name=mobilenet_v2` selects
 strides (stride-2 stem and stage 2: a 1x1 last feature map, 6,124,928 MACs at 32x32).
 """
 
-from cafe_tf import config as cfg
-from cafe_tf.search.run import search_section
-from cafe_tf.train.supernet import supernet_section
-
-import ml_collections
+from cafe_tf.config import sibling_config
 
 
 def get_config():
-    c = cfg.base_config()
-    c.data.name = "cifar10"
-    c.data.batch_size = 128
-    c.data.eval_batch_size = 500  # larger eval batches: the search scores many widths on validation
-    c.data.augment = "crop_flip"
-    c.data.cache = True  # 150 MB of uint8 images
+    c = sibling_config(__file__, "cifar10_resnet20.py")  # the same CIFAR recipe, search space and search
     c.model.name = "mobilenet_v2_cifar"  # stride-1 stem and stage 2: see the docstring
-
-    # Retraining recipe of the searched network (and of baselines such as uniform width scaling).
-    c.train.epochs = 200
-    c.train.optimizer = "sgd"
-    c.train.lr = 0.1
-    c.train.momentum = 0.9
-    c.train.nesterov = False
-    c.train.weight_decay = 5e-4
-    c.train.schedule = "cosine"
-    c.train.log_every = 100
-
-    c.supernet = supernet_section()
-    c.supernet.epochs = 200
-    c.supernet.lr = 0.1
-    c.supernet.momentum = 0.9
-    c.supernet.nesterov = False
-    c.supernet.weight_decay = 5e-4
-    c.supernet.schedule = "cosine"
-    c.supernet.log_every = 100
-    c.supernet.checkpoint_every = 1000
-    c.supernet.sharing = "locally_free"
-    c.supernet.granularity = "flops_sensitive"
-    c.supernet.r = 1
-    c.supernet.num_candidates = 2
-    c.supernet.sandwich = False
-    c.supernet.selection_bn = "batch"
-    c.supernet.eval_fractions = (1.0, 0.5)
-
-    c.search = search_section()
-    c.search.method = "evolution"
     c.search.macs_ratio = 0.5  # the spec gives no CIFAR MobileNetV2 budget; 50% is our choice
-    c.search.lower_ratio = 0.8
-    c.search.population = 50
-    c.search.generations = 20
-    c.search.parents = 10
-    c.search.mutation_prob = 0.1
-    c.search.num_candidates = 2
-    c.search.calibration_examples = 256
-    c.search.eval_examples = 0  # the whole validation split
-
-    c.retrain = ml_collections.ConfigDict(dict(
-        init_from_supernet=False,  # False: from scratch (the paper's protocol); True: fine-tune from the supernet
-    ))
-    c.deploy = ml_collections.ConfigDict(dict(
-        quantization="int8",
-        representative_examples=200,
-        benchmark_runs=50,
-    ))
-    return cfg.lock(c)
+    return c
