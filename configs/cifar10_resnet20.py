@@ -39,24 +39,13 @@ def get_config():
     c.data.cache = True  # 150 MB of uint8 images
     c.model.name = "resnet20"
 
-    # Retraining recipe of the searched network (and of baselines such as uniform width scaling).
-    c.train.epochs = 200
-    c.train.optimizer = "sgd"
-    c.train.lr = 0.1
-    c.train.momentum = 0.9
-    c.train.nesterov = False
-    c.train.weight_decay = 5e-4
-    c.train.schedule = "cosine"
-    c.train.log_every = 100
-
+    # One recipe for the supernet and for retraining the searched network (and baselines such as
+    # uniform width scaling).
+    recipe = dict(epochs=200, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
+                  schedule="cosine", log_every=100)
+    c.train.update(recipe)
     c.supernet = supernet_section()
-    c.supernet.epochs = 200
-    c.supernet.lr = 0.1
-    c.supernet.momentum = 0.9
-    c.supernet.nesterov = False
-    c.supernet.weight_decay = 5e-4
-    c.supernet.schedule = "cosine"
-    c.supernet.log_every = 100
+    c.supernet.update(recipe)
     c.supernet.checkpoint_every = 1000
     c.supernet.sharing = "locally_free"
     c.supernet.granularity = "flops_sensitive"

@@ -56,32 +56,14 @@ def get_config(budget: str = "2g"):
     c.model.name = "resnet50"
     c.distribute.strategy = "mirrored"
 
-    # Retraining recipe of the searched network (and of baselines such as uniform width scaling).
-    c.train.epochs = 100
-    c.train.optimizer = "sgd"
-    c.train.lr = 0.4
-    c.train.momentum = 0.9
-    c.train.nesterov = False
-    c.train.weight_decay = 1e-4
-    c.train.warmup_epochs = 5.0
-    c.train.schedule = "cosine"
-    c.train.label_smoothing = 0.1
-    c.train.mixed_precision = "mixed_bfloat16"
-    c.train.log_every = 200
-    c.train.checkpoint_every = 2000
-
+    # One recipe for the supernet and for retraining the searched network (and baselines such as
+    # uniform width scaling).
+    recipe = dict(epochs=100, optimizer="sgd", lr=0.4, momentum=0.9, nesterov=False, weight_decay=1e-4,
+                  warmup_epochs=5.0, schedule="cosine", label_smoothing=0.1, mixed_precision="mixed_bfloat16",
+                  log_every=200, checkpoint_every=2000)
+    c.train.update(recipe)
     c.supernet = supernet_section()
-    c.supernet.epochs = 100
-    c.supernet.lr = 0.4
-    c.supernet.momentum = 0.9
-    c.supernet.nesterov = False
-    c.supernet.weight_decay = 1e-4
-    c.supernet.warmup_epochs = 5.0
-    c.supernet.schedule = "cosine"
-    c.supernet.label_smoothing = 0.1
-    c.supernet.mixed_precision = "mixed_bfloat16"
-    c.supernet.log_every = 200
-    c.supernet.checkpoint_every = 2000
+    c.supernet.update(recipe)
     c.supernet.sharing = "locally_free"
     c.supernet.granularity = "flops_sensitive"
     c.supernet.r = 1
