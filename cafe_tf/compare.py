@@ -283,12 +283,12 @@ def write_summary(workdir: str, summary: dict) -> None:
 
 def render(summary: dict) -> bytes:
     """PNG: test accuracy per arm (every seed and the mean), and supernet score vs retrained accuracy."""
-    import io as _io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from cafe_tf.report import figure_png
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
     ax = axes[0]
@@ -317,11 +317,7 @@ def render(summary: dict) -> bytes:
     ax.set_ylabel("retrained test accuracy (%)")
     ax.set_title("Ranking quality")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, dpi=100)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -36,6 +36,26 @@ def _have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def retrain_section():
+    """Defaults of ``config.retrain``: how the pipeline's retrain stage trains the searched widths."""
+    import ml_collections
+
+    return ml_collections.ConfigDict(dict(
+        init_from_supernet=False,  # False: from scratch (the paper's protocol); True: fine-tune from the supernet
+    ))
+
+
+def deploy_section():
+    """Defaults of ``config.deploy``: what the pipeline's deploy stages export, calibrate and time."""
+    import ml_collections
+
+    return ml_collections.ConfigDict(dict(
+        quantization="int8",  # exported besides fp32: fp16 | dynamic | int8 | qat
+        representative_examples=200,  # training images calibrating int8 (export's --num_calibration)
+        benchmark_runs=50,  # host benchmark runs per model
+    ))
+
+
 def build_stages(config, workdir: str, config_args: list[str] | None = None) -> tuple[list, list[str]]:
     """The stages for ``config`` and notes on any stage whose program is not available.
 

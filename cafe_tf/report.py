@@ -28,6 +28,17 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
     return front
 
 
+def figure_png(fig, dpi: int = 110) -> bytes:
+    """PNG bytes of a matplotlib figure (laid out tight), which is closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def _fmt(value: Any, unit: str = "") -> str:
     if value is None:
         return "–"
@@ -99,11 +110,7 @@ def render_figure(
         ax.set_ylabel("test accuracy")
         ax.set_title("Retrained networks")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def write_report(

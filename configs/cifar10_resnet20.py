@@ -24,10 +24,9 @@ so the recipe is the spec's CIFAR one, our choice):
 """
 
 from cafe_tf import config as cfg
+from cafe_tf.pipeline import deploy_section, retrain_section
 from cafe_tf.search.run import search_section
 from cafe_tf.train.supernet import supernet_section
-
-import ml_collections
 
 
 def get_config():
@@ -44,35 +43,13 @@ def get_config():
     recipe = dict(epochs=200, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
                   schedule="cosine", log_every=100)
     c.train.update(recipe)
-    c.supernet = supernet_section()
+    c.supernet = supernet_section()  # defaults: locally free, r = 1, K = 2, FLOPs-sensitive bins
     c.supernet.update(recipe)
     c.supernet.checkpoint_every = 1000
-    c.supernet.sharing = "locally_free"
-    c.supernet.granularity = "flops_sensitive"
-    c.supernet.r = 1
-    c.supernet.num_candidates = 2
-    c.supernet.sandwich = False
-    c.supernet.selection_bn = "batch"
-    c.supernet.eval_fractions = (1.0, 0.5)
 
-    c.search = search_section()
-    c.search.method = "evolution"
+    c.search = search_section()  # the spec's evolution settings are its defaults
     c.search.macs_ratio = 0.5  # the spec gives no ResNet-20 budget; 50% as for ResNet-56 (our choice)
-    c.search.lower_ratio = 0.8
-    c.search.population = 50
-    c.search.generations = 20
-    c.search.parents = 10
-    c.search.mutation_prob = 0.1
-    c.search.num_candidates = 2
-    c.search.calibration_examples = 256
-    c.search.eval_examples = 0  # the whole validation split
 
-    c.retrain = ml_collections.ConfigDict(dict(
-        init_from_supernet=False,  # False: from scratch (the paper's protocol); True: fine-tune from the supernet
-    ))
-    c.deploy = ml_collections.ConfigDict(dict(
-        quantization="int8",
-        representative_examples=200,
-        benchmark_runs=50,
-    ))
+    c.retrain = retrain_section()
+    c.deploy = deploy_section()
     return cfg.lock(c)

@@ -32,10 +32,10 @@ search.eval_examples=0, supernet.eval_examples=0, train.epochs=200).
 """
 
 from cafe_tf import config as cfg
+from cafe_tf.pipeline import deploy_section, retrain_section
 from cafe_tf.search.run import search_section
 from cafe_tf.train.supernet import supernet_section
 
-import ml_collections
 
 
 def get_config():
@@ -87,12 +87,6 @@ def get_config():
     c.search.calibration_examples = 256
     c.search.eval_examples = 2000
 
-    c.retrain = ml_collections.ConfigDict(dict(
-        init_from_supernet=False,  # False: from scratch (the paper's protocol); True: fine-tune from the supernet
-    ))
-    c.deploy = ml_collections.ConfigDict(dict(
-        quantization="int8",  # what the deploy stage exports
-        representative_examples=200,
-        benchmark_runs=50,
-    ))
+    c.retrain = retrain_section()
+    c.deploy = deploy_section()
     return cfg.lock(c)

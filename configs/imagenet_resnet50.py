@@ -33,10 +33,10 @@ recipe", our choices):
 """
 
 from cafe_tf import config as cfg
+from cafe_tf.pipeline import deploy_section, retrain_section
 from cafe_tf.search.run import search_section
 from cafe_tf.train.supernet import supernet_section
 
-import ml_collections
 
 # Config string -> search.max_macs (multiply-accumulates).
 BUDGETS = {"1g": 1_000_000_000, "2g": 2_000_000_000, "3g": 3_000_000_000}
@@ -62,34 +62,12 @@ def get_config(budget: str = "2g"):
                   warmup_epochs=5.0, schedule="cosine", label_smoothing=0.1, mixed_precision="mixed_bfloat16",
                   log_every=200, checkpoint_every=2000)
     c.train.update(recipe)
-    c.supernet = supernet_section()
+    c.supernet = supernet_section()  # defaults: locally free, r = 1, K = 2, FLOPs-sensitive bins
     c.supernet.update(recipe)
-    c.supernet.sharing = "locally_free"
-    c.supernet.granularity = "flops_sensitive"
-    c.supernet.r = 1
-    c.supernet.num_candidates = 2
-    c.supernet.sandwich = False
-    c.supernet.selection_bn = "batch"
-    c.supernet.eval_fractions = (1.0, 0.5)
 
-    c.search = search_section()
-    c.search.method = "evolution"
+    c.search = search_section()  # the spec's evolution settings are its defaults
     c.search.max_macs = BUDGETS[budget.lower()]
-    c.search.lower_ratio = 0.8
-    c.search.population = 50
-    c.search.generations = 20
-    c.search.parents = 10
-    c.search.mutation_prob = 0.1
-    c.search.num_candidates = 2
-    c.search.calibration_examples = 256
-    c.search.eval_examples = 0  # the whole validation split (10,000 held-out training images)
 
-    c.retrain = ml_collections.ConfigDict(dict(
-        init_from_supernet=False,  # False: from scratch (the paper's protocol); True: fine-tune from the supernet
-    ))
-    c.deploy = ml_collections.ConfigDict(dict(
-        quantization="int8",
-        representative_examples=200,
-        benchmark_runs=50,
-    ))
+    c.retrain = retrain_section()
+    c.deploy = deploy_section()
     return cfg.lock(c)

@@ -7,7 +7,6 @@ per group). Everything goes through ``cafe_tf.io`` (atomic writes).
 
 from __future__ import annotations
 
-import io as _io
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -17,6 +16,7 @@ import numpy as np
 
 from cafe_tf import io
 from cafe_tf.graph import ChannelGraph
+from cafe_tf.report import figure_png
 
 DESIGN_NOTE = (
     "The Dagger module's architecture, the regulariser's options and the exact-target routine are "
@@ -26,16 +26,6 @@ DESIGN_NOTE = (
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = _io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def render_overview(rows: Sequence[Mapping[str, Any]], logits: Mapping[str, np.ndarray] | None,
@@ -80,7 +70,7 @@ def render_overview(rows: Sequence[Mapping[str, Any]], logits: Mapping[str, np.n
         ax.text(0.5, 0.5, "no gate training", ha="center", va="center", transform=ax.transAxes)
     ax.set_title("Gate training")
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def render_group_histograms(logits: Mapping[str, np.ndarray]) -> bytes:
@@ -101,7 +91,7 @@ def render_group_histograms(logits: Mapping[str, np.ndarray]) -> bytes:
         ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _fmt_int(x: float | int) -> str:
