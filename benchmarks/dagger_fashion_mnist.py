@@ -7,6 +7,9 @@ with the same recipe, and compare test accuracy with the unpruned model (goal: D
 
     python benchmarks/dagger_fashion_mnist.py                 # full: configs/fashion_mnist_resnet20_dagger.py, 3 seeds
     python benchmarks/dagger_fashion_mnist.py --quick         # minutes: small subsets, 1 epoch per stage, 1 seed
+    python benchmarks/dagger_fashion_mnist.py --methods dagger --tag dagger_ramp \
+        --set dagger.target_ramp=0.5                           # an ablation arm on the same pretrained models
+    python benchmarks/dagger_fashion_mnist.py --summary_only  # the table from what exists so far
 
 Every stage resumes (rerun the same command after an interruption). The full run needs about
 30 + 10 + 3 x 20 training epochs of ResNet-20 on 55k images per seed; see the module's numbers in
@@ -28,7 +31,24 @@ sys.path.insert(0, ROOT)
 CONFIG = os.path.join(ROOT, "configs", "fashion_mnist_resnet20_dagger.py")
 
 
-def _config(args: argparse.Namespace, seed: int):
+def _parse_sets(items: list[str]) -> dict[str, object]:
+    """``--set section.key=value`` items -> {dotted key: Python value}."""
+    import ast
+
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise SystemExit(f"--set {item!r}: expected section.key=value, e.g. dagger.target_ramp=0.5")
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw  # a bare string, e.g. dagger.main=frozen
+    return out
+
+
+def _config(args: argparse.Namespace, seed: int, arm: bool = True):
+    """The config of one seed; ``arm``: with the ``--set`` overrides (the shared pretraining has none)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_config", CONFIG)
@@ -57,7 +77,35 @@ def _config(args: argparse.Namespace, seed: int):
         c.dagger.epochs = args.gate_epochs
     if args.finetune_epochs is not None:
         c.finetune.epochs = args.finetune_epochs
+    for key, value in (_parse_sets(args.set) if arm else {}).items():
+        section, name = key.split(".", 1)
+        if section in ("train", "data", "model"):
+            raise SystemExit(f"--set {key}: the arms share each seed's pretrained model and data; "
+                             "override only prune.*, dagger.* or finetune.*")
+        if section not in c or name not in c[section]:
+            raise SystemExit(f"--set {key}: no such config key (sections: {sorted(c.keys())})")
+        c[section][name] = value
     return c
+
+
+def _summary_rows(workdir: str, tags: list[str], seeds: list[int]) -> list[dict]:
+    """One row per (seed, arm) whose pipeline finished (its summary.json exists)."""
+    from cafe_tf import io
+    from cafe_tf.dagger import pipeline
+
+    rows = []
+    for seed in seeds:
+        for tag in tags:
+            path = os.path.join(workdir, f"seed{seed}", tag, "summary.json")
+            if not os.path.isfile(path):
+                continue
+            summary = io.read_artifact(path, pipeline.SUMMARY_SCHEMA, (pipeline.SUMMARY_VERSION,))
+            acc = summary["accuracy"]
+            rows.append({"seed": seed, "method": tag, "pretrained": acc["pretrained"],
+                         "before_finetune": acc.get("pruned_before_finetune"), "finetuned": acc["finetuned_test"],
+                         "macs_ratio": summary["exact_target"]["achieved_ratio"],
+                         "relative_error": summary["exact_target"]["relative_error"]})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,9 +120,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gate_epochs", type=float, default=None, help="override config.dagger.epochs")
     parser.add_argument("--finetune_epochs", type=int, default=None, help="override config.finetune.epochs")
     parser.add_argument("--max_train_examples", type=int, default=None, help="override (0 = all)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override any config key of the arms, e.g. dagger.target_ramp=0.5 (repeatable)")
+    parser.add_argument("--tag", default="", help="folder name of the arm (default: the method); with one method only")
+    parser.add_argument("--seed_ids", default="", help="comma-separated seeds to run (default: 0 .. --seeds - 1)")
+    parser.add_argument("--summary_only", action="store_true",
+                        help="tabulate the finished arms (--methods, or folder names) without training")
     args = parser.parse_args(argv)
     seeds = args.seeds or (1 if args.quick else 3)
+    seed_ids = [int(s) for s in args.seed_ids.split(",") if s.strip()] or list(range(seeds))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.tag and len(methods) != 1:
+        raise SystemExit(f"--tag {args.tag!r} names one arm; give one method (got --methods {args.methods!r})")
+    tags = [args.tag] if args.tag else methods
     overridden = any(v is not None for v in (args.pretrain_epochs, args.gate_epochs, args.finetune_epochs,
                                               args.max_train_examples))
     workdir = os.path.join(args.workdir, "quick" if args.quick else ("custom" if overridden else "full"))
@@ -88,54 +146,79 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.set_verbosity(logging.WARNING)
     rows = []
-    for seed in range(seeds):
-        base = _config(args, seed)
+    for seed in ([] if args.summary_only else seed_ids):
+        base = _config(args, seed, arm=False)
         validate(base, extra_validators=pipeline.extra_validators())
         seed_dir = os.path.join(workdir, f"seed{seed}")
         data = standard.make_data_source(base.data, seed=seed, eval_splits=("test",))
         t0 = time.time()
         _, pretrained = pipeline.stage_pretrain(base, seed_dir, data)
         print(f"seed {seed}: pretrained {pretrained} ({time.time() - t0:.0f} s)", flush=True)
-        for method in methods:
+        for method, tag in zip(methods, tags):
             c = _config(args, seed)
             c.prune.method = method
             c.prune.pretrained = pretrained
             c.finetune.eval_splits = ("test",)
             t0 = time.time()
-            summary = pipeline.run(c, os.path.join(seed_dir, method))
+            summary = pipeline.run(c, os.path.join(seed_dir, tag))
             acc = summary["accuracy"]
-            rows.append({"seed": seed, "method": method, "pretrained": acc["pretrained"],
+            rows.append({"seed": seed, "method": tag, "pretrained": acc["pretrained"],
                          "before_finetune": acc.get("pruned_before_finetune"), "finetuned": acc["finetuned_test"],
                          "macs_ratio": summary["exact_target"]["achieved_ratio"],
                          "relative_error": summary["exact_target"]["relative_error"],
                          "seconds": round(time.time() - t0, 1)})
             r = rows[-1]
-            print(f"seed {seed} {method:<8} MACs {r['macs_ratio']:.4f} ({r['relative_error']:+.3%})  "
+            print(f"seed {seed} {tag:<8} MACs {r['macs_ratio']:.4f} ({r['relative_error']:+.3%})  "
                   f"pretrained {r['pretrained']:.4f}  pruned {r['before_finetune']:.4f}  "
                   f"fine-tuned {r['finetuned']:.4f}  ({r['seconds']:.0f} s)", flush=True)
 
     import numpy as np
 
-    print(f"\n{args.model} on Fashion-MNIST at {args.target:.2f} of the MACs, {seeds} seed(s)"
+    if args.summary_only:  # every finished arm folder, the given methods first
+        found = sorted({d for seed in seed_ids for d in (os.listdir(os.path.join(workdir, f"seed{seed}"))
+                                                         if os.path.isdir(os.path.join(workdir, f"seed{seed}"))
+                                                         else []) if d != "pretrain"})
+        tags = [t for t in tags if t in found] + [t for t in found if t not in tags]
+    rows = _summary_rows(workdir, tags, seed_ids) if args.summary_only else rows
+    if not rows:
+        print(f"no finished arm under {workdir}")
+        return 1
+    print(f"\n{args.model} on Fashion-MNIST at {args.target:.2f} of the MACs, seeds {seed_ids}"
           f"{' [QUICK: subsets, few epochs; not the benchmark]' if args.quick else ''}"
           f"{' [custom epochs / data: not the full recipe]' if overridden and not args.quick else ''}")
-    print(f"{'method':<9} {'test acc (mean ± std)':>22} {'drop vs unpruned (pt)':>22} {'MACs ratio':>11}")
+    # Paired differences against L1 on the same seed (same pretrained model), when L1 ran.
+    l1 = {r["seed"]: r["finetuned"] for r in rows if r["method"] == "l1"}
+    print("| arm | seeds | MACs ratio | before fine-tuning | fine-tuned test acc (mean ± std) | drop vs unpruned (pt) "
+          "| minus L1, same seed (pt) | per seed |")
+    print("|---|---|---|---|---|---|---|---|")
     table = {}
-    for method in methods:
-        sel = [r for r in rows if r["method"] == method]
+    for tag in tags:
+        sel = [r for r in rows if r["method"] == tag]
+        if not sel:
+            continue
         acc = np.array([r["finetuned"] for r in sel])
         drop = 100 * (np.array([r["pretrained"] for r in sel]) - acc)
-        table[method] = {"accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
-                         "drop_pt_mean": float(drop.mean()), "macs_ratio": [r["macs_ratio"] for r in sel]}
-        print(f"{method:<9} {acc.mean():>14.4f} ± {acc.std():.4f} {drop.mean():>22.2f} "
-              f"{np.mean([r['macs_ratio'] for r in sel]):>11.4f}")
-    unpruned = np.mean([r["pretrained"] for r in rows if r["method"] == methods[0]])
-    print(f"{'unpruned':<9} {unpruned:>14.4f}")
+        before = [r["before_finetune"] for r in sel if r["before_finetune"] is not None]
+        paired = [100 * (r["finetuned"] - l1[r["seed"]]) for r in sel if r["seed"] in l1]
+        table[tag] = {"seeds": [r["seed"] for r in sel], "accuracy_mean": float(acc.mean()),
+                      "accuracy_std": float(acc.std()), "drop_pt_mean": float(drop.mean()),
+                      "before_finetune_mean": float(np.mean(before)) if before else None,
+                      "minus_l1_pt_mean": float(np.mean(paired)) if paired else None,
+                      "macs_ratio": [r["macs_ratio"] for r in sel]}
+        print(f"| {tag} | {len(sel)} | {np.mean([r['macs_ratio'] for r in sel]):.4f} | "
+              f"{100 * np.mean(before) if before else float('nan'):.2f}% | "
+              f"{100 * acc.mean():.2f}% ± {100 * acc.std():.2f} | {drop.mean():+.2f} | "
+              f"{np.mean(paired) if paired else float('nan'):+.2f} | "
+              f"{', '.join(f'{100 * a:.2f}' for a in acc)} |")
+    unpruned = {r["seed"]: r["pretrained"] for r in rows}
+    print(f"| unpruned | {len(unpruned)} | 1.0000 | | {100 * np.mean(list(unpruned.values())):.2f}% ± "
+          f"{100 * np.std(list(unpruned.values())):.2f} | | | "
+          f"{', '.join(f'{100 * unpruned[s]:.2f}' for s in sorted(unpruned))} |")
     io.write_json(os.path.join(workdir, "benchmark.json"),
                   {"quick": args.quick, "overrides": {k: getattr(args, k) for k in (
-                      "pretrain_epochs", "gate_epochs", "finetune_epochs", "max_train_examples")},
-                   "model": args.model, "target": args.target, "seeds": seeds,
-                   "unpruned_accuracy_mean": float(unpruned), "methods": table, "runs": rows})
+                      "pretrain_epochs", "gate_epochs", "finetune_epochs", "max_train_examples", "set")},
+                   "model": args.model, "target": args.target, "seeds": seed_ids,
+                   "unpruned_accuracy_mean": float(np.mean(list(unpruned.values()))), "arms": table, "runs": rows})
     print(f"written: {os.path.join(workdir, 'benchmark.json')}")
     return 0
 

@@ -237,6 +237,41 @@ def test_gate_training_moves_flops_to_target_and_resumes(tmp_path, kind):
     assert [h["step"] for h in history] == [10, 20, 30, 40]
 
 
+def test_target_ramp_schedule_and_gradual_pruning(tmp_path):
+    from cafe_tf.dagger.train import target_at
+
+    # Cubic from the full MACs to the target over the first half of 100 steps, then the target.
+    assert target_at(0, 100, 0.5, 1000.0, 400.0) == pytest.approx(1000.0)
+    assert target_at(25, 100, 0.5, 1000.0, 400.0) == pytest.approx(400.0 + 600.0 * 0.5 ** 3)
+    assert target_at(50, 100, 0.5, 1000.0, 400.0) == pytest.approx(400.0)
+    assert target_at(99, 100, 0.5, 1000.0, 400.0) == pytest.approx(400.0)
+    assert target_at(0, 100, 0.0, 1000.0, 400.0) == 400.0  # off: the target from the first step
+    values = [target_at(s, 100, 0.5, 1000.0, 400.0) for s in range(100)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+    def run(ramp):
+        model, ds = _tiny_problem()
+        graph = ChannelGraph.from_model(model)
+        cost = CostModel(graph)
+        reg = FlopsRegularizer(cost, 0.4 * cost.macs(), weight=2.0)
+        trainer = GateTrainer(model, DaggerModule(graph, hidden=8, init_logit=1.0), reg, str(tmp_path / str(ramp)),
+                              total_steps=60, gate_lr=0.01, target_ramp=ramp)
+        return trainer.train(ds, log_every=5, progress=False), model, graph, reg
+
+    ramped, model, graph, reg = run(0.75)
+    direct, *_ = run(0.0)
+    assert [h["target_ratio"] for h in direct] == pytest.approx([0.4] * 12)
+    targets = [h["target_ratio"] for h in ramped]
+    assert targets[0] == pytest.approx(target_at(4, 60, 0.75, 1.0, 0.4))  # the logged target follows the schedule
+    assert targets[9:] == pytest.approx([0.4] * 3)  # the ramp ends at step 45
+    # Early on the ramped network stays wider (it follows the falling target); both end near 0.4.
+    early = lambda h: np.mean([r["macs_ratio"] for r in h[1:4]])  # noqa: E731 - steps 10-20
+    assert early(ramped) > early(direct) + 0.1, (ramped, direct)
+    assert abs(np.mean([r["macs_ratio"] for r in ramped[-3:]]) - 0.4) < 0.1, ramped
+    with pytest.raises(ValueError, match="target_ramp must be a fraction"):
+        GateTrainer(model, FreeGates(graph), reg, str(tmp_path / "x"), 5, target_ramp=1.5)
+
+
 def test_frozen_main_network_keeps_weights(tmp_path):
     model, ds = _tiny_problem()
     graph = ChannelGraph.from_model(model)

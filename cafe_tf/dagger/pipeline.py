@@ -89,6 +89,7 @@ def dagger_section() -> ml_collections.ConfigDict:
         flops_penalty="abs",  # abs | squared | hinge | log_l1
         flops_weight=2.0,  # lambda; 0 = no FLOPs term (ablation: the exact-target step alone)
         flops_tolerance=0.05,  # log_l1's band
+        target_ramp=0.0,  # fraction of gate training over which the target falls from full MACs (cubic); 0 = off
         log_every=50,
         checkpoint_every=200,
     ))
@@ -131,6 +132,9 @@ def validate_dagger(section: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.dagger.{key}={section[key]!r} is invalid; it must be >= 0")
     if not 0 <= section.main_momentum < 1:
         raise ConfigError(f"config.dagger.main_momentum={section.main_momentum!r} is invalid; it must be in [0, 1)")
+    if not 0 <= section.target_ramp <= 1:
+        raise ConfigError(f"config.dagger.target_ramp={section.target_ramp!r} is invalid; it must be a fraction "
+                          "of the gate-training steps in [0, 1] (0 = the target from the first step)")
     if not 0 <= section.flops_tolerance < 1:
         raise ConfigError(f"config.dagger.flops_tolerance={section.flops_tolerance!r} is invalid; it must be in [0, 1)")
 
@@ -290,9 +294,9 @@ def stage_gates(config: ml_collections.ConfigDict, workdir: str, data, model: ke
         main_optimizer = standard.make_optimizer(main_recipe, schedule)
     trainer = train_lib.GateTrainer(
         model, module, regularizer, folder, total_steps=total, gate_mode=d.gate_mode,
-        temperature=(d.temperature_start, d.temperature_end), gate_lr=d.gate_lr, main=d.main,
-        main_optimizer=main_optimizer, weight_decay=d.main_weight_decay, checkpoint_every=d.checkpoint_every,
-        strategy=strategy)
+        temperature=(d.temperature_start, d.temperature_end), target_ramp=d.target_ramp, gate_lr=d.gate_lr,
+        main=d.main, main_optimizer=main_optimizer, weight_decay=d.main_weight_decay,
+        checkpoint_every=d.checkpoint_every, strategy=strategy)
     logging.info("stage gates: %d steps (%d per epoch), target %.0f MACs (%.3f of %d), %s", total, spe, target,
                  config.prune.target_macs_ratio, cost.macs(), distribute_lib.describe(strategy))
     history = trainer.train(_epochs_of(data.make_train, spe, strategy), log_every=d.log_every)

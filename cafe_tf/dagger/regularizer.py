@@ -62,7 +62,9 @@ class FlopsRegularizer:
         """Differentiable MACs at float group widths (shape (G,))."""
         return self.cost.macs_tf(widths)
 
-    def __call__(self, widths: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """(weighted penalty, MACs) at float group widths."""
+    def __call__(self, widths: tf.Tensor, target_macs: float | tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+        """(weighted penalty, MACs) at float group widths; ``target_macs`` (default: the regulariser's)
+        is the target of this step, for a target that moves during training (``train.target_at``)."""
         macs = self.macs(widths)
-        return self.weight * penalty(macs / self.target_macs, self.kind, self.tolerance), macs
+        target = self.target_macs if target_macs is None else target_macs
+        return self.weight * penalty(macs / target, self.kind, self.tolerance), macs

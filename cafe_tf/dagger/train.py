@@ -67,6 +67,17 @@ def temperature_at(step: int, total: int, start: float, end: float) -> float:
     return float(start * (end / start) ** frac)
 
 
+def target_at(step: int, total: int, ramp: float, full_macs: float, target_macs: float) -> float:
+    """The MACs target of step ``step``: from ``full_macs`` down to ``target_macs`` over the first
+    ``ramp`` fraction of the ``total`` steps on the cubic schedule of gradual pruning (Zhu & Gupta,
+    arXiv 1710.01878), then ``target_macs``; ``ramp=0``: ``target_macs`` from the first step."""
+    ramp_steps = ramp * total
+    if ramp_steps < 1:
+        return float(target_macs)
+    frac = min(max(step / ramp_steps, 0.0), 1.0)
+    return float(target_macs + (full_macs - target_macs) * (1.0 - frac) ** 3)
+
+
 def _check_built_in_scope(strategy: tf.distribute.Strategy, weights, what: str, kind: str) -> None:
     """Refuses weights created outside ``strategy.scope()`` (they would not be mirrored)."""
     for v in weights[:1]:
@@ -87,6 +98,7 @@ class GateTrainer:
         total_steps: int,
         gate_mode: str = "hard",
         temperature: tuple[float, float] = (1.0, 1.0),
+        target_ramp: float = 0.0,
         gate_lr: float = 1e-3,
         main: str = "joint",
         main_optimizer: keras.optimizers.Optimizer | None = None,
@@ -96,7 +108,9 @@ class GateTrainer:
         strategy: tf.distribute.Strategy | None = None,
     ):
         """``main_optimizer``: the main network's optimizer in joint mode (default SGD, lr 1e-3, momentum 0.9;
-        the program builds it with ``cafe_tf.train.standard.make_optimizer``). ``weight_decay``: L2 on the
+        the program builds it with ``cafe_tf.train.standard.make_optimizer``). ``target_ramp``: the fraction of
+        the steps over which the regulariser's target falls from the full MACs to its target (:func:`target_at`;
+        0 = the target from the first step). ``weight_decay``: L2 on the
         main network's kernels in the loss, the convention of ``cafe_tf.train.standard``. ``strategy``
         (default: the current one): ``model``, ``module`` and ``main_optimizer`` must be built in its scope."""
         if gate_mode not in GATE_MODES:
@@ -107,6 +121,8 @@ class GateTrainer:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         if min(temperature) <= 0:
             raise ValueError(f"temperatures must be > 0, got {temperature}")
+        if not 0 <= target_ramp <= 1:
+            raise ValueError(f"target_ramp must be a fraction of the steps in [0, 1], got {target_ramp!r}")
         self.strategy = strategy or tf.distribute.get_strategy()
         _check_built_in_scope(self.strategy, model.weights, f"the main network {model.name!r}", "model")
         _check_built_in_scope(self.strategy, module.weights, f"the gate module {module.name!r}", "gate module")
@@ -120,6 +136,7 @@ class GateTrainer:
         self.workdir, self.total_steps = workdir, int(total_steps)
         self.gate_mode, self.temperature, self.main = gate_mode, tuple(map(float, temperature)), main
         self.checkpoint_every = int(checkpoint_every)
+        self.target_ramp = float(target_ramp)
         self.chief = distribute_lib.is_chief(self.strategy)
         self.probabilities = outputs_probabilities(model)
         self.main_vars = list(model.trainable_variables) if main == "joint" else []
@@ -164,7 +181,7 @@ class GateTrainer:
         return keras.losses.sparse_categorical_crossentropy(
             labels, tf.cast(outputs, tf.float32), from_logits=not self.probabilities)
 
-    def _replica_step(self, images, labels, temperature):
+    def _replica_step(self, images, labels, temperature, target_macs):
         gate_vars = self.module.trainable_variables
         ctx = tf.distribute.get_replica_context()
         count = tf.cast(tf.shape(labels)[0], tf.float32)
@@ -176,7 +193,7 @@ class GateTrainer:
             outputs = self.supernet(images, masks=masks, training=self.main == "joint")
             per_example = self.per_example_loss(outputs, labels)
             task_sum = tf.reduce_sum(per_example)
-            reg, macs = self.regularizer(widths)
+            reg, macs = self.regularizer(widths, target_macs)
             penalty = reg
             if self.decayed and self.weight_decay:
                 penalty += 0.5 * self.weight_decay * tf.add_n([tf.reduce_sum(tf.square(v)) for v in self.decayed])
@@ -192,8 +209,8 @@ class GateTrainer:
         return {"task_sum": task_sum, "correct": tf.reduce_sum(tf.cast(correct, tf.float32)), "count": count,
                 "penalty": penalty, "reg": reg, "macs": macs, "open_gates": open_gates}
 
-    def _distributed_step(self, images, labels, temperature):
-        out = self.strategy.run(self._replica_step, args=(images, labels, temperature))
+    def _distributed_step(self, images, labels, temperature, target_macs):
+        out = self.strategy.run(self._replica_step, args=(images, labels, temperature, target_macs))
         total = lambda t: self.strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None)  # noqa: E731
         first = lambda t: self.strategy.experimental_local_results(t)[0]  # noqa: E731 - equal on every replica
         count = total(out["count"])
@@ -267,7 +284,8 @@ class GateTrainer:
                     f"{self.total_steps - start} more (repeat the dataset)"
                 ) from None
             t = temperature_at(step, self.total_steps, *self.temperature)
-            out = self._step_fn(images, labels, tf.constant(t, tf.float32))
+            target = target_at(step, self.total_steps, self.target_ramp, full_macs, self.regularizer.target_macs)
+            out = self._step_fn(images, labels, tf.constant(t, tf.float32), tf.constant(target, tf.float32))
             self.step.assign_add(1)
             values = {k: float(v) for k, v in out.items()}
             if not math.isfinite(values["loss"]):
@@ -282,6 +300,7 @@ class GateTrainer:
             if (step + 1) % log_every == 0 or last:
                 record = {k: v / count for k, v in sums.items()}
                 record.update(step=step + 1, temperature=t, macs_ratio=values["macs"] / full_macs,
+                              target_ratio=target / full_macs,
                               macs=values["macs"], open_gates=values["open_gates"],
                               seconds=time.time() - t0)
                 history.append(record)
