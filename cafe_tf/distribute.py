@@ -126,3 +126,48 @@ def supports_partial_batches(strategy: tf.distribute.Strategy) -> bool:
 def describe(strategy: tf.distribute.Strategy) -> str:
     """One line naming the strategy and its replicas, for logs."""
     return f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)"
+
+
+def log_name(program: str, distribute: ml_collections.ConfigDict | None) -> str:
+    """``<program>.log``; ``<program>.<worker>.log`` on the non-chief workers of a multi-worker config
+    (read from ``$TF_CONFIG``, before the strategy exists), so workers sharing a workdir do not write
+    one file."""
+    if distribute is None or distribute.get("strategy") != "multi_worker":
+        return f"{program}.log"
+    try:
+        tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        task = tf_config.get("task", {})
+        task_type, index = task.get("type"), int(task.get("index", 0))
+        has_chief = bool(tf_config.get("cluster", {}).get("chief"))
+    except (ValueError, AttributeError, TypeError):
+        return f"{program}.log"  # the strategy's own check reports a bad $TF_CONFIG
+    if task_type in (None, "chief") or (task_type == "worker" and index == 0 and not has_chief):
+        return f"{program}.log"
+    return f"{program}.{task_type}_{index}.log"
+
+
+def worker_root(strategy: tf.distribute.Strategy, workdir: str) -> str:
+    """Where this process keeps its artifacts: ``workdir`` on the chief, ``<workdir>/.scratch_<worker>``
+    on the other workers of a multi-worker cluster (their own copy, so no shared filesystem is needed
+    and only the chief writes the real artifacts)."""
+    if is_chief(strategy):
+        return workdir
+    return os.path.join(workdir, f".scratch_{worker_id(strategy)}")
+
+
+def all_workers(strategy: tf.distribute.Strategy, flag: bool, what: str) -> bool:
+    """``flag`` once every worker of a multi-worker cluster reports the same (a collective: every
+    worker must call it at the same point); raises RuntimeError naming ``what`` when they differ,
+    because workers that took different branches would wait on each other forever."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return flag
+    value = strategy.run(lambda: tf.constant(1.0 if flag else 0.0))
+    total = int(round(float(strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None))))
+    replicas = strategy.num_replicas_in_sync
+    if total not in (0, replicas):
+        raise RuntimeError(
+            f"{what}: true on {total} of {replicas} replicas, false on the others (this worker, "
+            f"{worker_id(strategy)}: {flag}); the workers' folders are out of step. Delete that stage's folder in "
+            "the chief's workdir and in every worker's .scratch_* folder, then rerun"
+        )
+    return flag

@@ -14,7 +14,8 @@ A program module is thin::
         programs.run_program(main)
 
 ``run_program`` parses the flags (``--config`` file plus ``--config.a.b=v`` overrides,
-``--workdir``), validates the config, logs to stderr and to ``<workdir>/<program>.log``, runs
+``--workdir``), validates the config, logs to stderr and to ``<workdir>/<program>.log`` (a
+non-chief worker of a multi-worker run: ``<program>.<worker>.log``), runs
 ``main(config, workdir)`` and exits with a code that means something:
 
 * 0: done;
@@ -140,9 +141,11 @@ def _loaded_config() -> ml_collections.ConfigDict | None:
     return config
 
 
-def _log_to_workdir(workdir: str) -> str:
+def _log_to_workdir(workdir: str, config: ml_collections.ConfigDict) -> str:
+    from cafe_tf import distribute
+
     os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, f"{program_name()}.log")
+    path = os.path.join(workdir, distribute.log_name(program_name(), config.get("distribute")))
     handler = std_logging.FileHandler(path)
     handler.setFormatter(logging.PythonFormatter())
     std_logging.getLogger().addHandler(handler)
@@ -174,7 +177,7 @@ def run_program(
         except ConfigError as e:
             _usage_exit(str(e))
         workdir = os.path.abspath(os.path.expanduser(workdir))
-        log_path = _log_to_workdir(workdir)
+        log_path = _log_to_workdir(workdir, config)
         logging.info("%s: workdir %s, log %s", program_name(), workdir, log_path)
         try:
             main(config, workdir)

@@ -124,6 +124,25 @@ def test_tf_config_validation_names_the_problem():
     assert distribute.validate_tf_config(json.dumps(good))["task"]["index"] == 1
 
 
+def test_log_name_per_worker(monkeypatch):
+    c = cfg.base_config().distribute
+    workers = ["localhost:1", "localhost:2"]
+
+    def name(task, cluster=None):
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster or {"worker": workers}, "task": task}))
+        return distribute.log_name("prune", c)
+
+    assert distribute.log_name("prune", c) == "prune.log"  # default strategy: one process, one log
+    c.strategy = "multi_worker"
+    assert name({"type": "worker", "index": 0}) == "prune.log"  # worker 0 is the chief without a chief task
+    assert name({"type": "worker", "index": 1}) == "prune.worker_1.log"
+    with_chief = {"chief": ["localhost:3"], "worker": workers}
+    assert name({"type": "chief", "index": 0}, with_chief) == "prune.log"
+    assert name({"type": "worker", "index": 0}, with_chief) == "prune.worker_0.log"
+    monkeypatch.setenv("TF_CONFIG", "{broken")  # left to the strategy's own check, which names it
+    assert distribute.log_name("prune", c) == "prune.log"
+
+
 def test_strategy_from_config():
     import tensorflow as tf
 

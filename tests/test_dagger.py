@@ -617,6 +617,63 @@ def test_prune_program_on_a_users_keras_model(tmp_path, fashion_mnist_dir):
     assert bad.returncode == 1 and "no prunable channel group" in bad.stderr, bad.stderr[-2000:]
 
 
+def test_prune_program_on_two_workers_only_the_chief_writes(tmp_path, fashion_mnist_dir):
+    """A 2-worker MultiWorkerMirroredStrategy cluster on loopback, each worker with its own workdir
+    (no shared filesystem): the chief's holds every artifact, the other worker's only its scratch copy;
+    both train the same network, and a rerun of the finished run agrees on every stage."""
+    import socket
+
+    user = str(tmp_path / "user.keras")
+    _user_fmnist_model().save(user)
+    sockets = [socket.socket() for _ in range(2)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    workers = [f"localhost:{sock.getsockname()[1]}" for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    dirs = [tmp_path / "chief_dir", tmp_path / "worker_dir"]
+
+    def cluster():
+        procs = []
+        for index, workdir in enumerate(dirs):
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
+                   "TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})}
+            procs.append(subprocess.Popen(
+                _prune_cmd(workdir, user, fashion_mnist_dir, "--config.distribute.strategy=multi_worker",
+                           "--config.prune.target_macs_ratio=0.6"),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        outs = []
+        for proc in procs:
+            try:
+                outs.append(proc.communicate(timeout=400))
+            except subprocess.TimeoutExpired:
+                for p in procs:
+                    p.kill()
+                pytest.fail("the 2-worker prune run did not finish in 400 s")
+            assert proc.returncode == 0, outs[-1][1][-3000:]
+        return outs
+
+    cluster()
+    chief, worker = dirs
+    scratch = worker / ".scratch_worker_1"
+    # the other worker wrote nothing but its own log and its scratch copy
+    assert sorted(os.listdir(worker)) == [".scratch_worker_1", "prune.worker_1.log"]
+    assert not [p for p in os.listdir(chief) if p.startswith(".scratch")]
+    for f in ("summary.json", "report.md", "gates/gates.json", "prune/widths.json", "finetune/model.keras"):
+        assert (chief / f).is_file(), f
+    assert not (scratch / "report.md").exists()
+    widths = [json.load(open(d / "prune" / "widths.json")) for d in (chief, scratch)]
+    assert widths[0]["macs"] == widths[1]["macs"] and widths[0]["groups"] == widths[1]["groups"]
+    assert 0.6 * 0.99 <= widths[0]["macs"] / CostModel(ChannelGraph.from_model(load_model(user))).macs() <= 0.6
+    # Synchronous training: the same trainable weights on both workers (BN moving statistics come from
+    # each worker's own batches, as in the standard loop).
+    tuned = [[v.numpy() for v in load_model(str(d / "finetune" / "model.keras")).trainable_weights]
+             for d in (chief, scratch)]
+    for a, b in zip(*tuned):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    cluster()  # every stage is done on both workers: they agree and skip them all
+
+
 def test_soft_gates_and_temperature_schedule():
     from cafe_tf.dagger.train import temperature_at
 

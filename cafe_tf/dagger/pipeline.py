@@ -192,6 +192,37 @@ def _epochs_of(make_train: Callable[[int, int, Any], tf.data.Dataset], steps_per
     return batches
 
 
+def _fit(model_fn: Callable[[], keras.Model], data, section: ml_collections.ConfigDict, folder: str,
+         strategy: tf.distribute.Strategy | None, config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``standard.fit`` -> its metrics; ``folder/model.keras`` and ``metrics.json`` on every worker.
+
+    The standard loop writes them on the chief only; the other workers of a cluster save their own
+    copy in their scratch root (``distribute.worker_root``), which the next stage reads."""
+    from cafe_tf import distribute as distribute_lib
+    from cafe_tf.train import standard
+
+    class KeepModel(standard.Hook):
+        def on_train_begin(self, context):
+            self.model = context.model
+
+    keep = KeepModel()
+    metrics = standard.fit(model_fn, data, section, folder, strategy=strategy, hooks=[keep],
+                           config_record=to_dict(config))
+    if not distribute_lib.is_chief(strategy or tf.distribute.get_strategy()):
+        prune_lib.save_model(keep.model, os.path.join(folder, "model.keras"))
+        io.write_artifact(os.path.join(folder, "metrics.json"), standard.METRICS_SCHEMA, standard.METRICS_VERSION,
+                          metrics)
+    return metrics
+
+
+def _done(strategy: tf.distribute.Strategy | None, paths: list[str], stage: str) -> bool:
+    """Whether ``paths`` all exist, the same answer on every worker (``distribute.all_workers``)."""
+    from cafe_tf import distribute as distribute_lib
+
+    return distribute_lib.all_workers(strategy or tf.distribute.get_strategy(),
+                                      all(os.path.isfile(p) for p in paths), f"stage {stage} is done")
+
+
 def _report_split(data) -> str:
     """The split the summary's before/after accuracies are measured on (test when it is evaluated)."""
     return "test" if "test" in data.make_eval else list(data.make_eval)[-1]
@@ -219,13 +250,13 @@ def stage_pretrain(config: ml_collections.ConfigDict, workdir: str, data,
     folder = os.path.join(workdir, "pretrain")
     path = os.path.join(folder, "model.keras")
     metrics = os.path.join(folder, "metrics.json")
-    if os.path.isfile(path) and os.path.isfile(metrics):
+    if _done(strategy, [path, metrics], "pretrain"):
         io.read_artifact(metrics, standard.METRICS_SCHEMA, (standard.METRICS_VERSION,))
         logging.info("stage pretrain: done already (%s)", path)
     else:
         logging.info("stage pretrain: training %s with the standard loop in %s", config.model.name, folder)
         model_fn = standard.model_factory(config.model, data.image_shape, data.info.num_classes)
-        standard.fit(model_fn, data, config.train, folder, strategy=strategy, config_record=to_dict(config))
+        _fit(model_fn, data, config.train, folder, strategy, config)
     return prune_lib.load_model(path), path
 
 
@@ -254,7 +285,7 @@ def stage_gates(config: ml_collections.ConfigDict, workdir: str, data, model: ke
     gates_path, model_path = os.path.join(folder, "gates.json"), os.path.join(folder, "model.keras")
     graph = ChannelGraph.from_model(model)
     settings = _gate_settings(config, source)
-    if os.path.isfile(gates_path) and os.path.isfile(model_path):
+    if _done(strategy, [gates_path, model_path], "gates"):
         record = train_lib.read_gates(gates_path, graph)
         _same_settings(record, settings, gates_path)
         logging.info("stage gates: done already (%s)", gates_path)
@@ -321,7 +352,7 @@ def calibrate_bn(model: keras.Model, batches, num_batches: int) -> int:
 
 
 def stage_prune(config: ml_collections.ConfigDict, workdir: str, model: keras.Model, source: str,
-                logits: dict[int, np.ndarray] | None, data=None
+                logits: dict[int, np.ndarray] | None, data=None, strategy: tf.distribute.Strategy | None = None
                 ) -> tuple[keras.Model, dict[int, np.ndarray], dict[str, Any]]:
     """Stage 2: exact-target selection, physical pruning and BN recalibration -> (pruned model, selection, info)."""
     folder = os.path.join(workdir, "prune")
@@ -330,7 +361,7 @@ def stage_prune(config: ml_collections.ConfigDict, workdir: str, model: keras.Mo
     settings = {**_gate_settings(config, source), "min_channels": int(config.prune.min_channels),
                 "tolerance": float(config.prune.tolerance),
                 "bn_calibration_batches": int(config.prune.bn_calibration_batches)}
-    if os.path.isfile(widths_path) and os.path.isfile(pruned_path):
+    if _done(strategy, [widths_path, pruned_path], "prune"):
         record = space_lib.read_widths(widths_path)
         _same_settings(record, settings, widths_path)
         logging.info("stage prune: done already (%s)", widths_path)
@@ -365,22 +396,29 @@ def stage_finetune(config: ml_collections.ConfigDict, workdir: str, data, pruned
     folder = os.path.join(workdir, "finetune")
     metrics_path = os.path.join(folder, "metrics.json")
     model_path = os.path.join(folder, "model.keras")
-    if os.path.isfile(metrics_path) and os.path.isfile(model_path):
+    if _done(strategy, [metrics_path, model_path], "finetune"):
         logging.info("stage finetune: done already (%s)", metrics_path)
         return io.read_artifact(metrics_path, standard.METRICS_SCHEMA, (standard.METRICS_VERSION,))
     # A factory, so the standard loop builds the model under its strategy's scope. A softmax head
     # is trained as it is (the standard loop's from_logits=False) and saved with the model.
-    return standard.fit(lambda: prune_lib.load_model(pruned_path), data, config.finetune, folder, strategy=strategy,
-                        config_record=to_dict(config))
+    return _fit(lambda: prune_lib.load_model(pruned_path), data, config.finetune, folder, strategy, config)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs (or resumes) every stage; returns the summary also written to ``<workdir>/summary.json``."""
+    """Runs (or resumes) every stage; returns the summary also written to ``<workdir>/summary.json``.
+
+    Under multi-worker training every worker runs every stage (training is synchronous); the chief
+    writes the artifacts to ``workdir``, each other worker keeps its own copy under
+    ``<workdir>/.scratch_<worker>`` (so the workers need no shared filesystem; keep that folder to
+    resume), and only the chief writes the report.
+    """
     from cafe_tf.train import standard
 
     from cafe_tf import distribute as distribute_lib
 
     strategy = distribute_lib.strategy_from_config(config.distribute)
+    chief = distribute_lib.is_chief(strategy)
+    workdir = distribute_lib.worker_root(strategy, workdir)
     eval_splits = tuple(config.finetune.eval_splits)
     data = standard.make_data_source(config.data, seed=config.train.seed, eval_splits=eval_splits,
                                      drop_eval_remainder=not distribute_lib.supports_partial_batches(strategy))
@@ -397,7 +435,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     else:
         metrics["pretrained"] = _accuracy(model, data.make_eval[split])
     trained, logits, history = stage_gates(config, workdir, data, model, source, strategy)
-    _, selection, info = stage_prune(config, workdir, trained, source, logits, data)
+    _, selection, info = stage_prune(config, workdir, trained, source, logits, data, strategy)
     if "accuracy_before_finetune" in info:
         metrics["pruned_before_finetune"] = info["accuracy_before_finetune"]["accuracy"]
     final = stage_finetune(config, workdir, data, os.path.join(workdir, "prune", "pruned.keras"),
@@ -415,6 +453,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "paths": {"pruned_model": "finetune/model.keras", "widths": "prune/widths.json", "report": "report.md"},
     }
     io.write_artifact(summary_path, SUMMARY_SCHEMA, SUMMARY_VERSION, summary)
+    if not chief:
+        return summary
     shown = {f"accuracy: {k.replace('_', ' ')}" + ("" if k.startswith("finetuned_") else f" ({split})"): v
              for k, v in metrics.items()}
     report_lib.write_report(workdir, graph, selection, {**info, "method": config.prune.method}, logits=logits,
