@@ -17,7 +17,10 @@ Every training stage runs under ``config.distribute``'s strategy: pretraining an
 the standard loop, gate training in ``GateTrainer`` (main network, gate module and optimizers built
 under ``strategy.scope()``, the global batch split over the replicas, gradients all-reduced). Gate
 training sets no mixed-precision policy of its own (``config.dagger`` has no such option): the main
-network runs in the dtype policy it was saved with, without loss scaling.
+network runs in the dtype policy it was saved with, without loss scaling. Under multi-worker
+training only the chief writes the artifacts; the other workers keep their own copy in
+``<workdir>/.scratch_<worker>`` (``distribute.worker_root``) and agree on each stage's resume
+decision before it runs (``distribute.all_workers``).
 
 The pretrained model may be any functional Keras model the channel graph understands (a user's
 ``.keras``), taking images as ``cafe_tf.data.input_pipeline`` yields them (normalised float32 at
