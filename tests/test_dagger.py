@@ -151,6 +151,48 @@ def test_uniform_baseline_is_uniform_and_floor_holds():
     assert min(len(v) for v in selection.values()) >= 2 and info["added_by_greedy"] > 0
 
 
+def test_min_keep_ratio_floor_in_exact_target_and_gates(tmp_path):
+    from cafe_tf.dagger.prune import group_floor
+
+    assert [group_floor(n, 1, 0.25) for n in (16, 32, 64, 3)] == [4, 8, 16, 1]
+    assert group_floor(64, 20, 0.25) == 20 and group_floor(8, 1, 0.0) == 1 and group_floor(2, 5) == 2
+    model, graph, cost = _registry("resnet20")
+    # Gates that want to close most of the last stage: the floor keeps a quarter of every group.
+    logits = {g.id: np.where(np.arange(g.size) < 2, 1.0, -3.0) if g.size == 64 else np.full(g.size, 2.0)
+              for g in graph.prunable_groups}
+    free, _ = exact_target(cost, logits, 0.5 * cost.macs())
+    floored, info = exact_target(cost, logits, 0.5 * cost.macs(), min_keep_ratio=0.25)
+    assert min(len(free[g.id]) / g.size for g in graph.prunable_groups) < 0.25  # the floor matters here
+    assert all(len(floored[g.id]) >= g.size // 4 for g in graph.prunable_groups)
+    assert 0.99 * 0.5 * cost.macs() <= info["achieved_macs"] <= 0.5 * cost.macs()
+    assert info["min_keep_ratio"] == 0.25
+    with pytest.raises(ValueError, match="min_keep_ratio .* must be in \\[0, 1\\), got 1.5"):
+        exact_target(cost, logits, 0.5 * cost.macs(), min_keep_ratio=1.5)
+    with pytest.raises(ValueError, match="min_keep_ratio=0.9 per group"):
+        exact_target(cost, logits, 0.5 * cost.macs(), min_keep_ratio=0.9)
+    # Gate training holds the same floor open: the hard gates of a group never drop below it.
+    closed = [tf.constant([-2.0, -1.0, -3.0, 0.5]), tf.constant([-1.0, -2.0])]
+    gates = gates_from_logits(closed, "hard", min_open=[2, 1])
+    np.testing.assert_array_equal(gates[0].numpy(), [0, 1, 0, 1])  # the open one and the best closed one
+    np.testing.assert_array_equal(gates[1].numpy(), [1, 0])
+    v = tf.Variable([-2.0, -1.0, -3.0, 0.5])
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(gates_from_logits([v], "hard", min_open=[2])[0])
+    assert np.all(tape.gradient(total, v).numpy() > 0)  # straight-through everywhere
+    tiny, ds = _tiny_problem()
+    tiny_graph = ChannelGraph.from_model(tiny)
+    tiny_cost = CostModel(tiny_graph)
+    module = FreeGates(tiny_graph, 1.0)
+    floor = [group_floor(n, 1, 0.5) for n in module.group_sizes]
+    trainer = GateTrainer(tiny, module, FlopsRegularizer(tiny_cost, 0.05 * tiny_cost.macs(), weight=5.0),
+                          str(tmp_path), total_steps=30, gate_lr=0.1, min_open=floor)
+    history = trainer.train(ds, log_every=10, progress=False)
+    assert history[-1]["open_gates"] >= sum(floor)  # pushed far below the floor, the floor holds
+    assert sum((l > 0).sum() for l in trainer.logits()) < sum(floor)  # while the gates themselves closed
+    with pytest.raises(ValueError, match="min_open=\\[1\\] must give one count"):
+        GateTrainer(tiny, module, FlopsRegularizer(tiny_cost, 1.0), str(tmp_path / "x"), 5, min_open=[1])
+
+
 # -------------------------------------------------------------------------------------------------
 # Physical pruning equals the hard-gated network.
 

@@ -213,18 +213,26 @@ def build_gate_module(graph: ChannelGraph, kind: str = "dagger", **kwargs) -> Ga
     raise ValueError(f"gate module kind {kind!r} is not one of ('dagger', 'free')")
 
 
-def gates_from_logits(logits: Sequence[tf.Tensor], mode: str = "hard", temperature: float | tf.Tensor = 1.0
-                      ) -> list[tf.Tensor]:
-    """Gate values per group: hard 0/1 with a straight-through gradient, or soft ``sigmoid(logit/T)``."""
+def gates_from_logits(logits: Sequence[tf.Tensor], mode: str = "hard", temperature: float | tf.Tensor = 1.0,
+                      min_open: Sequence[int] | None = None) -> list[tf.Tensor]:
+    """Gate values per group: hard 0/1 with a straight-through gradient, or soft ``sigmoid(logit/T)``.
+
+    ``min_open`` (one count per group): the group's highest-logit gates are held fully open up to that
+    count (straight-through: their gradient is the sigmoid's), the floor the exact-target step keeps
+    (``prune.group_floor``)."""
     if mode not in GATE_MODES:
         raise ValueError(f"gate mode {mode!r} is not one of {GATE_MODES}")
+    if min_open is not None and len(min_open) != len(logits):
+        raise ValueError(f"min_open has {len(min_open)} counts for {len(logits)} groups")
     out = []
-    for logit in logits:
+    for i, logit in enumerate(logits):
         p = tf.sigmoid(logit / temperature)
-        if mode == "hard":
-            # Threshold on the logit, not on p: p rounds to exactly 0.5 in float32 only at logit 0.
-            p = p + tf.stop_gradient(tf.cast(logit > 0, p.dtype) - p)
-        out.append(p)
+        value = tf.cast(logit > 0, p.dtype) if mode == "hard" else p
+        # Threshold on the logit, not on p: p rounds to exactly 0.5 in float32 only at logit 0.
+        if min_open is not None and min_open[i] > 0:
+            kth = tf.math.top_k(logit, k=int(min_open[i]), sorted=True).values[-1]
+            value = tf.maximum(value, tf.cast(logit >= kth, p.dtype))
+        out.append(p + tf.stop_gradient(value - p) if (mode == "hard" or min_open is not None) else p)
     return out
 
 

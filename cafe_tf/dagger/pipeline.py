@@ -67,6 +67,7 @@ def prune_section() -> ml_collections.ConfigDict:
         target_macs_ratio=0.5,  # fraction of the pretrained model's MACs, in (0, 1]
         pretrained="",  # a .keras file; "" = train config.model with config.train first (stage 0)
         min_channels=1,  # floor per channel group
+        min_keep_ratio=0.0,  # floor per group as a fraction of its width (held open in gate training too); 0 = off
         tolerance=0.01,  # the pruned MACs land in [(1 - tolerance) * target, target]
         bn_calibration_batches=100,  # re-estimate the pruned model's BN statistics on N training batches; 0 = off
         evaluate_before_finetune=True,  # test accuracy of the pruned model before fine-tuning (one pass)
@@ -111,6 +112,9 @@ def validate_prune(section: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.prune.pretrained={section.pretrained!r} is invalid; it must be a .keras file")
     if section.min_channels < 1:
         raise ConfigError(f"config.prune.min_channels={section.min_channels!r} is invalid; it must be >= 1")
+    if not 0 <= section.min_keep_ratio < 1:
+        raise ConfigError(f"config.prune.min_keep_ratio={section.min_keep_ratio!r} is invalid; it must be in "
+                          "[0, 1) (a fraction of each group's width that is always kept; 0 = off)")
     if not 0 < section.tolerance < 1:
         raise ConfigError(f"config.prune.tolerance={section.tolerance!r} is invalid; it must be in (0, 1)")
     if section.bn_calibration_batches < 0:
@@ -264,8 +268,11 @@ def stage_pretrain(config: ml_collections.ConfigDict, workdir: str, data,
 
 
 def _gate_settings(config: ml_collections.ConfigDict, source: str) -> dict[str, Any]:
-    return {"method": config.prune.method, "target_macs_ratio": float(config.prune.target_macs_ratio),
-            "pretrained": source, "dagger": to_dict(config.dagger)}
+    settings = {"method": config.prune.method, "target_macs_ratio": float(config.prune.target_macs_ratio),
+                "pretrained": source, "dagger": to_dict(config.dagger)}
+    if config.prune.min_keep_ratio:  # recorded when set (artifacts written before the option stay valid)
+        settings["min_keep_ratio"] = float(config.prune.min_keep_ratio)
+    return settings
 
 
 def _built_in_scope(model: keras.Model, strategy: tf.distribute.Strategy) -> bool:
@@ -328,7 +335,9 @@ def stage_gates(config: ml_collections.ConfigDict, workdir: str, data, model: ke
         main_optimizer = standard.make_optimizer(main_recipe, schedule)
     trainer = train_lib.GateTrainer(
         model, module, regularizer, folder, total_steps=total, gate_mode=d.gate_mode,
-        temperature=(d.temperature_start, d.temperature_end), target_ramp=d.target_ramp, gate_lr=d.gate_lr,
+        temperature=(d.temperature_start, d.temperature_end), target_ramp=d.target_ramp,
+        min_open=[prune_lib.group_floor(n, config.prune.min_channels, config.prune.min_keep_ratio)
+                  for n in module.group_sizes], gate_lr=d.gate_lr,
         main=d.main, main_optimizer=main_optimizer, weight_decay=d.main_weight_decay,
         checkpoint_every=d.checkpoint_every, strategy=strategy)
     logging.info("stage gates: %d steps (%d per epoch), target %.0f MACs (%.3f of %d), %s", total, spe, target,
@@ -373,6 +382,7 @@ def stage_prune(config: ml_collections.ConfigDict, workdir: str, model: keras.Mo
     cost = CostModel(graph)
     selection, info = prune_lib.select_channels(config.prune.method, cost, config.prune.target_macs_ratio,
                                                 logits=logits, min_channels=config.prune.min_channels,
+                                                min_keep_ratio=config.prune.min_keep_ratio,
                                                 tolerance=config.prune.tolerance)
     logging.info("stage prune: %s -> %d MACs for a target of %.0f (%+.3f%%)", config.prune.method,
                  info["achieved_macs"], info["target_macs"], 100 * info["relative_error"])

@@ -11,7 +11,8 @@ same code path and land on the same budget:
   Realised as the score ``-(rank within group + 1) / group size``, starting from everything.
 
 The exact-target step (our design, faithful to the spec): start from the mask, keep the best
-``min_channels`` of every group (a floor, so no group is cut through), then
+``group_floor(size, min_channels, min_keep_ratio)`` filters of every group (a floor, so no group is
+cut through, and optionally none below a fraction of its width), then
 
 1. *remove*: while the exact MACs (``CostModel.macs``) exceed the target, drop the globally
    lowest-scored filter still kept; if that would overshoot below the tolerance band (an expensive
@@ -87,6 +88,12 @@ def uniform_scores(graph: ChannelGraph) -> dict[int, np.ndarray]:
     return out
 
 
+def group_floor(size: int, min_channels: int = 1, min_keep_ratio: float = 0.0) -> int:
+    """How many filters a group of ``size`` keeps at least: ``max(min_channels, ceil(min_keep_ratio *
+    size))``, at most ``size``. Gate training (``train.GateTrainer``) holds the same floor open."""
+    return int(min(size, max(min_channels, int(np.ceil(min_keep_ratio * size - 1e-9)))))
+
+
 def exact_target(
     cost: CostModel,
     scores: Mapping[int, np.ndarray],
@@ -95,11 +102,13 @@ def exact_target(
     min_channels: int = 1,
     tolerance: float = 0.01,
     strict: bool = True,
+    min_keep_ratio: float = 0.0,
 ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
     """Channel selection {group id: sorted indices} with exact MACs in ``[(1 - tol) target, target]``.
 
     ``scores``: per-channel scores of each prunable group to rank by (higher = more important);
-    ``initial``: boolean starting masks (default: ``score > 0``). Returns (selection, info).
+    ``initial``: boolean starting masks (default: ``score > 0``). Every group keeps at least
+    :func:`group_floor` filters (its best-scored). Returns (selection, info).
 
     Raises:
       ValueError: bad arguments, a target below the smallest reachable network, or (``strict``) a
@@ -108,6 +117,9 @@ def exact_target(
     graph = cost.graph
     if min_channels < 1:
         raise ValueError(f"min_channels (the per-group floor) must be >= 1, got {min_channels}")
+    if not 0 <= min_keep_ratio < 1:
+        raise ValueError(f"min_keep_ratio (the per-group floor as a fraction of its width) must be in [0, 1), "
+                         f"got {min_keep_ratio}")
     if not 0 < tolerance < 1:
         raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
     gids = list(scores)
@@ -134,7 +146,7 @@ def exact_target(
     for gid in gids:
         size = graph.groups[gid].size
         s = score[start:start + size]
-        best = np.lexsort((np.arange(size), -s))[: min(min_channels, size)]
+        best = np.lexsort((np.arange(size), -s))[: group_floor(size, min_channels, min_keep_ratio)]
         protected[start + best] = True
         start += size
     keep |= protected
@@ -151,7 +163,8 @@ def exact_target(
         raise ValueError(
             f"target of {target_macs:.0f} MACs ({target_macs / full_macs:.4f} of the full model) is below "
             f"{floor_macs} MACs ({floor_macs / full_macs:.4f}), the smallest network that keeps "
-            f"min_channels={min_channels} per group; raise the target or lower min_channels"
+            f"min_channels={min_channels} and min_keep_ratio={min_keep_ratio} per group; raise the target or "
+            "lower the floor"
         )
     w = widths_of(keep)
     initial_macs = macs = cost.macs(w)
@@ -258,13 +271,15 @@ def exact_target(
         "repair_swaps": int(swaps),
         "restarted_from_full": False,
         "min_channels": int(min_channels),
+        "min_keep_ratio": float(min_keep_ratio),
         "params": int(cost.params(w)),
     }
     in_band = (1 - tolerance) * target_macs <= macs <= target_macs
     if not in_band and not np.all(start_keep):
         # The starting mask led to a corner the greedy steps cannot leave: rank from the full network.
         everything = {gid: np.ones(graph.groups[gid].size, bool) for gid in gids}
-        retry = exact_target(cost, scores, target_macs, everything, min_channels, tolerance, strict=False)
+        retry = exact_target(cost, scores, target_macs, everything, min_channels, tolerance, strict=False,
+                             min_keep_ratio=min_keep_ratio)
         if (1 - tolerance) * target_macs <= retry[1]["achieved_macs"] <= target_macs:
             retry[1].update(initial_macs=int(initial_macs), restarted_from_full=True)
             return retry
@@ -294,11 +309,13 @@ def method_scores(method: str, graph: ChannelGraph, logits: Mapping[int, np.ndar
 
 def select_channels(method: str, cost: CostModel, target_macs_ratio: float,
                     logits: Mapping[int, np.ndarray] | None = None, min_channels: int = 1,
-                    tolerance: float = 0.01) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
+                    tolerance: float = 0.01, min_keep_ratio: float = 0.0
+                    ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
     """The exact-target selection of ``method`` at ``target_macs_ratio`` of the full model's MACs."""
     ratio = check_target_ratio(target_macs_ratio)
     scores, initial = method_scores(method, cost.graph, logits)
-    selection, info = exact_target(cost, scores, ratio * cost.macs(), initial, min_channels, tolerance)
+    selection, info = exact_target(cost, scores, ratio * cost.macs(), initial, min_channels, tolerance,
+                                   min_keep_ratio=min_keep_ratio)
     info["method"] = method
     return selection, info
 

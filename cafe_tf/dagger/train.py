@@ -37,7 +37,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -99,6 +99,7 @@ class GateTrainer:
         gate_mode: str = "hard",
         temperature: tuple[float, float] = (1.0, 1.0),
         target_ramp: float = 0.0,
+        min_open: Sequence[int] | None = None,
         gate_lr: float = 1e-3,
         main: str = "joint",
         main_optimizer: keras.optimizers.Optimizer | None = None,
@@ -110,7 +111,9 @@ class GateTrainer:
         """``main_optimizer``: the main network's optimizer in joint mode (default SGD, lr 1e-3, momentum 0.9;
         the program builds it with ``cafe_tf.train.standard.make_optimizer``). ``target_ramp``: the fraction of
         the steps over which the regulariser's target falls from the full MACs to its target (:func:`target_at`;
-        0 = the target from the first step). ``weight_decay``: L2 on the
+        0 = the target from the first step). ``min_open``: per group (``module.group_ids`` order), how many
+        of its highest-logit gates stay open (the exact-target floor, ``prune.group_floor``; default none).
+        ``weight_decay``: L2 on the
         main network's kernels in the loss, the convention of ``cafe_tf.train.standard``. ``strategy``
         (default: the current one): ``model``, ``module`` and ``main_optimizer`` must be built in its scope."""
         if gate_mode not in GATE_MODES:
@@ -137,6 +140,13 @@ class GateTrainer:
         self.gate_mode, self.temperature, self.main = gate_mode, tuple(map(float, temperature)), main
         self.checkpoint_every = int(checkpoint_every)
         self.target_ramp = float(target_ramp)
+        if min_open is not None:
+            min_open = [int(k) for k in min_open]
+            if len(min_open) != len(module.group_ids) or any(not 0 <= k <= n for k, n in zip(min_open,
+                                                                                        module.group_sizes)):
+                raise ValueError(f"min_open={min_open} must give one count in [0, size] per group; sizes "
+                                 f"{list(module.group_sizes)}")
+        self.min_open = min_open
         self.chief = distribute_lib.is_chief(self.strategy)
         self.probabilities = outputs_probabilities(model)
         self.main_vars = list(model.trainable_variables) if main == "joint" else []
@@ -188,7 +198,7 @@ class GateTrainer:
         # The global batch's size, so each replica's share of the mean is exact (also for an uneven batch).
         global_count = tf.stop_gradient(ctx.all_reduce(tf.distribute.ReduceOp.SUM, count))
         with tf.GradientTape() as tape:
-            gates = gates_from_logits(self.module.logits(), self.gate_mode, temperature)
+            gates = gates_from_logits(self.module.logits(), self.gate_mode, temperature, self.min_open)
             masks, widths = gate_masks(self.graph, self.module.group_ids, gates)
             outputs = self.supernet(images, masks=masks, training=self.main == "joint")
             per_example = self.per_example_loss(outputs, labels)
@@ -336,7 +346,7 @@ class GateTrainer:
     def evaluate(self, batches: Iterable, max_batches: int | None = None) -> float:
         """Top-1 accuracy of the hard-gated network (BN in inference mode) on ``batches``."""
         masks, _ = gate_masks(self.graph, self.module.group_ids,
-                              gates_from_logits(self.module.logits(), "hard"))
+                              gates_from_logits(self.module.logits(), "hard", min_open=self.min_open))
         fn = tf.function(lambda x: self.supernet(x, masks=masks, training=False))
         return accuracy(fn, batches, max_batches)
 
