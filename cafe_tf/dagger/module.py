@@ -227,8 +227,8 @@ def gates_from_logits(logits: Sequence[tf.Tensor], mode: str = "hard", temperatu
     out = []
     for i, logit in enumerate(logits):
         p = tf.sigmoid(logit / temperature)
-        value = tf.cast(logit > 0, p.dtype) if mode == "hard" else p
         # Threshold on the logit, not on p: p rounds to exactly 0.5 in float32 only at logit 0.
+        value = tf.cast(logit > 0, p.dtype) if mode == "hard" else p
         if min_open is not None and min_open[i] > 0:
             kth = tf.math.top_k(logit, k=int(min_open[i]), sorted=True).values[-1]
             value = tf.maximum(value, tf.cast(logit >= kth, p.dtype))

@@ -113,8 +113,8 @@ class GateTrainer:
         the steps over which the regulariser's target falls from the full MACs to its target (:func:`target_at`;
         0 = the target from the first step). ``min_open``: per group (``module.group_ids`` order), how many
         of its highest-logit gates stay open (the exact-target floor, ``prune.group_floor``; default none).
-        ``weight_decay``: L2 on the
-        main network's kernels in the loss, the convention of ``cafe_tf.train.standard``. ``strategy``
+        ``weight_decay``: L2 on the main network's kernels in the loss, the convention of
+        ``cafe_tf.train.standard``. ``strategy``
         (default: the current one): ``model``, ``module`` and ``main_optimizer`` must be built in its scope."""
         if gate_mode not in GATE_MODES:
             raise ValueError(f"gate_mode {gate_mode!r} is not one of {GATE_MODES}")
