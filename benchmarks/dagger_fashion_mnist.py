@@ -104,7 +104,8 @@ def _summary_rows(workdir: str, tags: list[str], seeds: list[int]) -> list[dict]
             rows.append({"seed": seed, "method": tag, "pretrained": acc["pretrained"],
                          "before_finetune": acc.get("pruned_before_finetune"), "finetuned": acc["finetuned_test"],
                          "macs_ratio": summary["exact_target"]["achieved_ratio"],
-                         "relative_error": summary["exact_target"]["relative_error"]})
+                         "relative_error": summary["exact_target"]["relative_error"],
+                         "pretrained_model": summary["pretrained"]})
     return rows
 
 
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                          "before_finetune": acc.get("pruned_before_finetune"), "finetuned": acc["finetuned_test"],
                          "macs_ratio": summary["exact_target"]["achieved_ratio"],
                          "relative_error": summary["exact_target"]["relative_error"],
-                         "seconds": round(time.time() - t0, 1)})
+                         "pretrained_model": pretrained, "seconds": round(time.time() - t0, 1)})
             r = rows[-1]
             print(f"seed {seed} {tag:<8} MACs {r['macs_ratio']:.4f} ({r['relative_error']:+.3%})  "
                   f"pretrained {r['pretrained']:.4f}  pruned {r['before_finetune']:.4f}  "
@@ -213,12 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {tag} | {len(sel)} | {np.mean([r['macs_ratio'] for r in sel]):.4f} | "
               f"{100 * np.mean(before) if before else float('nan'):.2f}% | "
               f"{100 * acc.mean():.2f}% ± {100 * acc.std():.2f} | {drop.mean():+.2f} | "
-              f"{np.mean(paired) if paired else float('nan'):+.2f} | "
+              f"{np.mean(paired) if paired else float('nan'):+.2f} ({len(paired)} seeds) | "
               f"{', '.join(f'{100 * a:.2f}' for a in acc)} |")
-    unpruned = {r["seed"]: r["pretrained"] for r in rows}  # one value per pretrained model
-    print(f"| unpruned | {len(unpruned)} | 1.0000 | | {100 * np.mean(list(unpruned.values())):.2f}% ± "
-          f"{100 * np.std(list(unpruned.values())):.2f} | | | "
-          f"{', '.join(f'{100 * unpruned[s]:.2f}' for s in sorted(unpruned))} |")
+    unpruned = {r["pretrained_model"]: r["pretrained"] for r in rows}  # one value per pretrained model
+    print(f"| unpruned ({len(unpruned)} model{'s' if len(unpruned) > 1 else ''}) | | 1.0000 | | "
+          f"{100 * np.mean(list(unpruned.values())):.2f}% ± {100 * np.std(list(unpruned.values())):.2f} | | | "
+          f"{', '.join(f'{100 * a:.2f}' for a in unpruned.values())} |")
     io.write_json(os.path.join(workdir, "benchmark.json"),
                   {"quick": args.quick, "overrides": {k: getattr(args, k) for k in (
                       "pretrain_epochs", "gate_epochs", "finetune_epochs", "max_train_examples", "set")},
