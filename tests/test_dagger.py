@@ -716,6 +716,20 @@ def test_prune_program_on_two_workers_only_the_chief_writes(tmp_path, fashion_mn
     cluster()  # every stage is done on both workers: they agree and skip them all
 
 
+def test_stage_settings_check_reads_older_artifacts():
+    from cafe_tf.config import ConfigError, to_dict
+    from cafe_tf.dagger.pipeline import _same_settings, dagger_section
+
+    now = {"method": "dagger", "dagger": to_dict(dagger_section())}
+    older = {"method": "dagger", "dagger": {k: v for k, v in now["dagger"].items() if k != "target_ramp"}}
+    _same_settings({"settings": older}, now, "gates.json")  # an option added later, at its default: valid
+    ramped = {**now, "dagger": {**now["dagger"], "target_ramp": 0.5}}
+    with pytest.raises(ConfigError, match="gates.json was written with other settings .*target_ramp"):
+        _same_settings({"settings": older}, ramped, "gates.json")
+    with pytest.raises(ConfigError, match="method: 'l1' there, 'dagger' now"):
+        _same_settings({"settings": {**older, "method": "l1"}}, now, "gates.json")
+
+
 def test_soft_gates_and_temperature_schedule():
     from cafe_tf.dagger.train import temperature_at
 

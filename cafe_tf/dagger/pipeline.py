@@ -158,8 +158,13 @@ def extra_validators() -> dict[str, Callable[[ml_collections.ConfigDict], None]]
 
 
 def _same_settings(record: dict[str, Any], expected: dict[str, Any], path: str) -> None:
-    """Refuses to reuse an artifact written with other settings (a stale workdir)."""
-    stored = record.get("settings", {})
+    """Refuses to reuse an artifact written with other settings (a stale workdir).
+
+    A ``config.dagger`` option added after the artifact was written counts as its default there,
+    so a workdir stays valid across versions unless a setting really differs."""
+    stored = dict(record.get("settings", {}))
+    if isinstance(stored.get("dagger"), dict):
+        stored["dagger"] = {**to_dict(dagger_section()), **stored["dagger"]}
     diff = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in expected.items() if stored.get(k) != v]
     if diff:
         raise ConfigError(f"{path} was written with other settings ({', '.join(diff)}); "
