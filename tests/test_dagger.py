@@ -314,6 +314,18 @@ def test_target_ramp_schedule_and_gradual_pruning(tmp_path):
         GateTrainer(model, FreeGates(graph), reg, str(tmp_path / "x"), 5, target_ramp=1.5)
 
 
+def test_dagger_module_without_group_bias():
+    model, graph, _ = _registry("resnet20")
+    module = DaggerModule(graph, hidden=8, group_bias=False, init_logit=2.0)
+    logits = module.logits()
+    np.testing.assert_allclose(np.concatenate([l.numpy() for l in logits]), 2.0)  # the zero head: all at the bias
+    names = sorted(v.path for v in module.trainable_variables)
+    assert sum("shared_bias" in n for n in names) == 1 and not any("group_bias" in n for n in names)
+    assert all(len(p.weights) == 1 for p in module.projections)  # kernels only: no per-layer offset
+    with_bias = DaggerModule(graph, hidden=8)
+    assert len(with_bias.trainable_variables) == len(module.trainable_variables) + len(module.projections)
+
+
 def test_frozen_main_network_keeps_weights(tmp_path):
     model, ds = _tiny_problem()
     graph = ChannelGraph.from_model(model)

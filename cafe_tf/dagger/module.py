@@ -139,13 +139,16 @@ class DaggerModule(GateModule):
     """Per-filter gate logits computed from the pretrained weights (see the module docstring)."""
 
     def __init__(self, graph: ChannelGraph, hidden: int = 32, normalize: str = "layer_std", use_bn: bool = True,
-                 init_logit: float = 3.0, seed: int = 0, **kwargs):
+                 init_logit: float = 3.0, seed: int = 0, group_bias: bool = True, **kwargs):
+        """``group_bias=False``: no learned offset per group and no bias in the per-layer projections,
+        one shared bias instead, so a filter's logit comes from its weights alone (an ablation)."""
         super().__init__(graph, name=kwargs.pop("name", "dagger"), **kwargs)
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize={normalize!r} is not one of {NORMALIZATIONS}")
         if hidden < 1:
             raise ValueError(f"hidden (width of the Dagger MLP) must be >= 1, got {hidden}")
         self.hidden, self.normalize, self.init_logit = int(hidden), normalize, float(init_logit)
+        self.per_group_bias = bool(group_bias)
         sources = _group_sources(graph)
         self._sources = {gid: [_Source(graph, n, use_bn) for n in sources[gid]] for gid in self.group_ids}
         empty = [graph.groups[gid].name for gid, s in self._sources.items() if not s]
@@ -158,7 +161,7 @@ class DaggerModule(GateModule):
         self.projections = []  # a list, so variables are tracked in graph order
         for i, name in enumerate(names):
             dense = keras.layers.Dense(self.hidden, activation="relu", kernel_initializer=init(i),
-                                       name=f"proj_{name}")
+                                       use_bias=self.per_group_bias, name=f"proj_{name}")
             dense.build((None, widths[name]))
             self.projections.append(dense)
         self.trunk = keras.layers.Dense(self.hidden, activation="relu", kernel_initializer=init(len(names)),
@@ -166,7 +169,8 @@ class DaggerModule(GateModule):
         self.trunk.build((None, self.hidden))
         self.head = keras.layers.Dense(1, kernel_initializer="zeros", use_bias=False, name="head")
         self.head.build((None, self.hidden))
-        self.group_bias = self.add_weight(name="group_bias", shape=(len(self.group_ids),),
+        self.group_bias = self.add_weight(name="group_bias" if self.per_group_bias else "shared_bias",
+                                          shape=(len(self.group_ids) if self.per_group_bias else 1,),
                                           initializer=keras.initializers.Constant(self.init_logit))
         self.built = True
 
@@ -183,6 +187,8 @@ class DaggerModule(GateModule):
             sizes.append(self.graph.groups[gid].size)
         # One trunk pass over every channel of every group (one matmul instead of one per group).
         scores = self.head(self.trunk(tf.concat(feats, axis=0)))[:, 0]
+        if not self.per_group_bias:
+            return list(tf.split(scores + self.group_bias[0], sizes))
         bias = tf.repeat(tf.convert_to_tensor(self.group_bias), sizes)
         return list(tf.split(scores + bias, sizes))
 

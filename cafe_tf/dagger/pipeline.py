@@ -81,6 +81,7 @@ def dagger_section() -> ml_collections.ConfigDict:
         normalize="layer_std",  # layer_std | l2_rows: how filter rows are normalised
         use_bn=True,  # append the following BN's scale to each filter's row
         init_logit=3.0,  # gates start open (sigmoid(3) = 0.95)
+        group_bias=True,  # a learned logit offset per group; False: one shared bias (logits from the weights alone)
         gate_mode="hard",  # hard (straight-through) | soft (sigmoid(logit / T))
         temperature_start=1.0,  # soft mode: annealed geometrically to temperature_end
         temperature_end=1.0,
@@ -316,6 +317,7 @@ def stage_gates(config: ml_collections.ConfigDict, workdir: str, data, model: ke
     with strategy.scope():
         if config.prune.method == "dagger":
             module = module_lib.DaggerModule(graph, hidden=d.hidden, normalize=d.normalize, use_bn=d.use_bn,
+                                             group_bias=d.group_bias,
                                              init_logit=d.init_logit, seed=config.train.seed)
         else:
             module = module_lib.FreeGates(graph, init_logit=d.init_logit)
