@@ -4,8 +4,10 @@ Separable in-memory data, a small model, BN noise, and a training subprocess kil
 checkpoint (the resume tests).
 """
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -102,3 +104,24 @@ def kill_after_first_checkpoint(child_code, workdir, timeout=180):
     child.wait()
     assert child.returncode == -signal.SIGKILL
     return int(open(marker).read())
+
+
+def child_result(code: str, timeout: int = 600) -> dict:
+    """Runs ``code`` in a fresh Python (the repository and tests/ on sys.path; distribution strategies
+    need a process of their own) and returns the JSON it printed after ``RESULT``."""
+    result = subprocess.run([sys.executable, "-c", f"import sys; sys.path[:0] = [{REPO!r}, {TESTS!r}]; {code}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.split("RESULT", 1)[1])
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` TCP ports free on localhost now (for a loopback multi-worker cluster)."""
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

@@ -23,7 +23,8 @@ from cafe_tf.flops import CostModel
 from cafe_tf.graph import ChannelGraph
 from cafe_tf.io import ArtifactError
 from cafe_tf.slim import Supernet
-from supernet_helpers import FIRST_CHECKPOINT, REPO, TESTS, kill_after_first_checkpoint, randomise_bn, separable_source
+from supernet_helpers import (FIRST_CHECKPOINT, child_result, free_ports, kill_after_first_checkpoint, randomise_bn,
+                              separable_source)
 from toy_models import coupling_zoo
 
 # Small inputs keep every registry model fast; the channel graph does not depend on the input size.
@@ -417,12 +418,7 @@ def _child_gates_mirrored():
 
 
 def test_gate_training_mirrored_on_two_cpus_matches_one_device():
-    result = subprocess.run(
-        [sys.executable, "-c", f"import sys; sys.path[:0] = [{REPO!r}, {TESTS!r}]; import test_dagger as t; "
-         "t._child_gates_mirrored()"],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.split("RESULT", 1)[1])
+    out = child_result("import test_dagger as t; t._child_gates_mirrored()")
     assert out["single"]["replicas"] == 1 and out["mirrored"]["replicas"] == 2
     assert out["single"]["steps"] == [1, 2, 3, 4, 5]
     assert out["single"]["loss"][0] != out["single"]["loss"][-1]  # the trajectory moved
@@ -501,12 +497,7 @@ def test_gate_training_resumes_after_kill_under_mirrored(tmp_path):
     step = kill_after_first_checkpoint(f"import test_dagger as t; t._child_gates_killed({workdir!r})", workdir,
                                        timeout=300)
     assert step == 3
-    result = subprocess.run(
-        [sys.executable, "-c", f"import sys; sys.path[:0] = [{REPO!r}, {TESTS!r}]; import test_dagger as t; "
-         f"t._child_gates_resume({workdir!r}, {unbroken!r})"],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.split("RESULT", 1)[1])
+    out = child_result(f"import test_dagger as t; t._child_gates_resume({workdir!r}, {unbroken!r})")
     resumed, whole = out["resumed"], out["unbroken"]
     assert resumed["steps"] == whole["steps"] == list(range(1, 9))  # history up to the checkpoint, then resumed
     # The resume lost and repeated nothing: the same trajectory and end point as an unbroken run.
@@ -675,16 +666,9 @@ def test_prune_program_on_two_workers_only_the_chief_writes(tmp_path, fashion_mn
     """A 2-worker MultiWorkerMirroredStrategy cluster on loopback, each worker with its own workdir
     (no shared filesystem): the chief's holds every artifact, the other worker's only its scratch copy;
     both train the same network, and a rerun of the finished run agrees on every stage."""
-    import socket
-
     user = str(tmp_path / "user.keras")
     _user_fmnist_model().save(user)
-    sockets = [socket.socket() for _ in range(2)]
-    for sock in sockets:
-        sock.bind(("localhost", 0))
-    workers = [f"localhost:{sock.getsockname()[1]}" for sock in sockets]
-    for sock in sockets:
-        sock.close()
+    workers = [f"localhost:{port}" for port in free_ports(2)]
     dirs = [tmp_path / "chief_dir", tmp_path / "worker_dir"]
 
     def cluster():

@@ -1,7 +1,5 @@
 """deploy.latency_table: layer configurations, interpolation, the additive model, the file format."""
 
-import os
-
 import keras
 import numpy as np
 import pytest

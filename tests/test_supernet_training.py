@@ -6,8 +6,6 @@ The distributed check and the SIGKILL check need fresh processes, so they run th
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -19,10 +17,9 @@ from cafe_tf.slim import Supernet
 from cafe_tf.space import SearchSpace
 from cafe_tf.train import standard
 from cafe_tf.train import supernet as S
-from supernet_helpers import INFO, HangAfterFirstCheckpoint, cnn, kill_after_first_checkpoint, separable_source
+from supernet_helpers import INFO, HangAfterFirstCheckpoint, child_result, cnn, kill_after_first_checkpoint, separable_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -264,12 +261,7 @@ def _child_mirrored():
 
 
 def test_mirrored_on_two_cpus_matches_one_device():
-    result = subprocess.run(
-        [sys.executable, "-c", f"import sys; sys.path[:0] = [{REPO!r}, {TESTS!r}]; import test_supernet_training as t; "
-         "t._child_mirrored()"],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.split("RESULT", 1)[1])
+    out = child_result("import test_supernet_training as t; t._child_mirrored()", timeout=300)
     assert out["single"]["replicas"] == 1 and out["mirrored"]["replicas"] == 2
     assert len(out["single"]["losses"]) == 4
     np.testing.assert_allclose(out["mirrored"]["losses"], out["single"]["losses"], rtol=1e-4)

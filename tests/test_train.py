@@ -8,7 +8,6 @@ they run this module's ``_child_*`` functions in subprocesses.
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 
@@ -20,7 +19,7 @@ import tensorflow as tf
 from cafe_tf import config as cfg
 from cafe_tf import data, io
 from cafe_tf.train import standard
-from supernet_helpers import HangAfterFirstCheckpoint, kill_after_first_checkpoint
+from supernet_helpers import HangAfterFirstCheckpoint, free_ports, kill_after_first_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -417,18 +416,8 @@ def _child_multi_worker(workdir):
                                  "replicas": strategy.num_replicas_in_sync, "steps": metrics["steps"]}))
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def test_two_worker_cluster_on_loopback(tmp_path):
-    workers = [f"localhost:{p}" for p in _free_ports(2)]
+    workers = [f"localhost:{p}" for p in free_ports(2)]
     procs = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
