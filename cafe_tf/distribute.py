@@ -94,11 +94,12 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    if task_type in (None, "chief"):
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return task_type == "worker" and task_id == 0 and not has_chief
+    return _is_chief_task(resolver.task_type, resolver.task_id, "chief" in resolver.cluster_spec().as_dict())
+
+
+def _is_chief_task(task_type: str | None, task_id: int, has_chief: bool) -> bool:
+    """The cluster's chief: its ``chief`` task, or worker 0 when there is none (TensorFlow's rule)."""
+    return task_type in (None, "chief") or (task_type == "worker" and task_id == 0 and not has_chief)
 
 
 def worker_id(strategy: tf.distribute.Strategy) -> str:
@@ -141,7 +142,7 @@ def log_name(program: str, distribute: ml_collections.ConfigDict | None) -> str:
         has_chief = bool(tf_config.get("cluster", {}).get("chief"))
     except (ValueError, AttributeError, TypeError):
         return f"{program}.log"  # the strategy's own check reports a bad $TF_CONFIG
-    if task_type in (None, "chief") or (task_type == "worker" and index == 0 and not has_chief):
+    if _is_chief_task(task_type, index, has_chief):
         return f"{program}.log"
     return f"{program}.{task_type}_{index}.log"
 
