@@ -169,14 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             c.prune.pretrained = pretrained
             c.finetune.eval_splits = ("test",)
             t0 = time.time()
-            summary = pipeline.run(c, os.path.join(seed_dir, tag))
-            acc = summary["accuracy"]
-            rows.append({"seed": seed, "method": tag, "pretrained": acc["pretrained"],
-                         "before_finetune": acc.get("pruned_before_finetune"), "finetuned": acc["finetuned_test"],
-                         "macs_ratio": summary["exact_target"]["achieved_ratio"],
-                         "relative_error": summary["exact_target"]["relative_error"],
-                         "pretrained_model": pretrained, "seconds": round(time.time() - t0, 1)})
+            pipeline.run(c, os.path.join(seed_dir, tag))
+            rows += _summary_rows(workdir, [tag], [seed])  # the row the summary table reads, too
             r = rows[-1]
+            r["seconds"] = round(time.time() - t0, 1)
             print(f"seed {seed} {tag:<8} MACs {r['macs_ratio']:.4f} ({r['relative_error']:+.3%})  "
                   f"pretrained {r['pretrained']:.4f}  pruned {r['before_finetune']:.4f}  "
                   f"fine-tuned {r['finetuned']:.4f}  ({r['seconds']:.0f} s)", flush=True)
