@@ -341,6 +341,47 @@ def test_frozen_main_network_keeps_weights(tmp_path):
         GateTrainer(model, DaggerModule(graph), FlopsRegularizer(cost, 1.0), str(tmp_path), 5, main="both")
 
 
+def test_frozen_batch_stats_mode_keeps_weights_and_moving_statistics(tmp_path):
+    model, ds = _tiny_problem()
+    randomise_bn(model)
+    graph = ChannelGraph.from_model(model)
+    cost = CostModel(graph)
+    before = [w.copy() for w in model.get_weights()]  # kernels, BN gamma/beta and moving mean/variance
+    trainer = GateTrainer(model, DaggerModule(graph, hidden=8, init_logit=0.5), FlopsRegularizer(cost, 0.4 * cost.macs()),
+                          str(tmp_path), total_steps=8, gate_lr=0.05, main="frozen_batch_stats")
+    history = trainer.train(ds, log_every=4, progress=False)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert history[-1]["macs"] < cost.macs()  # the gates moved all the same
+
+
+def test_batch_stats_forward_equals_the_pruned_model_after_bn_calibration():
+    """What ``main="frozen_batch_stats"`` trains against: the hard-gated network normalised with its
+    batch's statistics computes what the pruned network computes once its BN is calibrated on that batch."""
+    model, _ = _tiny_problem()
+    randomise_bn(model)
+    graph = ChannelGraph.from_model(model)
+    supernet = Supernet(model, graph)
+    images = np.random.default_rng(1).normal(0, 1, (32, 8, 8, 1)).astype("float32")
+    ids = [g.id for g in graph.groups if g.prunable]
+    keep = {ids[0]: np.array([0, 2, 3, 7, 11]), ids[1]: np.arange(0, 16, 3)}
+    masks = [None] * supernet.num_groups
+    for gid, idx in keep.items():
+        m = np.zeros(graph.groups[gid].size, "float32")
+        m[idx] = 1.0
+        masks[gid] = tf.constant(m)
+    moving = [w.copy() for w in model.get_weights()]
+    gated = supernet(images, masks=masks, training=False, bn_stats="batch").numpy()
+    for a, b in zip(moving, model.get_weights()):
+        np.testing.assert_array_equal(a, b)  # batch statistics, no moving-statistic update
+    pruned = supernet.extract(keep)
+    pruned_net = Supernet(pruned, ChannelGraph.from_model(pruned))
+    pruned_net.calibrate_bn([None] * pruned_net.num_groups, [images])
+    np.testing.assert_allclose(gated, pruned(images, training=False).numpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="bn_stats='moving' is invalid"):
+        supernet(images, bn_stats="moving")
+
+
 # -------------------------------------------------------------------------------------------------
 # Gate training under tf.distribute: MirroredStrategy on 2 logical CPUs = one device, resume after kill.
 
@@ -716,12 +757,18 @@ def test_stage_settings_check_reads_older_artifacts():
     from cafe_tf.config import ConfigError, to_dict
     from cafe_tf.dagger.pipeline import _same_settings, dagger_section
 
-    now = {"method": "dagger", "dagger": to_dict(dagger_section())}
-    older = {"method": "dagger", "dagger": {k: v for k, v in now["dagger"].items() if k != "target_ramp"}}
-    _same_settings({"settings": older}, now, "gates.json")  # an option added later, at its default: valid
+    now = {"method": "dagger", "dagger": {**to_dict(dagger_section()), "target_ramp": 0.0, "group_bias": True}}
+    older = {"method": "dagger", "dagger": {k: v for k, v in now["dagger"].items()
+                                            if k not in ("target_ramp", "group_bias")}}
+    # Options added later, set to the behaviour before them (no ramp, a bias per group): valid.
+    _same_settings({"settings": older}, now, "gates.json")
     ramped = {**now, "dagger": {**now["dagger"], "target_ramp": 0.5}}
-    with pytest.raises(ConfigError, match="gates.json was written with other settings .*target_ramp"):
+    with pytest.raises(ConfigError,
+                       match=r"gates.json was written with other settings \(dagger.target_ramp: 0.0 there, 0.5 now\)"):
         _same_settings({"settings": older}, ramped, "gates.json")
+    shared_bias = {**now, "dagger": {**now["dagger"], "group_bias": False}}
+    with pytest.raises(ConfigError, match=r"\(dagger.group_bias: True there, False now\)"):
+        _same_settings({"settings": older}, shared_bias, "gates.json")
     with pytest.raises(ConfigError, match="method: 'l1' there, 'dagger' now"):
         _same_settings({"settings": {**older, "method": "l1"}}, now, "gates.json")
 

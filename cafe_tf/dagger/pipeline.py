@@ -87,7 +87,7 @@ def dagger_section() -> ml_collections.ConfigDict:
         temperature_end=1.0,
         epochs=10.0,  # gate-training epochs (fractions allowed)
         gate_lr=1e-3,  # Adam on the gate module
-        main="joint",  # joint (SGD on the main network) | frozen
+        main="joint",  # joint (SGD on the main network) | frozen (moving BN stats) | frozen_batch_stats
         main_lr=0.01,  # peak lr of the main network in joint mode (cosine to 0)
         main_momentum=0.9,
         main_weight_decay=5e-4,
@@ -158,15 +158,28 @@ def extra_validators() -> dict[str, Callable[[ml_collections.ConfigDict], None]]
 # Helpers
 
 
+# ``config.dagger`` options added after the first release, each with the behaviour every run had
+# before it existed: what an artifact that lacks the key was written with (today's default may differ).
+_DAGGER_ADDED_LATER = {"target_ramp": 0.0, "group_bias": True}
+
+
 def _same_settings(record: dict[str, Any], expected: dict[str, Any], path: str) -> None:
     """Refuses to reuse an artifact written with other settings (a stale workdir).
 
-    A ``config.dagger`` option added after the artifact was written counts as its default there,
-    so a workdir stays valid across versions unless a setting really differs."""
+    A ``config.dagger`` option added after the artifact was written counts there as the behaviour
+    before it (``_DAGGER_ADDED_LATER``), so a workdir stays valid across versions unless a setting
+    really differs."""
     stored = dict(record.get("settings", {}))
     if isinstance(stored.get("dagger"), dict):
-        stored["dagger"] = {**to_dict(dagger_section()), **stored["dagger"]}
-    diff = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in expected.items() if stored.get(k) != v]
+        stored["dagger"] = {**_DAGGER_ADDED_LATER, **stored["dagger"]}
+    diff = []
+    for k, v in expected.items():
+        there = stored.get(k)
+        if isinstance(v, dict) and isinstance(there, dict):  # name the nested keys that differ
+            diff += [f"{k}.{n}: {there.get(n)!r} there, {v.get(n)!r} now" for n in sorted(set(v) | set(there))
+                     if there.get(n) != v.get(n)]
+        elif there != v:
+            diff.append(f"{k}: {there!r} there, {v!r} now")
     if diff:
         raise ConfigError(f"{path} was written with other settings ({', '.join(diff)}); "
                           "use a new --workdir or delete that stage's folder")

@@ -7,8 +7,11 @@ The loop (one ``tf.function`` step, read top to bottom in :meth:`GateTrainer.tra
    activation (``Supernet`` mask mode), so the forward pass is the pruned network;
 3. loss = cross-entropy + ``lambda * R(F(g) / F_target)`` (``regularizer.py``);
 4. Adam updates the gate module; the main network trains jointly with SGD at a small learning rate
-   (``main="joint"``, default; BN in training mode) or stays frozen (``main="frozen"``; BN in
-   inference mode, no statistics updated).
+   (``main="joint"``, default; BN in training mode) or stays frozen: ``main="frozen"`` (BN in
+   inference mode, with the pretrained moving statistics) or ``main="frozen_batch_stats"`` (BN
+   normalises with each batch's statistics, as the pruned network will after its BN recalibration,
+   and no moving statistic changes). Frozen, the gates rank filters against the pretrained
+   network; jointly, the network also adapts to the gates while they are chosen.
 
 Distribution: the step runs under a ``tf.distribute`` strategy (default: the current one) like the
 standard loop. The main network and the gate module must be built under ``strategy.scope()`` (the
@@ -56,7 +59,7 @@ from cafe_tf.dagger.regularizer import FlopsRegularizer
 
 GATES_SCHEMA = "cafe_tf.dagger_gates"
 GATES_VERSION = 1
-MAIN_MODES = ("joint", "frozen")
+MAIN_MODES = ("joint", "frozen", "frozen_batch_stats")
 
 
 def temperature_at(step: int, total: int, start: float, end: float) -> float:
@@ -119,7 +122,8 @@ class GateTrainer:
         if gate_mode not in GATE_MODES:
             raise ValueError(f"gate_mode {gate_mode!r} is not one of {GATE_MODES}")
         if main not in MAIN_MODES:
-            raise ValueError(f"main {main!r} is not one of {MAIN_MODES} (joint: SGD on the main network; frozen)")
+            raise ValueError(f"main {main!r} is not one of {MAIN_MODES} (joint: SGD on the main network; frozen: "
+                             "moving BN statistics; frozen_batch_stats: batch BN statistics)")
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         if min(temperature) <= 0:
@@ -200,7 +204,10 @@ class GateTrainer:
         with tf.GradientTape() as tape:
             gates = gates_from_logits(self.module.logits(), self.gate_mode, temperature, self.min_open)
             masks, widths = gate_masks(self.graph, self.module.group_ids, gates)
-            outputs = self.supernet(images, masks=masks, training=self.main == "joint")
+            if self.main == "frozen_batch_stats":
+                outputs = self.supernet(images, masks=masks, training=False, bn_stats="batch")
+            else:
+                outputs = self.supernet(images, masks=masks, training=self.main == "joint")
             per_example = self.per_example_loss(outputs, labels)
             task_sum = tf.reduce_sum(per_example)
             reg, macs = self.regularizer(widths, target_macs)

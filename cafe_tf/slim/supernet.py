@@ -119,9 +119,16 @@ class Supernet(keras.Model):
 
         Args:
           masks: optional per-group float vectors (full width; None for a group leaves it alone).
-          bn_stats: optional {bn layer name: (mean, var)} to normalise with (BN recalibration).
+          bn_stats: optional {bn layer name: (mean, var)} to normalise with (BN recalibration), or
+            ``"batch"``: every BN normalises with its batch's statistics and leaves its moving ones
+            alone (what the sub-network computes after a BN recalibration, without the assignments).
           collect_bn: optional dict that receives {bn layer name: (batch mean, batch var)}.
         """
+        if isinstance(bn_stats, str):
+            if bn_stats != "batch":
+                raise ValueError(f"bn_stats={bn_stats!r} is invalid; give a dict of statistics or 'batch'")
+            collect_bn = {} if collect_bn is None else collect_bn
+            bn_stats = _BatchStatsView(collect_bn)
         selection = list(selection) if selection is not None else [None] * self.num_groups
         if len(selection) != self.num_groups:
             raise ValueError(f"selection has {len(selection)} entries; the model has {self.num_groups} groups")
@@ -208,8 +215,7 @@ class Supernet(keras.Model):
     @tf.function(reduce_retracing=True)
     def _collect_fn(self, images, selection):
         collected: dict = {}
-        self.call(images, selection=selection, training=False, bn_stats=_BatchStatsView(collected),
-                  collect_bn=collected)
+        self.call(images, selection=selection, training=False, bn_stats="batch", collect_bn=collected)
         return collected
 
     def extract(self, channels: Mapping[int, np.ndarray], name: str | None = None) -> keras.Model:
