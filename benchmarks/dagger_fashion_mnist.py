@@ -9,6 +9,8 @@ with the same recipe, and compare test accuracy with the unpruned model (goal: D
     python benchmarks/dagger_fashion_mnist.py --quick         # minutes: small subsets, 1 epoch per stage, 1 seed
     python benchmarks/dagger_fashion_mnist.py --methods dagger --tag dagger_ramp \
         --set dagger.target_ramp=0.5                           # an ablation arm on the same pretrained models
+    python benchmarks/dagger_fashion_mnist.py --methods dagger --tag dagger_ft10 --reuse_selection dagger \
+        --set finetune.epochs=10                               # fine-tuning alone, on the dagger arm's selection
     python benchmarks/dagger_fashion_mnist.py --summary_only  # the table from what exists so far
 
 Every stage resumes (rerun the same command after an interruption). The full run needs about
@@ -91,6 +93,23 @@ def _config(args: argparse.Namespace, seed: int, arm: bool = True):
     return c
 
 
+def _reuse_selection(source: str, arm_dir: str) -> None:
+    """Copies the finished gate and prune stages of the arm folder ``source`` into ``arm_dir`` (those
+    it lacks), so the arm resumes at fine-tuning; the pipeline's settings check refuses them if the
+    arm's method, target or gate settings differ."""
+    import shutil
+
+    if not os.path.isfile(os.path.join(source, "prune", "widths.json")):
+        raise SystemExit(f"--reuse_selection: {source} has no finished prune stage (prune/widths.json); "
+                         "run that arm first")
+    for stage in ("gates", "prune"):
+        src, dst = os.path.join(source, stage), os.path.join(arm_dir, stage)
+        if os.path.isdir(src) and not os.path.exists(dst):
+            shutil.rmtree(dst + ".partial", ignore_errors=True)
+            shutil.copytree(src, dst + ".partial")
+            os.replace(dst + ".partial", dst)  # all or nothing: an interrupted copy is redone
+
+
 def _summary_rows(workdir: str, tags: list[str], seeds: list[int]) -> list[dict]:
     """One row per (seed, arm) whose pipeline finished (its summary.json exists)."""
     from cafe_tf import io
@@ -131,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared_pretrain", action="store_true",
                         help="every seed prunes seed 0's pretrained model (the seeds vary gate training and "
                              "fine-tuning only; a third of the pretraining time)")
+    parser.add_argument("--reuse_selection", default="", metavar="ARM",
+                        help="start the arm (--tag) from arm ARM's gate training and pruned model of the same "
+                             "seed, so only fine-tuning runs (e.g. with --set finetune.epochs=10)")
     parser.add_argument("--summary_only", action="store_true",
                         help="tabulate the finished arms (--methods, or folder names) without training")
     args = parser.parse_args(argv)
@@ -140,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tag and len(methods) != 1:
         raise SystemExit(f"--tag {args.tag!r} names one arm; give one method (got --methods {args.methods!r})")
     tags = [args.tag] if args.tag else methods
+    if args.reuse_selection and (not args.tag or args.tag == args.reuse_selection):
+        raise SystemExit(f"--reuse_selection {args.reuse_selection!r} needs a --tag of its own for the new arm")
     overridden = any(v is not None for v in (args.pretrain_epochs, args.gate_epochs, args.finetune_epochs,
                                               args.max_train_examples))
     workdir = os.path.join(args.workdir, ("quick" if args.quick else ("custom" if overridden else "full"))
@@ -169,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             c.prune.pretrained = pretrained
             c.finetune.eval_splits = ("test",)
             t0 = time.time()
+            if args.reuse_selection:
+                _reuse_selection(os.path.join(seed_dir, args.reuse_selection), os.path.join(seed_dir, tag))
             pipeline.run(c, os.path.join(seed_dir, tag))
             rows += _summary_rows(workdir, [tag], [seed])  # the row the summary table reads, too
             r = rows[-1]
