@@ -13,11 +13,13 @@ standard loop) -> gate training (Dagger module + FLOPs-aware regulariser; method
 
 Methods (config.prune.method): dagger (default), free (ablation: free gate logits), l1 and uniform
 (baselines on the same exact-target routine). Ablations: --config.dagger.flops_weight=0 (no FLOPs
-term), --config.dagger.main=frozen; --config.dagger.target_ramp=0.5 lowers the target gradually
-(cubic, over the first half of gate training); --config.prune.min_keep_ratio=0.25 keeps a quarter of
-every channel group (in gate training too); --config.dagger.group_bias=False drops the module's
-learned offset per group. The Dagger module's architecture and the regulariser's options
-are cafe-tf's design (the paper's method section was not available); see cafe_tf/dagger/.
+term); --config.dagger.main=frozen or frozen_batch_stats (the network does not train while the
+gates do; BN on its pretrained or on batch statistics); --config.dagger.target_ramp=0.5 lowers the
+target gradually (cubic, over the first half of gate training); --config.prune.min_keep_ratio=0.25
+keeps a quarter of every channel group (in gate training too); --config.dagger.group_bias=False
+drops the module's learned offset per group. The Dagger module's architecture and the
+regulariser's options are cafe-tf's design (the paper's method section was not available); see
+cafe_tf/dagger/.
 
 Exit codes: 0 done, 1 the job failed, 2 usage or config error.
 """
