@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse_selection", default="", metavar="ARM",
                         help="start the arm (--tag) from arm ARM's gate training and pruned model of the same "
                              "seed, so only fine-tuning runs (e.g. with --set finetune.epochs=10)")
+    parser.add_argument("--baseline", default="l1", metavar="ARM",
+                        help="the arm every other is compared with on the same seed (default l1; e.g. l1_ft10 "
+                             "for arms fine-tuned as long as it)")
     parser.add_argument("--summary_only", action="store_true",
                         help="tabulate the finished arms (--methods, or folder names) without training")
     args = parser.parse_args(argv)
@@ -217,10 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.model} on Fashion-MNIST at {args.target:.2f} of the MACs, seeds {seed_ids}"
           f"{' [QUICK: subsets, few epochs; not the benchmark]' if args.quick else ''}"
           f"{' [custom epochs / data: not the full recipe]' if overridden and not args.quick else ''}")
-    # Paired differences against L1 on the same seed (same pretrained model), when L1 ran.
-    l1 = {r["seed"]: r["finetuned"] for r in rows if r["method"] == "l1"}
+    # Paired differences against the baseline arm on the same seed (same pretrained model), when it ran.
+    base = {r["seed"]: r["finetuned"] for r in rows if r["method"] == args.baseline}
     print("| arm | seeds | MACs ratio | before fine-tuning | fine-tuned test acc (mean ± std) | drop vs unpruned (pt) "
-          "| minus L1, same seed (pt) | per seed |")
+          f"| minus {args.baseline}, same seed (pt) | per seed |")
     print("|---|---|---|---|---|---|---|---|")
     table = {}
     for tag in tags:
@@ -230,11 +233,11 @@ def main(argv: list[str] | None = None) -> int:
         acc = np.array([r["finetuned"] for r in sel])
         drop = 100 * (np.array([r["pretrained"] for r in sel]) - acc)
         before = [r["before_finetune"] for r in sel if r["before_finetune"] is not None]
-        paired = [100 * (r["finetuned"] - l1[r["seed"]]) for r in sel if r["seed"] in l1]
+        paired = [100 * (r["finetuned"] - base[r["seed"]]) for r in sel if r["seed"] in base]
         table[tag] = {"seeds": [r["seed"] for r in sel], "accuracy_mean": float(acc.mean()),
                       "accuracy_std": float(acc.std()), "drop_pt_mean": float(drop.mean()),
                       "before_finetune_mean": float(np.mean(before)) if before else None,
-                      "minus_l1_pt_mean": float(np.mean(paired)) if paired else None,
+                      "baseline": args.baseline, "minus_baseline_pt_mean": float(np.mean(paired)) if paired else None,
                       "macs_ratio": [r["macs_ratio"] for r in sel]}
         print(f"| {tag} | {len(sel)} | {np.mean([r['macs_ratio'] for r in sel]):.4f} | "
               f"{100 * np.mean(before) if before else float('nan'):.2f}% | "
