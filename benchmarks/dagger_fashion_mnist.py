@@ -15,7 +15,8 @@ with the same recipe, and compare test accuracy with the unpruned model (goal: D
 
 Every stage resumes (rerun the same command after an interruption). The full run needs about
 30 + 10 + 3 x 20 training epochs of ResNet-20 on 55k images per seed, about 16 h on 2 CPU cores
-(an epoch takes 80-130 s there). The README's figures come from a shorter run:
+(an epoch takes 80-130 s there). The README's figures come from a shorter run, plus the 10-epoch
+fine-tuning arms and the control listed there:
 
     python benchmarks/dagger_fashion_mnist.py --shared_pretrain --pretrain_epochs 10 --gate_epochs 1.5 \
         --finetune_epochs 3
