@@ -347,8 +347,9 @@ def test_frozen_batch_stats_mode_keeps_weights_and_moving_statistics(tmp_path):
     graph = ChannelGraph.from_model(model)
     cost = CostModel(graph)
     before = [w.copy() for w in model.get_weights()]  # kernels, BN gamma/beta and moving mean/variance
-    trainer = GateTrainer(model, DaggerModule(graph, hidden=8, init_logit=0.5), FlopsRegularizer(cost, 0.4 * cost.macs()),
-                          str(tmp_path), total_steps=8, gate_lr=0.05, main="frozen_batch_stats")
+    trainer = GateTrainer(model, DaggerModule(graph, hidden=8, init_logit=0.5),
+                          FlopsRegularizer(cost, 0.4 * cost.macs()), str(tmp_path), total_steps=8, gate_lr=0.05,
+                          main="frozen_batch_stats")
     history = trainer.train(ds, log_every=4, progress=False)
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
