@@ -31,7 +31,9 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
-from cafe_tf.graph import ChannelGraph, LayerNode
+from cafe_tf import layers as rules
+from cafe_tf.graph import ChannelGraph, LayerNode, flatten_model
+from cafe_tf.layers import RuleError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +52,10 @@ class CostModel:
         macs_terms: list[tuple[float, int, int]] = []
         param_terms: list[tuple[float, int, int]] = []
         self.layer_terms: dict[str, tuple[list, list]] = {}
+        full = np.append(graph.full_widths(), 1)
         for node in graph.nodes:
             m, p = _node_terms(node, self.num_groups)
+            _check_terms(node, m, full)
             macs_terms += m
             param_terms += p
             self.layer_terms[node.name] = (m, p)
@@ -110,35 +114,24 @@ class CostModel:
 
 
 def _node_terms(node: LayerNode, const: int) -> tuple[list, list]:
-    """(MACs terms, params terms) of one layer; each term is (coef, group a, group b)."""
-    layer, macs, params = node.layer, [], []
-    if node.kind in ("conv", "depthwise", "dense", "bn"):
-        out_g = node.out_space.segments[0][0]
-    if node.kind == "conv":
-        kh, kw = layer.kernel_size
-        spatial = node.out_shape[0] * node.out_shape[1]
-        for g, _ in node.in_space.segments:
-            macs.append((kh * kw * spatial * node.in_space.repeat, g, out_g))
-            params.append((kh * kw * node.in_space.repeat, g, out_g))
-        if layer.use_bias:
-            params.append((1, out_g, const))
-    elif node.kind == "depthwise":
-        kh, kw = layer.kernel_size
-        macs.append((kh * kw * node.out_shape[0] * node.out_shape[1], out_g, const))
-        params.append((kh * kw, out_g, const))
-        if layer.use_bias:
-            params.append((1, out_g, const))
-    elif node.kind == "dense":
-        positions = int(np.prod(node.out_shape[:-1])) if len(node.out_shape) > 1 else 1
-        for g, _ in node.in_space.segments:
-            macs.append((positions * node.in_space.repeat, g, out_g))
-            params.append((node.in_space.repeat, g, out_g))
-        if layer.use_bias:
-            params.append((1, out_g, const))
-    elif node.kind == "bn":
-        for g, _ in node.out_space.segments:
-            params.append((2 + int(layer.center) + int(layer.scale), g, const))
-    return macs, params
+    """(MACs terms, params terms) of one layer, from its rule; each term is (coef, group a, group b)."""
+    if node.rule is None:  # the model input
+        return [], []
+    return node.rule.terms(node, const)
+
+
+def _check_terms(node: LayerNode, macs_terms: list, full: np.ndarray) -> None:
+    """The rule's MAC terms at full width must equal the MACs read off the built layer."""
+    if node.rule is None or node.kind == "boundary":
+        return
+    poly = sum(c * full[a] * full[b] for c, a, b in macs_terms)
+    direct = node.rule.layer_macs(node.layer, node.in_shapes, node.out_shape)
+    if int(round(poly)) != int(direct):
+        raise RuleError(
+            f"the rule {type(node.rule).__name__} of layer {node.name!r} ({type(node.layer).__name__}) gives "
+            f"{int(round(poly))} MACs at full width, but its weights give {int(direct)}; fix the rule's terms() "
+            "or layer_macs() (cafe_tf.layers)"
+        )
 
 
 def _compile(terms: list[tuple[float, int, int]]) -> _Poly:
@@ -149,21 +142,17 @@ def _compile(terms: list[tuple[float, int, int]]) -> _Poly:
 
 
 def count_keras_model(model: keras.Model) -> dict[str, int]:
-    """MACs and params read off a built Keras model's layers (independent of the graph; a cross-check)."""
+    """MACs and params read off a built Keras model's layers, one layer at a time (each rule's
+    ``layer_macs`` from the kernel shapes; not the group polynomial: a cross-check of it)."""
+    model = flatten_model(model)
     macs = 0
-    for layer in model.layers:
-        if not layer.weights:
-            continue
-        out_shape = tuple(layer.output.shape[1:])
-        if type(layer) is keras.layers.Conv2D:
-            kh, kw, cin, cout = layer.kernel.shape
-            macs += kh * kw * cin * cout * out_shape[0] * out_shape[1]
-        elif isinstance(layer, keras.layers.DepthwiseConv2D):
-            kh, kw, c, m = layer.kernel.shape
-            macs += kh * kw * c * m * out_shape[0] * out_shape[1]
-        elif type(layer) is keras.layers.Dense:
-            cin, cout = layer.kernel.shape
-            macs += cin * cout * int(np.prod(out_shape[:-1]) if len(out_shape) > 1 else 1)
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            op = node.operation
+            if isinstance(op, keras.layers.InputLayer) or not getattr(op, "weights", None):
+                continue
+            in_shapes = [tuple(t.shape[1:]) for t in node.input_tensors]
+            macs += rules.layer_macs(op, in_shapes, tuple(node.outputs[0].shape[1:]))
     return {"macs": int(macs), "params": int(model.count_params())}
 
 

@@ -6,75 +6,34 @@ by a residual ``Add``, the input and output of a ``DepthwiseConv2D``, a squeeze-
 dropout). A ``Concatenate`` does not merge groups: its output channels are the parts laid side by
 side, and ``Flatten`` repeats its input's channels once per spatial position.
 
-One :class:`ChannelGraph` serves FLOPs counting (``flops.py``), supernet slicing (``slim``),
-Dagger gating and surgery, so channel coupling is worked out in exactly one place.
+What each layer kind does to channels is its rule in ``cafe_tf.layers`` (the one registry); this
+module only walks the model, asks the rules, and unites the groups they couple. Nested functional
+or ``Sequential`` models are seen through (the graph runs on a flattened copy that shares their
+layers). One :class:`ChannelGraph` serves FLOPs counting (``flops.py``), supernet slicing
+(``slim``), Dagger gating and surgery.
 
 Example::
 
-    graph = ChannelGraph.from_model(keras_model)
+    graph = ChannelGraph.from_model(keras_model, boundaries=["head_conv"])
     for g in graph.prunable_groups:
         print(g.name, g.size)
+    print(check(keras_model).summary())        # is my model supported, and how?
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 
-# Layers that act on every channel independently and keep the channel dimension.
-_PER_CHANNEL = (
-    keras.layers.BatchNormalization,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.Activation,
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout2D,
-    keras.layers.GaussianNoise,
-    keras.layers.MaxPooling2D,
-    keras.layers.AveragePooling2D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalMaxPooling2D,
-    keras.layers.ZeroPadding2D,
-    keras.layers.Identity,
-)
-_MERGE = (keras.layers.Add, keras.layers.Multiply, keras.layers.Subtract, keras.layers.Maximum,
-          keras.layers.Minimum, keras.layers.Average)
-# Activations that map 0 to 0, so a removed (zeroed) channel stays removed downstream.
-_ZERO_PRESERVING = {"relu", "relu6", "swish", "silu", "linear", "leaky_relu", "elu", "selu", "gelu",
-                    "tanh", "hard_swish", "hard_silu", "mish"}
+from cafe_tf import layers as rules
+from cafe_tf.layers import TensorSpace, UnsupportedModelError, WireContext
 
-SUPPORTED_LAYERS = (
-    "InputLayer, Conv2D (groups=1), DepthwiseConv2D (depth_multiplier=1), Dense, "
-    "BatchNormalization (axis=-1), ReLU, LeakyReLU, Activation, Dropout, SpatialDropout2D, "
-    "MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, ZeroPadding2D, "
-    "Add, Multiply, Subtract, Maximum, Minimum, Average, Concatenate (last axis), Flatten, Softmax"
-)
-
-
-class UnsupportedModelError(ValueError):
-    """The model holds a layer or a wiring the channel graph does not understand."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorSpace:
-    """Which channel groups make up a tensor's last axis.
-
-    The last axis is ``repeat`` blocks of ``block`` channels; within a block, ``segments`` lists
-    ``(group_id, offset)``: group ``group_id``'s channels sit at ``offset .. offset + size - 1``.
-    A plain tensor has one segment and ``repeat == 1``; a concatenation several segments; a
-    flattened feature map ``repeat == H * W``.
-    """
-
-    segments: tuple[tuple[int, int], ...]
-    block: int
-    repeat: int = 1
-
-    @property
-    def groups(self) -> tuple[int, ...]:
-        return tuple(g for g, _ in self.segments)
+__all__ = ["ChannelGraph", "ChannelGroup", "LayerNode", "TensorSpace", "UnsupportedModelError", "check",
+           "flatten_model"]
 
 
 @dataclasses.dataclass
@@ -92,16 +51,20 @@ class ChannelGroup:
 
 @dataclasses.dataclass(frozen=True)
 class LayerNode:
-    """One layer of the model, in topological order, with its channel spaces."""
+    """One layer (or Keras operation) of the model, in topological order, with its channel spaces."""
 
     name: str
-    kind: str  # input, conv, depthwise, dense, bn, channelwise, merge, concat, flatten, softmax
-    layer: keras.layers.Layer
+    kind: str  # the rule's kind: input, conv, depthwise, dense, bn, ln, channelwise, merge, concat, ...
+    layer: Any  # keras Layer or Keras 3 Operation
     inputs: tuple[str, ...]  # names of the layers feeding it
     in_shapes: tuple[tuple[int, ...], ...]  # static shapes, batch dimension dropped
     out_shape: tuple[int, ...]
     in_space: TensorSpace | None
     out_space: TensorSpace
+    rule: rules.LayerRule | None = None
+    call: Any = None  # the keras Node: its arguments replay the call on other tensors
+    zero_preserving: bool = True
+    boundary: bool = False
 
 
 class _UnionFind:
@@ -124,102 +87,202 @@ class _UnionFind:
             self.parent[max(a, b)] = min(a, b)
 
 
-def _static(shape: Sequence[int | None], layer: keras.layers.Layer) -> tuple[int, ...]:
+def _static(shape: Sequence[int | None], name: str, typ: str) -> tuple[int, ...]:
     dims = tuple(shape[1:])
     if any(d is None for d in dims):
         raise UnsupportedModelError(
-            f"layer {layer.name!r} ({type(layer).__name__}) has a dynamic shape {tuple(shape)}; "
+            f"layer {name!r} ({typ}) has a dynamic shape {tuple(shape)}; "
             "the channel graph needs a fixed input size (build the model with a full input_shape)"
         )
     return tuple(int(d) for d in dims)
 
 
-def _layer_inputs(model: keras.Model, layer: keras.layers.Layer) -> list:
-    """The input KerasTensors of ``layer``'s one call inside ``model``."""
-    nodes = [n for n in layer._inbound_nodes if n in _model_nodes(model)]
-    if len(nodes) != 1:
+def _ordered_nodes(model: keras.Model) -> list:
+    """The model's keras Nodes so that every node comes after its inputs (by node depth)."""
+    return [node for depth in sorted(model._nodes_by_depth, reverse=True) for node in model._nodes_by_depth[depth]]
+
+
+def _is_functional(model: Any) -> bool:
+    return hasattr(model, "_nodes_by_depth") and bool(getattr(model, "inputs", None))
+
+
+def flatten_model(model: keras.Model) -> keras.Model:
+    """``model`` with every nested functional or ``Sequential`` model inlined (the same layer
+    objects, so the weights are shared); ``model`` itself when nothing is nested."""
+    if not _is_functional(model):
+        return model
+    if not any(isinstance(n.operation, keras.Model) for n in _ordered_nodes(model)):
+        return model
+    inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=t._keras_history.operation.name) for t in model.inputs]
+    outputs = _replay(model, inputs)
+    flat = keras.Model(inputs, outputs[0] if len(outputs) == 1 else outputs, name=model.name)
+    names = [op.name for op in flat.operations]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
         raise UnsupportedModelError(
-            f"layer {layer.name!r} ({type(layer).__name__}) is called {len(nodes)} times in the model; "
-            "shared layers are not supported (each layer must be called exactly once)"
+            f"model {model.name!r} has nested models whose layers share the names {dupes}; give them unique names"
         )
-    return list(nodes[0].input_tensors)
+    return flat
 
 
-def _model_nodes(model: keras.Model) -> set:
-    cached = getattr(model, "_cafe_nodes", None)
-    if cached is None:
-        cached = {n for nodes in model._nodes_by_depth.values() for n in nodes}
-        model._cafe_nodes = cached
-    return cached
+def _replay(model: keras.Model, inputs: list) -> list:
+    """Calls ``model``'s layers on ``inputs``, inlining nested models."""
+    if isinstance(model, keras.Sequential) and not _is_functional(model):
+        x = inputs[0]
+        for layer in model.layers:
+            x = _replay(layer, [x])[0] if isinstance(layer, keras.Model) else layer(x)
+        return [x]
+    if isinstance(model, keras.Sequential):
+        x = inputs[0]
+        for layer in model.layers:
+            x = _replay(layer, [x])[0] if isinstance(layer, keras.Model) else layer(x)
+        return [x]
+    values = {id(t): x for t, x in zip(model.inputs, inputs)}
+    for node in _ordered_nodes(model):
+        op = node.operation
+        if isinstance(op, keras.layers.InputLayer):
+            continue
+        if isinstance(op, keras.Model):
+            outs = _replay(op, [values[id(t)] for t in node.input_tensors])
+        else:
+            args, kwargs = node.arguments.fill_in(values)
+            outs = op(*args, **kwargs)
+        outs = keras.tree.flatten(outs)
+        for t, o in zip(node.outputs, outs):
+            values[id(t)] = o
+    return [values[id(t)] for t in model.outputs]
+
+
+def _boundary_matchers(boundaries: Iterable[Any]) -> tuple[set[str], set[type]]:
+    names, types = set(), set()
+    for b in boundaries or ():
+        if isinstance(b, type):
+            types.add(b)
+        elif isinstance(b, str):
+            names.add(b)
+        else:
+            raise ValueError(f"a boundary is a layer name or a layer class, got {b!r}")
+    return names, types
 
 
 class ChannelGraph:
     """Channel groups of a functional Keras model and the layers that read and write them."""
 
-    def __init__(self, model: keras.Model, nodes: list[LayerNode], groups: list[ChannelGroup]):
+    def __init__(self, model: keras.Model, nodes: list[LayerNode], groups: list[ChannelGroup],
+                 boundaries: tuple = ()):
         self.model = model
         self.nodes = nodes
         self.groups = groups
+        self.boundaries = boundaries
         self.node_by_name = {n.name: n for n in nodes}
         self.group_by_name = {g.name: g for g in groups}
+        self._output_ids = {id(n.call.outputs[0]): n.name for n in nodes if n.call is not None}
 
     # ----------------------------------------------------------------------------------------
     @classmethod
-    def from_model(cls, model: keras.Model) -> ChannelGraph:
+    def from_model(cls, model: keras.Model, boundaries: Iterable[Any] = ()) -> ChannelGraph:
         """Builds the graph of ``model`` (a functional Keras 3 model with a fixed input size).
 
+        ``boundaries``: layer names or layer classes whose channels are kept whole (fixed-width
+        boundaries); a class also covers layers that have no rule in ``cafe_tf.layers``.
+
         Raises:
-          UnsupportedModelError: naming the first layer (and its type) the graph cannot handle.
+          UnsupportedModelError: naming the first layer (and its type) the graph cannot handle, and
+            the two ways out (a rule, or a boundary).
         """
-        if not hasattr(model, "_nodes_by_depth") or not hasattr(model, "inputs") or not model.inputs:
+        if not _is_functional(model):
             raise UnsupportedModelError(
-                f"{type(model).__name__} {getattr(model, 'name', '')!r} is not a functional Keras model; "
-                "build it with keras.Model(inputs, outputs)"
+                f"{type(model).__name__} {getattr(model, 'name', '')!r} is not a functional Keras model "
+                "(a subclassed model has no graph to read); build it with keras.Model(inputs, outputs) "
+                "or keras.Sequential with an Input"
             )
+        boundaries = tuple(boundaries or ())
+        b_names, b_types = _boundary_matchers(boundaries)
+        model = flatten_model(model)
         if len(model.inputs) != 1:
             raise UnsupportedModelError(f"model {model.name!r} has {len(model.inputs)} inputs; exactly 1 is supported")
+        known = {op.name for op in model.operations} | {l.name for l in model.layers}
+        missing = sorted(b_names - known - {t.__name__ for t in map(type, model.operations)})
+        if missing:
+            raise ValueError(f"boundaries {missing} name no layer of model {model.name!r} (nor a layer type in it)")
         uf = _UnionFind()
         sizes: list[int] = []
         producers: dict[int, list[str]] = {}
         consumers: dict[int, list[str]] = {}
         blocked: dict[int, str] = {}
-        spaces: dict[str, TensorSpace] = {}
-        raw: list[tuple] = []
+        space_of: dict[int, TensorSpace] = {}  # id(KerasTensor) -> its space
+        name_of: dict[int, str] = {}  # id(KerasTensor) -> producing node's name
+        raw: list[dict] = []
+        seen: set[str] = set()
 
         def new_group(size: int, producer: str) -> TensorSpace:
             g = uf.add()
-            sizes.append(size)
+            sizes.append(int(size))
             producers.setdefault(g, []).append(producer)
-            return TensorSpace(((g, 0),), size)
+            return TensorSpace(((g, 0),), int(size))
 
-        order = _topological_layers(model)
-        for layer in order:
-            name = layer.name
-            if isinstance(layer, keras.layers.InputLayer):
-                shape = _static(layer.output.shape, layer)
-                space = new_group(shape[-1], name)
-                blocked[space.segments[0][0]] = "model input"
-                spaces[name] = space
-                raw.append((name, "input", layer, (), (), shape, None, space))
+        def couple(a: TensorSpace, b: TensorSpace) -> None:
+            for ga, gb in zip(a.groups, b.groups):
+                uf.union(ga, gb)
+
+        def block(space: TensorSpace, reason: str) -> None:
+            for g in space.groups:
+                blocked.setdefault(g, reason)
+
+        for knode in _ordered_nodes(model):
+            op = knode.operation
+            name, typ = op.name, type(op).__name__
+            if name in seen:
+                raise UnsupportedModelError(
+                    f"layer {name!r} ({typ}) is called more than once in the model (or shares its name with "
+                    "another); shared layers are not supported (each layer must be called exactly once)"
+                )
+            seen.add(name)
+            if len(knode.outputs) != 1:
+                raise UnsupportedModelError(
+                    f"layer {name!r} ({typ}) has {len(knode.outputs)} outputs; the channel graph takes "
+                    "single-output layers. Way out: declare the layers after it fixed-width boundaries, "
+                    "or register a rule (cafe_tf.layers.register)"
+                )
+            out_t = knode.outputs[0]
+            out_shape = _static(out_t.shape, name, typ)
+            if isinstance(op, keras.layers.InputLayer):
+                space = new_group(out_shape[-1], name)
+                block(space, "model input")
+                space_of[id(out_t)], name_of[id(out_t)] = space, name
+                raw.append(dict(name=name, kind="input", layer=op, inputs=(), in_shapes=(), out_shape=out_shape,
+                                in_space=None, out_space=space, rule=None, call=knode))
                 continue
-            inputs = _layer_inputs(model, layer)
-            in_names = tuple(t._keras_history.operation.name for t in inputs)
-            in_shapes = tuple(_static(t.shape, layer) for t in inputs)
-            out_shape = _static(layer.output.shape, layer)
-            in_spaces = [spaces[n] for n in in_names]
-            kind, in_space, out_space = cls._classify(layer, in_spaces, in_shapes, out_shape, new_group, uf)
-            if kind in ("conv", "dense"):
+            in_tensors = list(knode.input_tensors)
+            in_names = tuple(name_of[id(t)] for t in in_tensors)
+            in_shapes = tuple(_static(t.shape, name, typ) for t in in_tensors)
+            constants = [a for a in keras.tree.flatten((knode.arguments.args, ))
+                         if not isinstance(a, keras.KerasTensor) and a is not None]
+            is_boundary = name in b_names or type(op) in b_types or typ in b_names
+            rule = rules.resolve(op)
+            if rule is None:
+                if not is_boundary:
+                    raise UnsupportedModelError(_uncovered_message(op, name))
+                rule = rules.boundary_rule()
+            ctx = WireContext(name, op, [space_of[id(t)] for t in in_tensors], list(in_shapes), out_shape,
+                              constants, new_group, couple, block)
+            in_space, out_space = rule.wire(ctx)
+            if is_boundary and rule is not rules.boundary_rule():
+                reason = f"{typ} {name!r} is a fixed-width boundary"
+                for s in ctx.in_spaces:
+                    block(s, reason)
+                block(out_space, reason)
+            if rule.producer:
                 for g in in_space.groups:
                     consumers.setdefault(g, []).append(name)
-            if kind == "softmax" or (kind == "channelwise" and not _zero_preserving(layer)):
-                for g in out_space.groups:
-                    blocked.setdefault(g, f"{type(layer).__name__} {name!r} does not map 0 to 0")
-            spaces[name] = out_space
-            raw.append((name, kind, layer, in_names, in_shapes, out_shape, in_space, out_space))
+            zero = rule.zero_preserving(op, _at_zero(knode, in_tensors, in_shapes))
+            space_of[id(out_t)], name_of[id(out_t)] = out_space, name
+            raw.append(dict(name=name, kind=rule.kind, layer=op, inputs=in_names, in_shapes=in_shapes,
+                            out_shape=out_shape, in_space=in_space, out_space=out_space, rule=rule, call=knode,
+                            zero_preserving=zero, boundary=is_boundary))
 
         for t in model.outputs:
-            for g in spaces[t._keras_history.operation.name].groups:
-                blocked.setdefault(g, "model output")
+            block(space_of[id(t)], "model output")
 
         # Renumber union-find roots densely, in order of first appearance.
         root_to_id: dict[int, int] = {}
@@ -232,97 +295,29 @@ class ChannelGraph:
             if space is None:
                 return None
             segs = tuple((root_to_id[uf.find(g)], off) for g, off in space.segments)
-            return TensorSpace(segs, space.block, space.repeat)
+            return TensorSpace(segs, space.block, space.repeat, space.inner)
 
+        order = [r["name"] for r in raw]
+        position = {n: i for i, n in enumerate(order)}
         groups: list[ChannelGroup] = []
         for r, gid in root_to_id.items():
             members = [g for g in range(len(sizes)) if uf.find(g) == r]
             size = sizes[r]
             if any(sizes[m] != size for m in members):
-                raise UnsupportedModelError(f"coupled channels of different sizes: {[sizes[m] for m in members]}")
+                names = sorted({p for m in members for p in producers.get(m, [])})
+                raise UnsupportedModelError(
+                    f"layers {names} are coupled (added, multiplied or run per channel together) but have "
+                    f"different channel counts {sorted({sizes[m] for m in members})}"
+                )
             prods = [p for m in members for p in producers.get(m, [])]
-            cons = sorted({c for m in members for c in consumers.get(m, [])}, key=[l.name for l in order].index)
+            cons = sorted({c for m in members for c in consumers.get(m, [])}, key=position.__getitem__)
             reason = next((blocked[m] for m in members if m in blocked), "")
             groups.append(ChannelGroup(gid, prods[0], size, not reason, prods, cons, reason))
-        nodes = [
-            LayerNode(n, k, l, i, s, o, remap(isp), remap(osp)) for (n, k, l, i, s, o, isp, osp) in raw
-        ]
-        return cls(model, nodes, groups)
-
-    @staticmethod
-    def _classify(layer, in_spaces, in_shapes, out_shape, new_group, uf):
-        """Returns (kind, input space, output space) for one layer."""
-        name, typ = layer.name, type(layer).__name__
-
-        def one_input() -> TensorSpace:
-            if len(in_spaces) != 1:
-                raise UnsupportedModelError(f"layer {name!r} ({typ}) has {len(in_spaces)} inputs; expected 1")
-            return in_spaces[0]
-
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            if layer.depth_multiplier != 1:
-                raise UnsupportedModelError(
-                    f"layer {name!r} (DepthwiseConv2D) has depth_multiplier={layer.depth_multiplier}; only 1 is supported"
-                )
-            s = one_input()
-            if s.repeat != 1 or len(s.segments) != 1:
-                raise UnsupportedModelError(f"layer {name!r} (DepthwiseConv2D) reads a concatenated input; unsupported")
-            return "depthwise", s, s
-        if type(layer) is keras.layers.Conv2D:
-            if layer.groups != 1:
-                raise UnsupportedModelError(f"layer {name!r} (Conv2D) has groups={layer.groups}; only groups=1 is supported")
-            if layer.data_format != "channels_last":
-                raise UnsupportedModelError(f"layer {name!r} (Conv2D) uses {layer.data_format}; only channels_last")
-            s = one_input()
-            if s.repeat != 1:
-                raise UnsupportedModelError(f"layer {name!r} (Conv2D) reads a flattened tensor; unsupported")
-            return "conv", s, new_group(layer.filters, name)
-        if type(layer) is keras.layers.Dense:
-            return "dense", one_input(), new_group(layer.units, name)
-        if isinstance(layer, keras.layers.BatchNormalization):
-            axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
-            if axis not in (-1, len(out_shape)):
-                raise UnsupportedModelError(f"layer {name!r} (BatchNormalization) normalises axis {layer.axis}; only -1")
-            return "bn", one_input(), one_input()
-        if isinstance(layer, keras.layers.Softmax):
-            return "softmax", one_input(), one_input()
-        if isinstance(layer, _PER_CHANNEL):
-            s = one_input()
-            if isinstance(layer, (keras.layers.Activation,)) and getattr(layer.activation, "__name__", "") == "softmax":
-                return "softmax", s, s
-            if isinstance(layer, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)):
-                if layer.data_format != "channels_last":
-                    raise UnsupportedModelError(f"layer {name!r} ({typ}) uses {layer.data_format}; only channels_last")
-            return "channelwise", s, s
-        if isinstance(layer, _MERGE):
-            first = in_spaces[0]
-            for other in in_spaces[1:]:
-                if (len(other.segments) != len(first.segments) or other.block != first.block
-                        or other.repeat != first.repeat
-                        or [o for _, o in other.segments] != [o for _, o in first.segments]):
-                    raise UnsupportedModelError(
-                        f"layer {name!r} ({typ}) merges tensors whose channel layouts differ; unsupported"
-                    )
-                for (ga, _), (gb, _) in zip(first.segments, other.segments):
-                    uf.union(ga, gb)
-            return "merge", None, first
-        if isinstance(layer, keras.layers.Concatenate):
-            if layer.axis not in (-1, len(out_shape)):
-                raise UnsupportedModelError(f"layer {name!r} (Concatenate) joins axis {layer.axis}; only the last axis")
-            segs, off = [], 0
-            for s in in_spaces:
-                if s.repeat != 1:
-                    raise UnsupportedModelError(f"layer {name!r} (Concatenate) joins a flattened tensor; unsupported")
-                segs.extend((g, off + o) for g, o in s.segments)
-                off += s.block
-            return "concat", None, TensorSpace(tuple(segs), off)
-        if isinstance(layer, keras.layers.Flatten):
-            s = one_input()
-            positions = int(np.prod(in_shapes[0][:-1])) if len(in_shapes[0]) > 1 else 1
-            return "flatten", s, TensorSpace(s.segments, s.block, s.repeat * positions)
-        raise UnsupportedModelError(
-            f"layer {name!r} of type {typ} is not supported by the channel graph; supported: {SUPPORTED_LAYERS}"
-        )
+        nodes = []
+        for r in raw:
+            r["in_space"], r["out_space"] = remap(r["in_space"]), remap(r["out_space"])
+            nodes.append(LayerNode(**r))
+        return cls(model, nodes, groups, boundaries)
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -374,10 +369,8 @@ class ChannelGraph:
 
     def space_indices(self, space: TensorSpace, selection: dict[int, np.ndarray]) -> np.ndarray:
         """Kept positions along a tensor's last axis for a channel selection (numpy)."""
-        block = np.concatenate([np.asarray(selection[g]) + off for g, off in space.segments])
-        if space.repeat == 1:
-            return block
-        return (np.arange(space.repeat)[:, None] * space.block + block[None, :]).reshape(-1)
+        return rules.space_positions(space, [np.asarray(selection[g]) for g in space.groups],
+                                     [self.groups[g].size for g in space.groups])
 
     def summary(self) -> str:
         """A table of the groups: id, name, size, prunable, producers."""
@@ -387,23 +380,25 @@ class ChannelGraph:
         return "\n".join(rows)
 
 
-def _zero_preserving(layer: keras.layers.Layer) -> bool:
-    if isinstance(layer, keras.layers.Activation):
-        return getattr(layer.activation, "__name__", "") in _ZERO_PRESERVING
-    return True
+def _at_zero(knode, in_tensors, in_shapes):
+    """A callable running the node on all-zero inputs of its own shapes (batch 1)."""
+
+    def run():
+        values = {id(t): np.zeros((1, *shape), np.float32) for t, shape in zip(in_tensors, in_shapes)}
+        args, kwargs = knode.arguments.fill_in(values)
+        kwargs.pop("training", None)
+        return knode.operation(*args, **kwargs)
+
+    return run
 
 
-def _topological_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """Layers ordered so that every layer comes after its inputs (by Keras node depth)."""
-    ordered = []
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            op = node.operation
-            if op not in ordered:
-                ordered.append(op)
-    for layer in ordered:
-        if isinstance(layer, keras.Model):
-            raise UnsupportedModelError(
-                f"layer {layer.name!r} is a nested model ({type(layer).__name__}); flatten it into one functional model"
-            )
-    return ordered
+def _uncovered_message(op: Any, name: str) -> str:
+    typ = type(op).__name__
+    what = "layer" if isinstance(op, keras.layers.Layer) else "Keras operation"
+    return (
+        f"{what} {name!r} of type {typ} ({type(op).__module__}) has no channel rule. Ways out: declare it a "
+        f"fixed-width boundary, which keeps its channels whole (ChannelGraph.from_model(model, "
+        f"boundaries=[{name!r}]) or boundaries=[{typ}], or config.model.boundaries=[{name!r}] in a config); or "
+        f"register a rule for {typ} (cafe_tf.layers.register({typ}, rule)). Types with a rule: "
+        f"{', '.join(rules.covered_types())}"
+    )

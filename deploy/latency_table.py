@@ -108,7 +108,7 @@ class LayerKey:
         if self.op == "DEPTHWISE_CONV_2D":
             return oh * ow * kh * kw * self.cout
         if self.op == "FULLY_CONNECTED":
-            return self.cin * self.cout
+            return self.in_h * self.in_w * self.cin * self.cout
         if self.op in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
             return oh * ow * kh * kw * self.cout
         return self.in_h * self.in_w * max(self.cin, self.cout)
@@ -148,74 +148,55 @@ def _producer(tensor: Any) -> Any:
     return history.operation if history is not None else None
 
 
-def _fused_into_producer(layer: Any) -> bool:
+def _fused_into_producer(layer: Any, rule: Any) -> bool:
     """Whether the converter fuses ``layer`` (BN / ReLU) into the op that produces its input."""
     import keras
 
-    L = keras.layers
+    from cafe_tf import layers as rules
+
+    if not isinstance(rule, (rules.BatchNorm, rules.Activation)):
+        return False
     producer = _producer(layer.input)
-    if isinstance(layer, L.BatchNormalization):
-        return isinstance(producer, (L.Conv2D, L.DepthwiseConv2D, L.Dense))
-    activation = layer.get_config().get("activation") if isinstance(layer, L.Activation) else "relu"
-    if isinstance(layer, L.ReLU):
-        cfg = layer.get_config()
+    if isinstance(rule, rules.BatchNorm):
+        return getattr(rules.resolve(producer), "filtered", False)
+    cfg = layer.get_config()
+    if isinstance(layer, keras.layers.ReLU):
         if cfg.get("negative_slope") or cfg.get("threshold") or cfg.get("max_value") not in (None, 6.0, 6):
             return False
-    elif not isinstance(layer, L.Activation) or activation not in _FUSABLE_ACTIVATIONS:
+    elif not isinstance(layer, keras.layers.Activation) or cfg.get("activation") not in _FUSABLE_ACTIVATIONS:
         return False
-    while isinstance(producer, L.BatchNormalization):
+    while isinstance(rules.resolve(producer), rules.BatchNorm):
         producer = _producer(producer.input)
-    return isinstance(producer, (L.Conv2D, L.DepthwiseConv2D, L.Dense, L.Add, L.Subtract, L.Multiply))
+    return getattr(rules.resolve(producer), "fuses_activation", False)
+
+
+def _op_shapes(op: Any) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
+    node = op._inbound_nodes[-1]
+    return [_static(t.shape) for t in node.input_tensors], _static(node.outputs[0].shape)
 
 
 def layer_key(layer: Any) -> LayerKey | None:
-    """The configuration of one Keras layer, or None when it costs nothing on its own."""
+    """The configuration of one Keras layer (or operation), or None when it costs nothing on its own.
+
+    The op, kernel, stride, padding and details come from the layer's rule in ``cafe_tf.layers``."""
+    from cafe_tf import layers as rules
+
     import keras
 
-    L = keras.layers
-    if isinstance(layer, (L.InputLayer, L.Dropout, L.Flatten, L.Reshape, L.Identity)):
+    if isinstance(layer, keras.layers.InputLayer):
         return None
-    if isinstance(layer, (L.BatchNormalization, L.ReLU, L.Activation)) and _fused_into_producer(layer):
+    rule = rules.resolve(layer) or rules.LayerRule()
+    if _fused_into_producer(layer, rule):
         return None
-    inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
-    in_shape = _static(inputs[0].shape)
-    out_shape = _static(layer.output.shape)
+    in_shapes, out_shape = _op_shapes(layer)
+    spec = rule.latency_key(layer, in_shapes, out_shape)
+    if spec is None:
+        return None
+    op, kernel, stride, padding, extra = spec
+    in_shape = in_shapes[0] if in_shapes else out_shape
     h, w = (in_shape[0], in_shape[1]) if len(in_shape) == 3 else (1, 1)
-    cin, cout = int(in_shape[-1]), int(out_shape[-1])
-    one = (1, 1)
-    if isinstance(layer, L.DepthwiseConv2D):
-        cfg = layer.get_config()
-        return LayerKey("DEPTHWISE_CONV_2D", _pair(cfg["kernel_size"]), _pair(cfg["strides"]), cfg["padding"], h, w, cin, cout)
-    if isinstance(layer, L.Conv2D) and not isinstance(layer, L.Conv2DTranspose) and layer.get_config().get("groups", 1) == 1:
-        cfg = layer.get_config()
-        extra = "" if cfg.get("dilation_rate") in ((1, 1), [1, 1], 1) else f"dilation={list(_pair(cfg['dilation_rate']))}"
-        return LayerKey("CONV_2D", _pair(cfg["kernel_size"]), _pair(cfg["strides"]), cfg["padding"], h, w, cin, cout, extra)
-    if isinstance(layer, L.Dense) and len(in_shape) == 1:
-        return LayerKey("FULLY_CONNECTED", one, one, "", 1, 1, cin, cout)
-    if isinstance(layer, (L.Add, L.Subtract, L.Multiply)):
-        op = {L.Add: "ADD", L.Subtract: "SUB", L.Multiply: "MUL"}[type(layer)]
-        return LayerKey(op, one, one, "", h, w, cout, cout, f"inputs={len(inputs)}" if len(inputs) != 2 else "")
-    if isinstance(layer, L.Concatenate):
-        return LayerKey("CONCATENATION", one, one, "", h, w, sum(int(_static(t.shape)[-1]) for t in inputs), cout, f"inputs={len(inputs)}")
-    if isinstance(layer, (L.MaxPooling2D, L.AveragePooling2D)):
-        cfg = layer.get_config()
-        op = "MAX_POOL_2D" if isinstance(layer, L.MaxPooling2D) else "AVERAGE_POOL_2D"
-        return LayerKey(op, _pair(cfg["pool_size"]), _pair(cfg["strides"] or cfg["pool_size"]), cfg["padding"], h, w, cin, cout)
-    if isinstance(layer, L.GlobalAveragePooling2D):
-        return LayerKey("MEAN", one, one, "", h, w, cin, cout)
-    if isinstance(layer, L.GlobalMaxPooling2D):
-        return LayerKey("REDUCE_MAX", one, one, "", h, w, cin, cout)
-    if isinstance(layer, L.ZeroPadding2D):
-        return LayerKey("PAD", one, one, "", h, w, cin, cout, f"padding={json.dumps(layer.get_config()['padding'])}")
-    if isinstance(layer, (L.ReLU, L.Activation)):
-        cfg = layer.get_config()
-        name = cfg.get("activation", "relu") if isinstance(layer, L.Activation) else f"relu(max={cfg.get('max_value')})"
-        return LayerKey("ACTIVATION", one, one, "", h, w, cin, cout, f"activation={name}")
-    if isinstance(layer, L.BatchNormalization):
-        return LayerKey("BATCH_NORM", one, one, "", h, w, cin, cout)
-    # Anything else: keyed by its class and config; measured as that one layer.
-    config = {k: v for k, v in layer.get_config().items() if k not in ("name", "trainable", "dtype")}
-    return LayerKey(f"LAYER:{type(layer).__name__}", one, one, "", h, w, cin, cout, json.dumps(config, sort_keys=True, default=str))
+    cin = sum(int(s[-1]) for s in in_shapes) if op == "CONCATENATION" else int(in_shape[-1])
+    return LayerKey(op, kernel, stride, padding, h, w, cin, int(out_shape[-1]), extra)
 
 
 def layer_keys(model: Any) -> list[LayerKey]:
@@ -223,58 +204,36 @@ def layer_keys(model: Any) -> list[LayerKey]:
     if len(model.inputs) != 1:
         raise DeployError(f"latency tables take single-input models; {model.name!r} has {len(model.inputs)} inputs")
     keys = []
-    for layer in model.layers:
+    for layer in _operations(model):
         key = layer_key(layer)
         if key is not None:
             keys.append(key)
     return keys
 
 
+def _operations(model: Any) -> list:
+    """The model's layers and Keras operations, in model order."""
+    return list(getattr(model, "operations", model.layers))
+
+
 def build_layer_model(key: LayerKey) -> Any:
-    """A one-layer Keras model with configuration ``key`` (random weights: latency does not care)."""
+    """A one-layer Keras model with configuration ``key`` (random weights: latency does not care),
+    built by the rule that owns the key's op (``cafe_tf.layers``)."""
     import keras
 
-    L = keras.layers
-    if key.op == "FULLY_CONNECTED":
-        x = inputs = keras.Input((key.cin,), name="x")
-        return keras.Model(inputs, L.Dense(key.cout)(x))
-    x = inputs = keras.Input((key.in_h, key.in_w, key.cin), name="x")
-    if key.op == "CONV_2D":
-        dilation = json.loads(key.extra.split("=", 1)[1]) if key.extra.startswith("dilation=") else 1
-        y = L.Conv2D(key.cout, key.kernel, key.stride, padding=key.padding, dilation_rate=dilation)(x)
-    elif key.op == "DEPTHWISE_CONV_2D":
-        y = L.DepthwiseConv2D(key.kernel, key.stride, padding=key.padding, depth_multiplier=max(1, key.cout // key.cin))(x)
-    elif key.op in ("ADD", "SUB", "MUL"):
-        n = int(key.extra.split("=")[1]) if key.extra.startswith("inputs=") else 2
-        # The same tensor n times: one op of this size.
-        y = {"ADD": L.Add, "SUB": L.Subtract, "MUL": L.Multiply}[key.op]()([x] * n)
-    elif key.op == "CONCATENATION":
-        n = int(key.extra.split("=")[1]) if key.extra.startswith("inputs=") else 2
-        part = keras.Input((key.in_h, key.in_w, max(1, key.cin // n)), name="x")
-        return keras.Model(part, L.Concatenate()([part] * n))
-    elif key.op in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
-        cls = L.MaxPooling2D if key.op == "MAX_POOL_2D" else L.AveragePooling2D
-        y = cls(key.kernel, key.stride, padding=key.padding)(x)
-    elif key.op == "MEAN":
-        y = L.GlobalAveragePooling2D()(x)
-    elif key.op == "REDUCE_MAX":
-        y = L.GlobalMaxPooling2D()(x)
-    elif key.op == "PAD":
-        y = L.ZeroPadding2D(json.loads(key.extra.split("=", 1)[1]))(x)
-    elif key.op == "ACTIVATION":
-        name = key.extra.split("=", 1)[1]
-        y = L.ReLU(max_value=float(name.split("max=")[1].rstrip(")"))) if name.startswith("relu(max=") and "None" not in name else (
-            L.ReLU() if name.startswith("relu(") else L.Activation(name))(x)
-    elif key.op == "BATCH_NORM":
-        y = L.BatchNormalization()(x)
-    elif key.op.startswith("LAYER:"):
-        cls = getattr(L, key.op.split(":", 1)[1], None)
-        if cls is None:
-            raise DeployError(f"cannot rebuild layer {key.op} to measure it")
-        y = cls.from_config(json.loads(key.extra))(x)
+    from cafe_tf import layers as rules
+
+    try:
+        rule = rules.rule_for_latency_op(key.op)
+        body = rule.latency_layer(key)
+    except rules.UnsupportedModelError as e:
+        raise DeployError(str(e)) from None
+    if key.op == "FULLY_CONNECTED" and (key.in_h, key.in_w) == (1, 1):
+        inputs = keras.Input((key.cin,), name="x")
     else:
-        raise DeployError(f"no one-layer model for op {key.op!r}")
-    return keras.Model(inputs, y)
+        cin = rule.latency_input_channels(key) if hasattr(rule, "latency_input_channels") else key.cin
+        inputs = keras.Input((key.in_h, key.in_w, cin), name="x")
+    return keras.Model(inputs, body(inputs))
 
 
 # --------------------------------------------------------------------------------------------
@@ -397,12 +356,12 @@ class WidthsPlan:
             return column
 
         keys, cin_cols, cout_cols = [], [], []
-        for layer in model.layers:
+        for layer in _operations(model):
             key = layer_key(layer)
             if key is None:
                 continue
             node = graph.node_by_name[layer.name]
-            if key.op.startswith("LAYER:") and node.kind in ("conv", "dense"):
+            if key.op.startswith(("LAYER:", "OP:")) and node.rule is not None and node.rule.producer:
                 raise NotImplementedError(f"layer {layer.name!r} is keyed by its config, which holds its width")
             cout = counts(node.out_space)
             inputs = [counts(graph.node_by_name[i].out_space) for i in node.inputs]

@@ -176,12 +176,14 @@ def test_predict_widths_ms_checks_widths_and_defers_width_keyed_layers():
         table.predict_channel_widths_ms(space.graph, (full + 1)[None])
     with pytest.raises(ValueError, match=r"shape \[N, "):
         table.predict_channel_widths_ms(space.graph, full[None, :-1])
-    # A Dense layer on a feature map is keyed by its config, which holds its units: no plan for it.
+    # A Dense layer on a feature map is a FULLY_CONNECTED over its positions: the plan follows it too.
     x = inputs = keras.Input((8, 8, 3), name="image")
     x = L.Conv2D(8, 3, padding="same", name="c1")(x)
     x = L.Dense(6, activation="relu", name="pointwise")(x)
     x = L.GlobalAveragePooling2D(name="gap")(x)
     model = keras.Model(inputs, L.Dense(4, name="logits")(x))
     graph = ChannelGraph.from_model(model)
-    with pytest.raises(NotImplementedError, match="'pointwise' is keyed by its config"):
-        table.predict_channel_widths_ms(graph, graph.full_widths()[None])
+    assert lt.layer_keys(model)[1].describe() == "FULLY_CONNECTED 8x8 8->6"
+    assert lt.layer_keys(model)[1].macs() == 8 * 8 * 8 * 6
+    planned = table.predict_channel_widths_ms(graph, graph.full_widths()[None])
+    assert planned.shape == (1,) and planned[0] == pytest.approx(table.predict_ms(model), rel=1e-12)

@@ -59,26 +59,13 @@ class _Source:
 
     def __init__(self, graph: ChannelGraph, name: str, use_bn: bool):
         node = graph.node_by_name[name]
-        self.name, self.kind, self.layer = name, node.kind, node.layer
+        self.name, self.rule, self.layer = name, node.rule, node.layer
         self.bn = _following_bn(graph, name) if use_bn else None
-        kernel_shape = tuple(self.layer.kernel.shape)
-        if self.kind == "conv":
-            self.width = int(np.prod(kernel_shape[:3]))
-        elif self.kind == "dense":
-            self.width = int(kernel_shape[0])
-        else:  # depthwise: (kh, kw, C, 1)
-            self.width = int(kernel_shape[0] * kernel_shape[1])
-        self.width += int(self.bn is not None)
+        self.width = int(self.rule.filter_matrix(self.layer).shape[1]) + int(self.bn is not None)
 
     def rows(self, normalize: str) -> tf.Tensor:
         """(channels, width) float32 feature rows, normalised, without gradient."""
-        k = tf.cast(tf.convert_to_tensor(self.layer.kernel), tf.float32)
-        if self.kind == "conv":
-            rows = tf.reshape(tf.transpose(k, [3, 0, 1, 2]), [tf.shape(k)[3], -1])
-        elif self.kind == "dense":
-            rows = tf.transpose(k)
-        else:
-            rows = tf.reshape(tf.transpose(k[..., 0], [2, 0, 1]), [tf.shape(k)[2], -1])
+        rows = self.rule.filter_matrix(self.layer)
         if normalize == "layer_std":
             rows = rows / (tf.math.reduce_std(rows) + 1e-8)
         else:
@@ -96,16 +83,17 @@ class _Source:
 def _following_bn(graph: ChannelGraph, name: str) -> keras.layers.BatchNormalization | None:
     """The BatchNormalization that reads ``name``'s output directly, if any."""
     for node in graph.nodes:
-        if node.kind == "bn" and node.inputs == (name,):
+        if node.kind == "bn" and node.inputs == (name,):  # BatchNormalization read straight off the layer
             return node.layer
     return None
 
 
 def _group_sources(graph: ChannelGraph) -> dict[int, list[str]]:
-    """{prunable group id: names of its conv/dense producers and depthwise layers}, graph order."""
+    """{prunable group id: names of the layers with one filter per channel of it (producers,
+    depthwise)}, graph order."""
     out: dict[int, list[str]] = {g.id: [] for g in graph.prunable_groups}
     for node in graph.nodes:
-        if node.kind in ("conv", "dense", "depthwise"):
+        if node.rule is not None and node.rule.filtered and len(node.out_space.segments) == 1:
             gid = node.out_space.segments[0][0]
             if gid in out:
                 out[gid].append(node.name)

@@ -58,16 +58,15 @@ def check_target_ratio(ratio: float) -> float:
 
 
 def filter_l1_norms(graph: ChannelGraph) -> dict[int, np.ndarray]:
-    """{prunable group id: per-channel L1 norm summed over the group's conv/dense producers}."""
+    """{prunable group id: per-channel L1 norm summed over the group's producers' filters}."""
     out = {}
     for g in graph.prunable_groups:
         total = np.zeros(g.size)
         for name in g.producers:
             node = graph.node_by_name[name]
-            if node.kind not in ("conv", "dense"):
+            if node.rule is None or not node.rule.producer:
                 continue
-            k = np.abs(np.asarray(node.layer.kernel, dtype=np.float64))
-            total += k.reshape(-1, k.shape[-1]).sum(axis=0)
+            total += np.abs(np.asarray(node.rule.filter_matrix(node.layer), dtype=np.float64)).sum(axis=1)
         out[g.id] = total
     return out
 

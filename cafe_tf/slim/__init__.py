@@ -1,10 +1,9 @@
-"""Slimmable layers and the supernet that runs any channel selection of a functional model.
+"""The supernet that runs any channel selection of a functional model.
 
-Sharing patterns (fixed and locally free) and their candidates live in ``cafe_tf.space``; this
-package executes a selection.
+How each layer kind is sliced and run on compact tensors is its rule in ``cafe_tf.layers``; sharing
+patterns (fixed and locally free) and their candidates live in ``cafe_tf.space``.
 """
 
-from cafe_tf.slim.layers import SlimBatchNormalization, SlimConv2D, SlimDense, SlimDepthwiseConv2D
 from cafe_tf.slim.supernet import Supernet
 
-__all__ = ["Supernet", "SlimConv2D", "SlimDepthwiseConv2D", "SlimDense", "SlimBatchNormalization"]
+__all__ = ["Supernet"]

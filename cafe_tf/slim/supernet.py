@@ -24,8 +24,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cafe_tf import layers as rules
 from cafe_tf.graph import ChannelGraph, TensorSpace
-from cafe_tf.slim.layers import SLIM_TYPES, SlimBatchNormalization
 
 Selection = Sequence["tf.Tensor | None"]
 
@@ -34,28 +34,27 @@ class Supernet(keras.Model):
     """Runs ``model`` at any channel selection with weights shared with the full model."""
 
     def __init__(self, model: keras.Model, graph: ChannelGraph | None = None, **kwargs):
+        graph = graph or ChannelGraph.from_model(model)
         super().__init__(name=kwargs.pop("name", f"supernet_{model.name}"), **kwargs)
-        self.model = model
-        self.graph = graph or ChannelGraph.from_model(model)
-        self._slim = {}
-        for node in self.graph.nodes:
-            slim_type = SLIM_TYPES.get(type(node.layer))
-            if slim_type is not None:
-                self._slim[node.name] = slim_type(node.layer)
-        self._slim_layers = list(self._slim.values())  # tracked by Keras
-        # Where mask mode multiplies: after every BN, and after producers whose output is not only read by BN.
+        self.model = graph.model  # the flattened model when ``model`` nests others (same layers)
+        self.graph = graph
+        # Where mask mode multiplies: after every layer whose output is not zero where its input was
+        # (normalisations, non-zero-preserving activations, ``x + 3``), and after producers whose
+        # output is not only read by a normalisation (which is masked itself).
         readers: dict[str, list[str]] = {}
         for node in self.graph.nodes:
             for i in node.inputs:
                 readers.setdefault(i, []).append(node.name)
         self._mask_after = set()
         for node in self.graph.nodes:
-            if node.kind == "bn" or (
-                node.kind in ("conv", "dense", "depthwise")
-                and not all(self.graph.node_by_name[r].kind == "bn" for r in readers.get(node.name, []))
+            if node.rule is None:
+                continue
+            if node.rule.normalizes or not node.zero_preserving or (
+                node.rule.filtered
+                and not all(self.graph.node_by_name[r].rule.normalizes for r in readers.get(node.name, []))
             ):
                 self._mask_after.add(node.name)
-        self._output_names = [t._keras_history.operation.name for t in model.outputs]
+        self._output_names = [n for n in (self.graph._output_ids.get(id(t)) for t in self.model.outputs)]
         self.num_groups = len(self.graph.groups)
 
     # ----------------------------------------------------------------------------------------
@@ -95,23 +94,11 @@ class Supernet(keras.Model):
         return [next(it) if g.prunable else None for g in self.graph.groups]
 
     def _space_index(self, space: TensorSpace, selection: Selection, cache: dict) -> tf.Tensor | None:
-        key = (space.segments, space.block, space.repeat)
-        if key in cache:
-            return cache[key]
-        parts = [selection[g] for g, _ in space.segments]
-        if all(p is None for p in parts) and space.repeat == 1:
-            out = None
-        else:
-            full = [tf.range(self.graph.groups[g].size) if p is None else p for (g, _), p in zip(space.segments, parts)]
-            block = tf.concat([p + off for p, (_, off) in zip(full, space.segments)], axis=0)
-            if space.repeat == 1:
-                out = block
-            elif all(p is None for p in parts):
-                out = None
-            else:
-                out = tf.reshape(tf.range(space.repeat)[:, None] * space.block + block[None, :], [-1])
-        cache[key] = out
-        return out
+        key = (space.segments, space.block, space.repeat, space.inner)
+        if key not in cache:
+            cache[key] = rules.space_positions(space, [selection[g] for g in space.groups],
+                                               [self.graph.groups[g].size for g in space.groups], rules.TF)
+        return cache[key]
 
     def call(self, inputs, selection: Selection | None = None, training=False, masks=None, bn_stats=None,
              collect_bn=None):
@@ -132,52 +119,35 @@ class Supernet(keras.Model):
         selection = list(selection) if selection is not None else [None] * self.num_groups
         if len(selection) != self.num_groups:
             raise ValueError(f"selection has {len(selection)} entries; the model has {self.num_groups} groups")
-        tensors: dict[str, tf.Tensor] = {}
-        cache: dict = {}
+        run = _Run(self, selection, training, masks, bn_stats, collect_bn)
         for node in self.graph.nodes:
-            if node.kind == "input":
-                tensors[node.name] = inputs
+            if node.rule is None:  # the model input
+                run.values[id(node.call.outputs[0])] = inputs
                 continue
-            args = [tensors[i] for i in node.inputs]
-            x = args[0]
-            if node.kind == "conv":
-                y = self._slim[node.name](x, in_index=self._space_index(node.in_space, selection, cache),
-                                          out_index=selection[node.out_space.segments[0][0]])
-            elif node.kind == "dense":
-                y = self._slim[node.name](x, in_index=self._space_index(node.in_space, selection, cache),
-                                          out_index=selection[node.out_space.segments[0][0]])
-            elif node.kind == "depthwise":
-                y = self._slim[node.name](x, index=selection[node.out_space.segments[0][0]])
-            elif node.kind == "bn":
-                slim: SlimBatchNormalization = self._slim[node.name]
-                index = self._space_index(node.out_space, selection, cache)
-                if collect_bn is not None:
-                    collect_bn[node.name] = slim.batch_moments(x)
-                stats = None if bn_stats is None else bn_stats.get(node.name)
-                y = slim(x, index=index, training=training, stats=stats)
-            elif node.kind in ("merge", "concat"):
-                y = node.layer(args)
-            elif isinstance(node.layer, (keras.layers.Dropout, keras.layers.SpatialDropout2D,
-                                         keras.layers.GaussianNoise)):
-                y = node.layer(x, training=training)
-            else:
-                y = node.layer(x)
+            y = node.rule.apply(node, run)
             if masks is not None and node.name in self._mask_after:
-                y = self._apply_mask(y, node.out_space, masks)
-            tensors[node.name] = y
-        outs = [tensors[n] for n in self._output_names]
+                y = self._apply_mask(y, node.out_space, masks, run.out_index(node))
+            run.values[id(node.call.outputs[0])] = y
+        outs = [run.values[id(t)] for t in self.model.outputs]
         return outs[0] if len(outs) == 1 else outs
 
-    def _apply_mask(self, y, space: TensorSpace, masks):
-        parts = [masks[g] for g, _ in space.segments]
+    def _mask_vector(self, space: TensorSpace, masks, dtype) -> tf.Tensor | None:
+        """The full-width mask of a tensor's last axis (None when no group of it is masked)."""
+        parts = [masks[g] for g in space.groups]
         if all(p is None for p in parts):
-            return y
-        full = [tf.ones([self.graph.groups[g].size], y.dtype) if p is None else tf.cast(p, y.dtype)
-                for (g, _), p in zip(space.segments, parts)]
-        m = tf.concat(full, axis=0)
+            return None
+        full = [tf.ones([self.graph.groups[g].size], dtype) if p is None else tf.cast(p, dtype)
+                for g, p in zip(space.groups, parts)]
+        m = tf.concat([tf.repeat(v, space.inner) if space.inner != 1 else v for v in full], axis=0)
         if space.repeat != 1:
             m = tf.tile(m, [space.repeat])
-        return y * m
+        return m
+
+    def _apply_mask(self, y, space: TensorSpace, masks, index=None):
+        m = self._mask_vector(space, masks, y.dtype)
+        if m is None:
+            return y
+        return y * (m if index is None else tf.gather(m, index))
 
     # ----------------------------------------------------------------------------------------
     def calibrate_bn(self, selection: Selection, batches: Iterable, num_batches: int | None = None) -> int:
@@ -200,7 +170,7 @@ class Supernet(keras.Model):
             raise ValueError("calibrate_bn got no batches; give it an iterable of image batches")
         cache: dict = {}
         for node in self.graph.nodes:
-            if node.kind != "bn":
+            if node.name not in sums:
                 continue
             mean, var = (s / count for s in sums[node.name])
             index = self._space_index(node.out_space, selection, cache)
@@ -223,6 +193,41 @@ class Supernet(keras.Model):
         from cafe_tf import surgery
 
         return surgery.extract(self.model, channels, graph=self.graph, name=name)
+
+
+class _Run:
+    """One supernet forward pass: the tensors so far and what a rule's ``apply`` may ask of it."""
+
+    def __init__(self, supernet: Supernet, selection, training, masks, bn_stats, collect_bn):
+        self.supernet, self.selection, self.training = supernet, selection, training
+        self.masks, self.bn_stats, self.collect_bn = masks, bn_stats, collect_bn
+        self.values: dict[int, tf.Tensor] = {}  # id(the model's KerasTensor) -> tensor
+        self._cache: dict = {}
+
+    def input(self, node):
+        """The node's first tensor input."""
+        return self.values[id(node.call.input_tensors[0])]
+
+    def in_index(self, node):
+        return None if node.in_space is None else self.supernet._space_index(node.in_space, self.selection, self._cache)
+
+    def out_index(self, node):
+        return self.supernet._space_index(node.out_space, self.selection, self._cache)
+
+    def mask_of(self, space, index):
+        """The float32 mask of ``space`` at the kept positions ``index`` (None without masks)."""
+        if self.masks is None:
+            return None
+        m = self.supernet._mask_vector(space, self.masks, tf.float32)
+        return m if m is None or index is None else tf.gather(m, index)
+
+    def call_original(self, node):
+        """Calls the node's own layer / operation on the current tensors, with its recorded arguments."""
+        args, kwargs = node.call.arguments.fill_in(self.values)
+        op = node.layer
+        if getattr(op, "_call_has_training_arg", False):
+            kwargs["training"] = self.training
+        return op(*args, **kwargs)
 
 
 class _BatchStatsView(dict):
