@@ -1193,7 +1193,9 @@ class _ConvDispatch(LayerRule):
         return self._plain.latency_layer(key)
 
 
-register_builtin = _register_builtin
+def register_builtin_conv() -> None:
+    """Restores the built-in Conv2D rule (after a test or a user replaced it)."""
+    register(L.Conv2D, _ConvDispatch(), replace=True)
 
 
 def resolve(op: Any) -> LayerRule | None:
