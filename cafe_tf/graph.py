@@ -17,7 +17,7 @@ Example::
     graph = ChannelGraph.from_model(keras_model, boundaries=["head_conv"])
     for g in graph.prunable_groups:
         print(g.name, g.size)
-    print(check(keras_model).summary())        # is my model supported, and how?
+    print(cafe_tf.check.check(keras_model).summary())   # is my model supported, and how?
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import numpy as np
 from cafe_tf import layers as rules
 from cafe_tf.layers import TensorSpace, UnsupportedModelError, WireContext
 
-__all__ = ["ChannelGraph", "ChannelGroup", "LayerNode", "TensorSpace", "UnsupportedModelError", "check",
-           "flatten_model"]
+__all__ = ["ChannelGraph", "ChannelGroup", "LayerNode", "TensorSpace", "UnsupportedModelError", "flatten_model",
+           "set_boundaries", "model_boundaries"]
 
 
 @dataclasses.dataclass
@@ -165,6 +165,23 @@ def _boundary_matchers(boundaries: Iterable[Any]) -> tuple[set[str], set[type]]:
     return names, types
 
 
+_BOUNDARIES_ATTR = "_cafe_tf_boundaries"
+
+
+def set_boundaries(model: keras.Model, boundaries: Iterable[Any]) -> keras.Model:
+    """Records fixed-width boundaries (layer names or classes) on ``model`` itself, so that every
+    graph built from it later (supernet, search, Dagger, export) keeps them; returns ``model``.
+    ``config.model.boundaries`` lands here."""
+    _boundary_matchers(boundaries)  # validates the entries
+    object.__setattr__(model, _BOUNDARIES_ATTR, tuple(boundaries))
+    return model
+
+
+def model_boundaries(model: Any) -> tuple:
+    """The boundaries recorded on ``model`` by :func:`set_boundaries` (none by default)."""
+    return tuple(getattr(model, _BOUNDARIES_ATTR, ()))
+
+
 class ChannelGraph:
     """Channel groups of a functional Keras model and the layers that read and write them."""
 
@@ -184,7 +201,8 @@ class ChannelGraph:
         """Builds the graph of ``model`` (a functional Keras 3 model with a fixed input size).
 
         ``boundaries``: layer names or layer classes whose channels are kept whole (fixed-width
-        boundaries); a class also covers layers that have no rule in ``cafe_tf.layers``.
+        boundaries); a class also covers layers that have no rule in ``cafe_tf.layers``. Those
+        recorded on the model with :func:`set_boundaries` are added.
 
         Raises:
           UnsupportedModelError: naming the first layer (and its type) the graph cannot handle, and
@@ -196,7 +214,7 @@ class ChannelGraph:
                 "(a subclassed model has no graph to read); build it with keras.Model(inputs, outputs) "
                 "or keras.Sequential with an Input"
             )
-        boundaries = tuple(boundaries or ())
+        boundaries = tuple(boundaries or ()) + tuple(b for b in model_boundaries(model) if b not in (boundaries or ()))
         b_names, b_types = _boundary_matchers(boundaries)
         model = flatten_model(model)
         if len(model.inputs) != 1:

@@ -189,3 +189,15 @@ def test_a_rule_whose_macs_disagree_with_the_layer_is_refused():
 def test_register_refuses_a_second_rule_without_replace():
     with pytest.raises(ValueError, match="Conv2D already has the rule"):
         layers.register(L.Conv2D, layers.Conv())
+
+
+def test_boundaries_recorded_on_the_model_reach_every_graph():
+    from cafe_tf.graph import model_boundaries, set_boundaries
+
+    m = set_boundaries(_user_model(), ["user_scale"])
+    assert model_boundaries(m) == ("user_scale",)
+    supernet = Supernet(m)  # builds its own graph: the recorded boundary holds
+    assert not supernet.graph.group_by_name["c1"].prunable
+    assert [n.name for n in supernet.graph.nodes if n.boundary] == ["user_scale"]
+    with pytest.raises(ValueError, match="a boundary is a layer name or a layer class, got 3"):
+        set_boundaries(m, [3])
