@@ -1,10 +1,11 @@
 """Analytic multiply-accumulates (MACs) and parameter counts of any width assignment.
 
 Papers write "FLOPs" for what are multiply-accumulates; cafe-tf says **MACs** and reports
-``flops = 2 * macs`` only where asked. Counted: Conv2D, DepthwiseConv2D and Dense (the convention
-of ResNet/MobileNet/EfficientNet papers); BN, activations, pooling and adds count 0 MACs.
-Parameters count every stored weight (kernels, biases, BN gamma/beta/mean/variance), as Keras'
-``count_params`` does.
+``flops = 2 * macs`` only where asked. Counted: convolutions (plain, grouped, depthwise, separable)
+and Dense (the convention of ResNet/MobileNet/EfficientNet papers); normalisations, activations,
+pooling and adds count 0 MACs. Parameters count every stored weight (kernels, biases, BN
+gamma/beta/mean/variance), as Keras' ``count_params`` does. Each layer's terms come from its rule in
+``cafe_tf.layers``, and are checked at full width against the MACs its own weights give.
 
 Every count is a polynomial in the group widths ``w`` (``cafe_tf.graph``)::
 
