@@ -36,6 +36,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 L = keras.layers
 
@@ -89,63 +90,37 @@ class TensorSpace:
                            self.inner * m)
 
 
-class _Numpy:
-    """Index operations on numpy arrays (extraction)."""
+class _IndexOps:
+    """Index operations on one array library: numpy for extraction, TensorFlow in the supernet."""
 
-    @staticmethod
-    def take(w, index, axis: int):
-        return w if index is None else np.take(w, index, axis=axis)
+    def __init__(self, gather: Callable, arange: Callable, reshape: Callable):
+        self._gather, self._arange, self._reshape = gather, arange, reshape
 
-    @staticmethod
-    def expand(index, m: int):
+    def take(self, w, index, axis: int):
+        return w if index is None else self._gather(w, index, axis)
+
+    def expand(self, index, m: int):
+        """Positions of ``m`` consecutive copies of each index (depth multipliers)."""
         if index is None or m == 1:
             return index
-        return (np.asarray(index)[:, None] * m + np.arange(m)[None, :]).reshape(-1)
+        return self._reshape(index[:, None] * m + self._arange(m)[None, :], [-1])
 
 
-class _TF:
-    """The same index operations on TensorFlow tensors (the supernet)."""
-
-    @staticmethod
-    def take(w, index, axis: int):
-        import tensorflow as tf
-
-        return w if index is None else tf.gather(w, index, axis=axis)
-
-    @staticmethod
-    def expand(index, m: int):
-        import tensorflow as tf
-
-        if index is None or m == 1:
-            return index
-        return tf.reshape(index[:, None] * m + tf.range(m)[None, :], [-1])
-
-
-NUMPY = _Numpy()
-TF = _TF()
+NUMPY = _IndexOps(lambda w, i, axis: np.take(w, i, axis=axis), np.arange, np.reshape)
+TF = _IndexOps(lambda w, i, axis: tf.gather(w, i, axis=axis), tf.range, tf.reshape)
 
 
 def space_positions(space: TensorSpace, parts: Sequence, sizes: Sequence[int], ops=NUMPY):
     """Kept positions along a tensor's last axis. ``parts[i]``: the kept indices of segment i's group
     (None: all ``sizes[i]``). With ``ops=TF`` returns None when every position is kept."""
-    if ops is TF:
-        import tensorflow as tf
-
-        if all(p is None for p in parts) and space.repeat == 1 and space.inner == 1:
-            return None
-        arange, concat = tf.range, (lambda xs: tf.concat(xs, 0))
-    else:
-        arange, concat = np.arange, np.concatenate
-    pieces = []
-    for (_, off), p, size in zip(space.segments, parts, sizes):
-        idx = arange(size) if p is None else p
-        pieces.append(ops.expand(idx, space.inner) + off if space.inner != 1 else idx + off)
-    block = concat(pieces)
+    if ops is TF and all(p is None for p in parts) and space.repeat == 1 and space.inner == 1:
+        return None
+    concat = (lambda xs: tf.concat(xs, 0)) if ops is TF else np.concatenate
+    block = concat([ops.expand(ops._arange(size) if p is None else p, space.inner) + off
+                    for (_, off), p, size in zip(space.segments, parts, sizes)])
     if space.repeat == 1:
         return block
-    if ops is TF:
-        return tf.reshape(tf.range(space.repeat)[:, None] * space.block + block[None, :], [-1])
-    return (np.arange(space.repeat)[:, None] * space.block + block[None, :]).reshape(-1)
+    return ops._reshape(ops._arange(space.repeat)[:, None] * space.block + block[None, :], [-1])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -560,7 +535,6 @@ class Reshape(LayerRule):
         return config
 
     def apply(self, node, run):
-        import tensorflow as tf
 
         x = run.input(node)
         return tf.reshape(x, [-1, *node.out_shape[:-1], tf.shape(x)[-1]] if node.out_shape[-1:] == node.in_shapes[0][-1:]
@@ -613,7 +587,6 @@ class BatchNorm(LayerRule):
         return [], [(n * node.out_space.multiplicity, g, const) for g in node.out_space.groups]
 
     def apply(self, node, run):
-        import tensorflow as tf
 
         layer = node.layer
         x = run.input(node)
@@ -649,7 +622,6 @@ class BatchNorm(LayerRule):
 
 def batch_moments(x):
     """Per-channel batch mean and (biased) variance in float32, over every axis but the last."""
-    import tensorflow as tf
 
     return tf.nn.moments(tf.cast(x, tf.float32), axes=list(range(x.shape.rank - 1)))
 
@@ -677,7 +649,6 @@ class LayerNorm(LayerRule):
         return [], [(n * node.out_space.multiplicity, g, const) for g in node.out_space.groups]
 
     def apply(self, node, run):
-        import tensorflow as tf
 
         layer = node.layer
         x = run.input(node)
@@ -712,14 +683,12 @@ def _dilation_extra(layer) -> str:
 
 
 def _conv_nn(x, kernel, layer):
-    import tensorflow as tf
 
     return tf.nn.convolution(x, tf.cast(kernel, x.dtype), strides=layer.strides, padding=layer.padding.upper(),
                              dilations=layer.dilation_rate)
 
 
 def _finish(layer, y, bias):
-    import tensorflow as tf
 
     if bias is not None:
         y = tf.nn.bias_add(y, tf.cast(bias, y.dtype))
@@ -765,7 +734,6 @@ class Conv(LayerRule):
         return dict(config, filters=out_channels)
 
     def filter_matrix(self, layer):
-        import tensorflow as tf
 
         k = tf.cast(tf.convert_to_tensor(layer.kernel), tf.float32)
         return tf.reshape(tf.transpose(k, [3, 0, 1, 2]), [tf.shape(k)[3], -1])
@@ -845,13 +813,11 @@ class GroupedConv(Conv):
         return True
 
     def filter_matrix(self, layer):
-        import tensorflow as tf
 
         k = tf.cast(tf.convert_to_tensor(layer.kernel), tf.float32)  # (kh, kw, cin/groups, filters)
         return tf.reshape(tf.transpose(k, [3, 0, 1, 2]), [tf.shape(k)[3], -1])
 
     def apply(self, node, run):
-        import tensorflow as tf
 
         layer = node.layer
         x = run.input(node)
@@ -903,13 +869,11 @@ class Depthwise(LayerRule):
         return [ops.take(weights[0], in_index, 2)] + [ops.take(w, out_index, 0) for w in weights[1:]]
 
     def filter_matrix(self, layer):
-        import tensorflow as tf
 
         k = tf.cast(tf.convert_to_tensor(layer.kernel), tf.float32)  # (kh, kw, C, m): one row per channel
         return tf.reshape(tf.transpose(k, [2, 3, 0, 1]), [tf.shape(k)[2], -1])
 
     def apply(self, node, run):
-        import tensorflow as tf
 
         layer = node.layer
         w = self.slice_weights(layer, list(layer.weights), run.in_index(node), run.out_index(node), TF)
@@ -927,19 +891,12 @@ class Depthwise(LayerRule):
                                  depth_multiplier=max(1, key.cout // max(key.cin, 1)))
 
 
-class Separable(LayerRule):
-    """SeparableConv2D: a depthwise convolution (multiplier m) then a 1x1 convolution to a new group."""
+class Separable(Conv):
+    """SeparableConv2D: a depthwise convolution (multiplier m) then a 1x1 convolution to a new group
+    (wired like Conv2D, and rebuilt with ``filters`` like it)."""
 
     kind = "separable"
-    producer = True
-    filtered = True
-    fuses_activation = True
     latency_ops = ("SEPARABLE_CONV_2D",)
-
-    def wire(self, ctx):
-        if ctx.layer.data_format != "channels_last":
-            raise ctx.refuse(f"uses data_format={ctx.layer.data_format!r}; only channels_last")
-        return ctx.plain_input(), ctx.new_group(ctx.layer.filters, ctx.name)
 
     def terms(self, node, const):
         layer, s = node.layer, node.in_space
@@ -963,17 +920,12 @@ class Separable(LayerRule):
         pointwise = ops.take(ops.take(weights[1], ops.expand(in_index, m), 2), out_index, 3)
         return [depthwise, pointwise] + [ops.take(w, out_index, 0) for w in weights[2:]]
 
-    def rebuild_config(self, config, in_channels, out_channels):
-        return dict(config, filters=out_channels)
-
     def filter_matrix(self, layer):
-        import tensorflow as tf
 
         k = tf.cast(tf.convert_to_tensor(layer.pointwise_kernel), tf.float32)
         return tf.reshape(tf.transpose(k, [3, 0, 1, 2]), [tf.shape(k)[3], -1])
 
     def apply(self, node, run):
-        import tensorflow as tf
 
         layer = node.layer
         w = self.slice_weights(layer, list(layer.weights), run.in_index(node), run.out_index(node), TF)
@@ -1025,12 +977,10 @@ class DenseRule(LayerRule):
         return dict(config, units=out_channels)
 
     def filter_matrix(self, layer):
-        import tensorflow as tf
 
         return tf.transpose(tf.cast(tf.convert_to_tensor(layer.kernel), tf.float32))
 
     def apply(self, node, run):
-        import tensorflow as tf
 
         layer = node.layer
         w = self.slice_weights(layer, list(layer.weights), run.in_index(node), run.out_index(node), TF)
