@@ -1,11 +1,5 @@
 """Export a plain Keras 3 image classifier to ``.tflite``: fp32, fp16, dynamic-range, full int8, QAT.
 
-Usage::
-
-    python -m deploy.export --model slim.keras --quant int8 --out slim_int8.tflite \\
-        [--dataset fashion_mnist --data_dir DIR] [--io_type {float32,int8,uint8}] [--batch_size 1]
-    python -m deploy.export --widths W/widths.json --checkpoint W/retrain --quant int8 --out slim_int8.tflite
-
 The model is either a ``.keras`` file (``--model``) or a searched network and its training checkpoint
 (``--widths`` + ``--checkpoint``): the widths.json records the model name, input shape, classes and
 width multiplier, so the slim model is rebuilt exactly as ``python -m cafe_tf.train --widths`` built
@@ -395,6 +389,12 @@ def load_keras_model(path: str) -> Any:
 
 
 _DATA_SHARD = re.compile(r"\.data-\d+-of-\d+$")
+
+
+def checkpoint_exists(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a file or folder, or a checkpoint prefix (a data shard or ``.index`` names one too)."""
+    path = os.path.expanduser(os.fspath(path))
+    return os.path.exists(path) or os.path.isfile(_DATA_SHARD.sub("", path) + ".index")
 _SHAPE_MISMATCH = re.compile(
     r"incompatible tensor with shape (\([^)]*\)|\[[^\]]*\]) when attempting to restore variable with shape "
     r"(\([^)]*\)|\[[^\]]*\]) and name (\S+?)(?::0)?\.?$"
@@ -473,117 +473,7 @@ def load_widths_checkpoint(widths_path: str | os.PathLike, checkpoint: str | os.
     raise DeployError(problem)
 
 
-# --------------------------------------------------------------------------------------------
-# Program
+if __name__ == "__main__":  # `python -m deploy.export`: the program is deploy/export_main.py
+    from cafe_tf.programs import forward_to
 
-
-def _define_flags() -> None:
-    from absl import flags
-
-    flags.DEFINE_string("model", None, "the Keras 3 model to export (.keras file); or give --widths and --checkpoint")
-    flags.DEFINE_string("widths", None, "instead of --model: the widths.json of a searched network (with --checkpoint)")
-    flags.DEFINE_string("checkpoint", None, "with --widths: the `python -m cafe_tf.train --widths` workdir, its "
-                        "checkpoints/ folder (latest is used) or one checkpoint prefix (.../checkpoints/ckpt-120)")
-    flags.DEFINE_enum("quant", None, list(QUANT_MODES), "quantization: fp32, fp16 (float16 weights), dynamic "
-                      "(int8 weights), int8 (full integer, calibrated), qat (quantization-aware fine-tune + int8)")
-    flags.DEFINE_string("out", None, "output .tflite path (written atomically)")
-    flags.DEFINE_string("dataset", "fashion_mnist", "dataset for calibration / QAT and the normalisation recorded "
-                        "in the metadata (a cafe_tf.data name)")
-    flags.DEFINE_string("data_dir", None, "tfds data_dir (default $CAFE_TF_DATA_DIR or ~/tensorflow_datasets)")
-    flags.DEFINE_enum("io_type", "float32", list(IO_TYPES), "input/output type of int8/qat models "
-                      "(int8 or uint8 for the Edge TPU)")
-    flags.DEFINE_integer("batch_size", 1, "static batch of the exported signature; 0 keeps it dynamic "
-                         "(the Edge TPU needs 1)")
-    flags.DEFINE_integer("num_calibration", 200, "training images used to calibrate int8 / fine-tune QAT")
-    flags.DEFINE_integer("qat_steps", 100, "QAT fine-tuning steps")
-    flags.DEFINE_integer("qat_batch_size", 32, "QAT fine-tuning batch size")
-    flags.DEFINE_float("qat_learning_rate", 1e-5, "QAT fine-tuning learning rate (Adam)")
-    flags.DEFINE_list("mean", None, "per-channel input mean to record (overrides the dataset's), e.g. 0.286")
-    flags.DEFINE_list("std", None, "per-channel input std to record (overrides the dataset's), e.g. 0.353")
-
-
-def _main() -> None:
-    from absl import flags
-
-    from deploy import _cli
-
-    FLAGS = flags.FLAGS
-    if FLAGS.model and (FLAGS.widths or FLAGS.checkpoint):
-        given = "--widths" if FLAGS.widths else "--checkpoint"
-        raise UsageError(f"--model and {given} both name the model to export; pass either --model FILE.keras or "
-                         "--widths W/widths.json with --checkpoint W/<workdir>, not both")
-    if FLAGS.widths or FLAGS.checkpoint:
-        if not (FLAGS.widths and FLAGS.checkpoint):
-            raise UsageError("--widths and --checkpoint go together: the widths.json of the searched network and the "
-                             "checkpoint (workdir, checkpoints folder or prefix) `python -m cafe_tf.train --widths` wrote")
-        widths_path = _cli.require_file(FLAGS.widths, "widths")
-        checkpoint = os.path.expanduser(FLAGS.checkpoint)
-        if not os.path.exists(checkpoint) and not os.path.isfile(_DATA_SHARD.sub("", checkpoint) + ".index"):
-            raise UsageError(f"--checkpoint={FLAGS.checkpoint!r} does not exist (a cafe_tf.train workdir, its "
-                             "checkpoints folder or a checkpoint prefix such as W/retrain/checkpoints/ckpt-120)")
-        source = None
-    else:
-        model_path = _cli.require_file(FLAGS.model, "model")
-        source = os.path.basename(model_path)
-    if not FLAGS.out:
-        raise UsageError("--out is required: the .tflite to write")
-    if FLAGS.quant is None:
-        raise UsageError(f"--quant is required: one of {list(QUANT_MODES)}")
-    if FLAGS.batch_size < 0:
-        raise UsageError(f"--batch_size must be >= 1, or 0 for a dynamic batch; got {FLAGS.batch_size}")
-    if FLAGS.num_calibration < 1:
-        raise UsageError(f"--num_calibration must be >= 1, got {FLAGS.num_calibration}")
-    normalization = None
-    if FLAGS.mean or FLAGS.std:
-        if not (FLAGS.mean and FLAGS.std) or len(FLAGS.mean) != len(FLAGS.std):
-            raise UsageError(f"--mean and --std must be given together with one value per channel; got {FLAGS.mean} and {FLAGS.std}")
-        try:
-            normalization = {"scale": 1.0 / 255.0, "mean": [float(v) for v in FLAGS.mean], "std": [float(v) for v in FLAGS.std]}
-        except ValueError:
-            raise UsageError(f"--mean/--std must be numbers, got {FLAGS.mean} and {FLAGS.std}") from None
-    dataset = FLAGS.dataset or None
-    if dataset is not None:
-        from cafe_tf import data
-
-        if dataset not in data.names():
-            raise UsageError(f"--dataset={dataset!r} is not a known dataset; valid: {data.names()}")
-    if source is None:
-        prefix = resolve_checkpoint(checkpoint)
-        model = load_widths_checkpoint(widths_path, prefix)
-        source = f"{os.path.basename(widths_path)} + {os.path.basename(prefix)}"
-        print(f"export: rebuilt {model.name!r} from {widths_path} with the weights of {prefix}")
-    else:
-        model = load_keras_model(model_path)
-    if dataset is not None and FLAGS.quant in ("int8", "qat"):
-        print(f"export: calibrating on {FLAGS.num_calibration} images of {dataset!r} (train split)")
-    result = export_tflite(
-        model,
-        FLAGS.quant,
-        FLAGS.out,
-        representative_data=dataset,
-        io_type=FLAGS.io_type,
-        batch_size=FLAGS.batch_size or None,
-        normalization=normalization,
-        num_calibration=FLAGS.num_calibration,
-        data_dir=FLAGS.data_dir,
-        qat_steps=FLAGS.qat_steps,
-        qat_batch_size=FLAGS.qat_batch_size,
-        qat_learning_rate=FLAGS.qat_learning_rate,
-        source=source,
-    )
-    ops = ", ".join(f"{op} v{'/'.join(map(str, v))}" for op, v in result.op_versions.items())
-    inputs = result.metadata["inputs"][0]
-    print(
-        f"export: wrote {result.path} ({result.size_bytes / 1024:.1f} KiB, {result.quant}, io {result.io_type}, "
-        f"input {inputs['name']} {inputs['shape']} {inputs['dtype']})\nexport: ops {ops}\n"
-        f"export: metadata entry 'cafe_tf.metadata' records the normalisation {result.metadata['normalization']}"
-    )
-    if result.qat_losses:
-        print(f"export: QAT loss {result.qat_losses['first_loss']:.4f} -> {result.qat_losses['last_loss']:.4f}")
-
-
-if __name__ == "__main__":
-    from deploy import _cli
-
-    _define_flags()
-    _cli.run(_main)
+    forward_to("deploy.export_main")

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from absl import flags
 
-from deploy import _cli
+from cafe_tf import programs
+from cafe_tf.errors import UsageError
 from deploy.benchmark import schema
-from deploy.errors import UsageError
 
 
 def _define_flags() -> None:
@@ -53,7 +53,7 @@ def _main() -> None:
     FLAGS = flags.FLAGS
     if FLAGS.target is None:
         raise UsageError(f"--target is required: one of {list(schema.TARGETS)}")
-    model = _cli.require_file(FLAGS.model, "model")
+    model = programs.require_file(FLAGS.model, "model")
     if not FLAGS.out:
         raise UsageError("--out is required: where to write benchmark.json")
     if FLAGS.threads < 1:
@@ -80,7 +80,7 @@ def _main() -> None:
                 "--benchmark_binary is required for --target android: the official TFLite benchmark_model "
                 "binary for the phone's ABI (e.g. the android_aarch64 prebuilt)"
             )
-        _cli.require_file(FLAGS.benchmark_binary, "benchmark_binary")
+        programs.require_file(FLAGS.benchmark_binary, "benchmark_binary")
         record = benchmark_android(
             model,
             FLAGS.benchmark_binary,
@@ -118,4 +118,4 @@ def _main() -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    _cli.run(_main)
+    programs.run_tool(_main)
