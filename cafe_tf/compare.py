@@ -32,11 +32,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from cafe_tf import programs  # noqa: E402
+from cafe_tf import programs
 
 
 def define_flags() -> None:

@@ -48,13 +48,15 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cafe_tf.config import ConfigError, validate
+from cafe_tf.config import VALIDATORS, ConfigError, validate
 from cafe_tf.errors import UsageError
 
 __all__ = [
     "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "UsageError", "config_argv", "define_config_flags",
     "forward_to", "parse_flags", "program_name", "require_file", "run_program", "run_tool",
 ]
+
+Validators = Mapping[str, Callable[[ml_collections.ConfigDict], None]]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -217,8 +219,8 @@ def _no_positional(argv: list[str]) -> None:
 
 
 def _quiet_tensorflow() -> None:
-    # TensorFlow reads this when it first logs; the library imports it lazily, so setting it before
-    # the flags (and the config file) are loaded still quiets its C++ start-up lines.
+    # TensorFlow's C++ runtime reads this when it first logs (the library imports TensorFlow lazily);
+    # TF 2.21's few start-up lines print before that and ignore it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -226,12 +228,14 @@ def run_program(
     main: Callable[[ml_collections.ConfigDict, str], Any],
     *,
     sections: Iterable[str] | None = None,
-    extra_validators: Mapping[str, Callable[[ml_collections.ConfigDict], None]] | None = None,
+    extra_validators: Validators | None = None,
+    required: Iterable[str] = (),
 ) -> NoReturn:
     """Runs the job ``main(config, workdir)`` (flags from :func:`define_config_flags`); never returns.
 
-    The config is validated before ``main`` runs: ``sections`` / ``extra_validators`` are passed to
-    :func:`cafe_tf.config.validate`.
+    The config is validated before ``main`` runs: ``sections`` (default: every section present that
+    has a validator, and the ``required`` ones, which must be present) with ``extra_validators`` as
+    :func:`cafe_tf.config.validate` does.
     """
 
     def _main(argv: list[str]) -> int:
@@ -242,8 +246,12 @@ def run_program(
             _usage_exit("--config is required, e.g. --config configs/fashion_mnist_cnn.py")
         if not workdir:
             _usage_exit("--workdir is required: the folder for checkpoints, logs and results")
+        checked = sections
+        if checked is None and required:
+            known = [*VALIDATORS, *(extra_validators or {})]
+            checked = [s for s in dict.fromkeys([*known, *required]) if s in config or s in required]
         try:
-            validate(config, sections, extra_validators)
+            validate(config, checked, extra_validators)
         except ConfigError as e:
             _usage_exit(str(e))
         workdir = os.path.abspath(os.path.expanduser(workdir))

@@ -26,9 +26,7 @@ Exit codes: 0 done, 1 the job failed, 2 usage or config error.
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-from cafe_tf import programs  # noqa: E402
+from cafe_tf import programs
 
 _CONFIG, _WORKDIR = programs.define_config_flags()
 
