@@ -98,7 +98,10 @@ def search_stages(workdir: str, arms: list[str]) -> list:
     from cafe_tf.stages import Stage, is_keras_file
 
     cfg = programs.config_argv()
-    w = lambda *p: os.path.join(workdir, *p)  # noqa: E731
+
+    def w(*parts: str) -> str:
+        return os.path.join(workdir, *parts)
+
     stages = []
     for arm in ("cafenet", "fixed"):
         if arm in arms or (arm == "cafenet" and "uniform" in arms and "fixed" not in arms):

@@ -45,7 +45,7 @@ class Stage:
             return False
         try:
             self.validate(self.artifact)
-        except Exception as e:  # noqa: BLE001 - any failure means: run the stage again
+        except Exception as e:  # any failure means: run the stage again
             logging.warning("stage %s: artifact %s is invalid (%s); running it again", self.name, self.artifact, e)
             return False
         return True

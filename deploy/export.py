@@ -181,7 +181,7 @@ def convert_keras(
                 converter.inference_output_type = converter.inference_input_type
         try:
             return bytes(converter.convert())
-        except Exception as e:  # noqa: BLE001 - ConverterError and friends: keep the first line
+        except Exception as e:  # ConverterError and friends: keep the first line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DeployError(f"the TFLite converter failed on {model.name!r} ({quant}): {first}") from None
 
@@ -383,7 +383,7 @@ def load_keras_model(path: str) -> Any:
 
     try:
         return keras.saving.load_model(path, compile=False)
-    except Exception as e:  # noqa: BLE001 - keras raises many types for a bad file
+    except Exception as e:  # keras raises many types for a bad file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DeployError(f"cannot load the Keras model {path!r}: {first}") from None
 

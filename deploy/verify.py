@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from deploy.errors import DeployError, UsageError
+from deploy.errors import DeployError
 
 SCHEMA = "verify"
 VERSION = 1
