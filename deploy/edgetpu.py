@@ -1,30 +1,12 @@
 """Edge TPU readiness without the compiler, and the compiler's report when it is installed.
 
-Exit codes: 0 ready, 1 not ready (the report is written either way) or the model cannot be read,
-2 bad usage.
-
-The readiness check (:func:`readiness`) reads the ``.tflite`` and applies Coral's model requirements
-(https://coral.ai/docs/edgetpu/models-intro/#supported-operations, see :data:`SUPPORTED_OPS`):
-
-* every activation tensor int8/uint8 (constant int32 biases, shapes and axes are fine), static shapes,
-  batch 1 (a tensor of more than 3 dimensions may only have its 3 innermost ones > 1);
-* every op in the Edge TPU's supported-op list, with that op's constraints (fused activations,
-  reduction / padding axes, a Mean over channels only when they are a multiple of 4, PReLU's
-  one-dimensional alpha, FullyConnected weights format, Softmax size, StridedSlice strides, ...)
-  and the minimum Edge TPU runtime version that supports it;
-* what would run on the CPU: the compiler makes one Edge TPU subgraph, so the first op it cannot map
-  and **every op after it** fall back to the CPU (a leading input QUANTIZE excepted);
-* op versions: the last Edge TPU compiler (16.0) embeds an old TFLite op resolver and refuses the
-  whole model ("Didn't find op for builtin opcode 'CONV_2D' version '6'") when any op (even one
-  meant for the CPU) has a newer version than it knows. :data:`COMPILER_16_MAX_OP_VERSIONS` lists the
-  versions it accepts: confirmed ones from compiler-16.0 failures reported on GitHub
-  (google-coral/edgetpu #631, #845, #879; google-coral/libedgetpu #71), the others taken from the
-  TFLite kernel registrations of that time and marked as such.
-
-When ``edgetpu_compiler`` is on PATH, :func:`run_compiler` runs it and :func:`parse_compiler_log`
-turns its report (ops mapped per type, Edge TPU subgraphs, on-chip / off-chip parameter memory,
-op-version errors) into JSON; when it is not, the report says so. Only numpy and LiteRT's flatbuffer
-schema are imported.
+:func:`readiness` reads a ``.tflite`` and applies Coral's model requirements: int8/uint8 activation
+tensors, static shapes, batch 1; every op in the supported-op list (:data:`SUPPORTED_OPS`) with its
+constraints and minimum runtime; the ops that would fall back to the CPU (the compiler makes one
+Edge TPU subgraph, so the first op it cannot map and every op after it); and op versions newer than
+compiler 16.0 accepts (:data:`COMPILER_16_MAX_OP_VERSIONS`). :func:`run_compiler` runs
+``edgetpu_compiler`` when it is on PATH and :func:`parse_compiler_log` turns its report into JSON.
+Only numpy and LiteRT's flatbuffer schema are imported. Where the tables come from: docs/papers.md.
 """
 
 from __future__ import annotations

@@ -1,37 +1,11 @@
 """Export a plain Keras 3 image classifier to ``.tflite``: fp32, fp16, dynamic-range, full int8, QAT.
 
-The model is either a ``.keras`` file (``--model``) or a searched network and its training checkpoint
-(``--widths`` + ``--checkpoint``): the widths.json records the model name, input shape, classes and
-width multiplier, so the slim model is rebuilt exactly as ``python -m cafe_tf.train --widths`` built
-it (``cafe_tf.train.subnet.build_subnet``) and its weights are restored from the checkpoint, which
-may be the training workdir (its ``checkpoints/``, latest), a checkpoints folder or one prefix
-(``W/retrain/checkpoints/ckpt-120``). A checkpoint of other widths is refused naming the variable
-and both shapes.
-
-How (TF 2.21, Keras 3): the model is traced with ``keras.export.ExportArchive`` into a SavedModel
-whose one endpoint ``serving_default`` has a fixed input signature ``(batch_size, H, W, C)`` and
-returns ``{<output layer name>: logits}``; ``TFLiteConverter.from_saved_model`` converts that with
-builtin ops only (no Flex ops). ``batch_size=1`` (the default) gives the static batch of 1 the Edge
-TPU and most mobile runtimes want; ``--batch_size 0`` keeps it dynamic. (``from_keras_model`` leaves
-the batch dynamic, and ``from_concrete_functions`` fails during int8 calibration.)
-
-* ``fp16``: float16 weights, float compute. ``dynamic``: int8 weights, float activations.
-* ``int8``: full-integer post-training quantization calibrated on ``num_calibration`` images of the
-  training split, resized to the model's input; ``io_type`` int8/uint8 makes inputs and outputs
-  integer too (what the Edge TPU needs), float32 keeps float inputs with (de)quantize ops at the ends.
-* ``qat``: quantization-aware fine-tuning through tfmot (deploy/qat.py), then full-integer conversion.
-
-Before any integer quantization the model is refused if a convolution, depthwise convolution or
-dense layer has an all-zero output channel, or a BatchNormalization a zero gamma (an all-zero filter
-left by pruning): its per-channel weight scale would be 0. The message names the layer and channels.
-After converting, the flatbuffer must load and run in the LiteRT interpreter before it is written
-(atomically: a failed export leaves no file behind).
-
-Metadata: the model's own TFLite ``metadata`` list gets an entry ``cafe_tf.metadata`` holding JSON
-(read it with ``deploy.tflite_model.read_metadata``): signature, input / output names, shapes, dtypes
-and quantization, the input normalisation ``x = (pixel * scale - mean) / std`` for pixels in
-[0, 255], label names when known, the quantization mode and the converter version. (TFLite Support's
-``TFLITE_METADATA`` schema needs the tflite-support package, which is not part of this stack.)
+:func:`export_tflite` refuses a model with an all-zero filter before integer quantization, converts
+it through a SavedModel with a fixed input signature (static batch of 1 by default), checks that
+the result loads and runs in LiteRT, records the normalisation and labels as the metadata entry
+``cafe_tf.metadata`` and writes the file atomically. :func:`load_widths_checkpoint` rebuilds a
+searched network from its widths.json and training checkpoint. Why it converts this way:
+docs/deploy.md.
 """
 
 from __future__ import annotations
