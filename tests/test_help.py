@@ -94,3 +94,12 @@ def test_a_failed_tool_prints_one_line_and_exits_1(tmp_path):
                      "expected b'TFL3' "
                      "(a .tflite written by the TFLite converter / deploy.export)"], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_one_usage_error_class_for_every_program():
+    # deploy's library raises the frame's own class, so every program maps it to exit code 2.
+    from cafe_tf import programs
+    from deploy import errors
+
+    assert errors.UsageError is programs.UsageError
+    assert not issubclass(errors.DeployError, programs.UsageError)

@@ -24,7 +24,8 @@ from cafe_tf.errors import UsageError
 from deploy.benchmark import schema
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
+    """The program's flags."""
     flags.DEFINE_enum("target", None, list(schema.TARGETS), "where to run: host, android (adb) or coral (Edge TPU)")
     flags.DEFINE_string("model", None, "the .tflite to benchmark")
     flags.DEFINE_string("out", None, "where to write benchmark.json")
@@ -49,7 +50,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("edgetpu_device", None, "coral: device, e.g. usb:0 or pci:0 (default: the first)")
 
 
-def _main() -> None:
+def main() -> None:
+    """Checks the flags, runs the benchmark on the chosen target and writes benchmark.json."""
     FLAGS = flags.FLAGS
     if FLAGS.target is None:
         raise UsageError(f"--target is required: one of {list(schema.TARGETS)}")
@@ -117,5 +119,5 @@ def _main() -> None:
 
 
 if __name__ == "__main__":
-    _define_flags()
-    programs.run_tool(_main)
+    define_flags()
+    programs.run_tool(main)
