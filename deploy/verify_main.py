@@ -38,9 +38,6 @@ def define_flags() -> None:
 
 def main() -> None:
     """Checks the flags, compares the two models on the evaluation images and writes the report."""
-    from deploy.export import load_keras_model
-    from deploy.representative import dataset_images
-
     f = flags.FLAGS
     model_path = programs.require_file(f.model, "model")
     tflite_path = programs.require_file(f.tflite, "tflite")
@@ -48,6 +45,10 @@ def main() -> None:
         raise UsageError("--out is required: where to write verify.json")
     if f.num_batches < 1 or f.batch_size < 1:
         raise UsageError(f"--num_batches and --batch_size must be >= 1, got {f.num_batches} and {f.batch_size}")
+    # After the flags are checked: these import TensorFlow, which takes seconds.
+    from deploy.export import load_keras_model
+    from deploy.representative import dataset_images
+
     model = load_keras_model(model_path)
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     images, labels, normalization = dataset_images(
