@@ -10,7 +10,7 @@ WORKDIR ?= runs/demo
 PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv data demo test test-slow bazel-test bazel-ci bench clean
+.PHONY: venv data demo lint test test-slow bazel-test bazel-ci bench clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -27,6 +27,10 @@ $(FMNIST):
 
 demo: venv data
 	$(BIN)/python -m cafe_tf.pipeline --config configs/fashion_mnist_resnet20.py --workdir $(WORKDIR)
+
+# ruff, pinned in pyproject's `test` extra and configured there ([tool.ruff]).
+lint: venv
+	$(BIN)/ruff check .
 
 test: venv data
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)

@@ -4,26 +4,15 @@ r"""CafeNet against its baselines on one budget, retrained alike, and the supern
     python -m cafe_tf.compare --config C --workdir W --seeds=0,1,2 --ranking=8
     python -m cafe_tf.compare --config C --workdir W --summary_only    # tables from what exists
 
-Arms, each searched at ``config.search``'s budget on the same code paths as the pipeline:
+Arms, each searched at ``config.search``'s budget like the pipeline: ``cafenet`` (locally free
+sharing), ``fixed`` (fixed-pattern sharing, same recipe) and ``uniform`` (one width factor, scored
+by the cafenet supernet, or the fixed one when cafenet is not run). Each arm's network is retrained
+once per ``--seeds`` seed. ``--ranking N`` (with both cafenet and fixed) scores N networks spread
+over MACs with both supernets, retrains them once and reports Kendall's tau-b (the protocol:
+docs/papers.md).
 
-* ``cafenet``: a supernet with locally free sharing (``config.supernet``), evolutionary search;
-* ``fixed``: the same supernet recipe with fixed-pattern (AutoSlim-style) sharing, the same search;
-* ``uniform``: every group scaled by one factor, the largest that meets the budget (scored with the
-  cafenet supernet, or the fixed one when cafenet is not run).
-
-Each arm's network is retrained from scratch with ``config.train`` once per ``--seeds`` seed
-(``config.train.seed``), and the test accuracies are reported as mean and spread.
-
-Ranking quality (``--ranking N``, only when ``--arms`` has both cafenet and fixed): N width assignments spread evenly over [0.25, 0.95] of the full
-net's MACs (random within each MACs window, seeded) plus the arms' networks are scored by both
-supernets (the search's evaluator: BN recalibration, validation split) and retrained once (seed
-``--seeds[0]``); Kendall's tau-b between each supernet's scores and the retrained test accuracy says
-how well each kind of sharing ranks networks.
-
-Every step is a stage (``cafe_tf.stages``) or a cached, atomically written file, so running the same
-command again after a kill resumes. Writes into --workdir: ``<arm>/`` (supernet, widths.json,
-``retrain_s<seed>/``), ``ranking/`` (``c<i>/widths.json`` and ``c<i>/retrain``, ``scores_<arm>.json``),
-and ``compare.json``, ``compare.md``, ``compare.png``.
+Every step is a stage or a cached, atomically written file, so running the same command again
+resumes. Writes into --workdir: ``<arm>/``, ``ranking/``, ``compare.json``, ``compare.md``, ``compare.png``.
 
 Exit codes: 0 done, 1 a stage failed (its log is named), 2 usage or config error.
 """
@@ -32,11 +21,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from cafe_tf import programs  # noqa: E402
+from cafe_tf import programs
 
 
 def define_flags() -> None:
@@ -100,7 +87,10 @@ def search_stages(workdir: str, arms: list[str]) -> list:
     from cafe_tf.stages import Stage, is_keras_file
 
     cfg = programs.config_argv()
-    w = lambda *p: os.path.join(workdir, *p)  # noqa: E731
+
+    def w(*parts: str) -> str:
+        return os.path.join(workdir, *parts)
+
     stages = []
     for arm in ("cafenet", "fixed"):
         if arm in arms or (arm == "cafenet" and "uniform" in arms and "fixed" not in arms):

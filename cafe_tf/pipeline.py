@@ -17,23 +17,22 @@ stopped (and each stage resumes from its own checkpoints). Artifacts, all under 
     deploy/benchmark_*.json      python -m deploy.benchmark --target host   (both models; config.deploy.benchmark_runs)
     report.md, report.png        cafe_tf.report
 
+Every config section is validated before the first stage runs. Each stage dies with the pipeline:
+SIGTERM and SIGINT are forwarded to it, and on Linux it stops when the pipeline is killed.
+
 Exit codes: 0 done, 1 a stage failed (its log is named), 2 usage or config error.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
+from collections.abc import Callable
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+from cafe_tf import programs
 
-from cafe_tf import programs  # noqa: E402
-
-
-
-def _have(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+# Sections every pipeline config has; retrain and deploy fall back to their defaults below.
+REQUIRED_SECTIONS = ("supernet", "search")
 
 
 def retrain_section():
@@ -56,8 +55,34 @@ def deploy_section():
     ))
 
 
-def build_stages(config, workdir: str, config_args: list[str] | None = None) -> tuple[list, list[str]]:
-    """The stages for ``config`` and notes on any stage whose program is not available.
+def validate_deploy(section) -> None:
+    """Checks ``config.deploy``; raises ConfigError naming the key, the value and what is valid."""
+    from cafe_tf.config import ConfigError
+    from deploy.export import QUANT_MODES
+
+    modes = [m for m in QUANT_MODES if m != "fp32"]  # fp32 is always exported
+    if section.quantization not in modes:
+        raise ConfigError(f"config.deploy.quantization={section.quantization!r} is invalid; valid values: {modes} "
+                          "(fp32 is always exported besides it)")
+    for key in ("representative_examples", "benchmark_runs"):
+        if section[key] < 1:
+            raise ConfigError(f"config.deploy.{key}={section[key]!r} is invalid; it must be >= 1")
+
+
+def validators() -> dict[str, Callable]:
+    """Validators of the sections the stages read, besides cafe_tf.config's own (data, model, train, distribute)."""
+    from cafe_tf.search.run import validate_search
+    from cafe_tf.train.supernet import validate_supernet
+
+    return {"supernet": validate_supernet, "search": validate_search, "deploy": validate_deploy}
+
+
+def _section(config, name: str):
+    return config[name] if name in config else {"retrain": retrain_section, "deploy": deploy_section}[name]()
+
+
+def build_stages(config, workdir: str, config_args: list[str] | None = None) -> list:
+    """The stages for ``config``, in order.
 
     ``config_args`` (default: this process's ``--config`` and ``--config.*`` flags) go to every
     stage that takes a config.
@@ -66,78 +91,64 @@ def build_stages(config, workdir: str, config_args: list[str] | None = None) -> 
     from cafe_tf.stages import Stage, is_keras_file, is_tflite, read_json
 
     cfg = programs.config_argv() if config_args is None else list(config_args)
-    w = lambda *p: os.path.join(workdir, *p)  # noqa: E731
-    notes: list[str] = []
+    deploy = _section(config, "deploy")
+
+    def w(*parts: str) -> str:
+        return os.path.join(workdir, *parts)
+
+    retrain = ["-m", "cafe_tf.train", *cfg, f"--workdir={w('retrain')}", f"--widths={w('widths.json')}"]
+    if _section(config, "retrain").init_from_supernet:
+        retrain.append(f"--init_from_supernet={w('supernet.keras')}")
     stages = [
-        Stage("supernet", ["-m", "cafe_tf.train_supernet", *cfg, f"--workdir={workdir}"], w("supernet.keras"), is_keras_file),
+        Stage("supernet", ["-m", "cafe_tf.train_supernet", *cfg, f"--workdir={workdir}"], w("supernet.keras"),
+              is_keras_file),
         Stage("search", ["-m", "cafe_tf.search", *cfg, f"--workdir={workdir}"], w("widths.json"), read_widths),
-        Stage("retrain", ["-m", "cafe_tf.train", *cfg, f"--workdir={w('retrain')}", f"--widths={w('widths.json')}"]
-              + ([f"--init_from_supernet={w('supernet.keras')}"]
-                 if config.get("retrain", {}).get("init_from_supernet") else []),
-              w("retrain", "model.keras"), is_keras_file),
+        Stage("retrain", retrain, w("retrain", "model.keras"), is_keras_file),
     ]
-    deploy = config.get("deploy", {})
-    dataset = config.data.name
-    data_dir = [f"--data_dir={config.data.data_dir}"] if config.data.get("data_dir") else []
-    if _have("deploy.export"):
-        for quant in ("fp32", deploy.get("quantization", "int8")):
-            stages.append(Stage(
-                f"export_{quant}",
-                ["-m", "deploy.export", f"--model={w('retrain', 'model.keras')}", f"--quant={quant}",
-                 f"--out={w('deploy', f'model_{quant}.tflite')}", f"--dataset={dataset}",
-                 f"--num_calibration={deploy.get('representative_examples', 200)}", *data_dir],
-                w("deploy", f"model_{quant}.tflite"), is_tflite))
-    else:
-        notes.append("TFLite export skipped: deploy.export is not available in this checkout")
-    if _have("deploy.verify"):
-        quant = deploy.get("quantization", "int8")
+    data_dir = [f"--data_dir={config.data.data_dir}"] if config.data.data_dir else []
+    quants = ("fp32", deploy.quantization)
+    for quant in quants:
         stages.append(Stage(
-            f"verify_{quant}",
-            ["-m", "deploy.verify", f"--model={w('retrain', 'model.keras')}", f"--tflite={w('deploy', f'model_{quant}.tflite')}",
-             f"--dataset={dataset}", f"--out={w('deploy', f'verify_{quant}.json')}", *data_dir],
-            w("deploy", f"verify_{quant}.json"), read_json))
-    else:
-        notes.append("parity check skipped: deploy.verify is not available in this checkout")
-    if _have("deploy.benchmark.__main__") or _have("deploy.benchmark.cli"):
-        for quant in ("fp32", deploy.get("quantization", "int8")):
-            stages.append(Stage(
-                f"benchmark_{quant}",
-                ["-m", "deploy.benchmark", "--target=host", f"--model={w('deploy', f'model_{quant}.tflite')}",
-                 f"--out={w('deploy', f'benchmark_{quant}.json')}", f"--runs={deploy.get('benchmark_runs', 50)}"],
-                w("deploy", f"benchmark_{quant}.json"), read_json))
-    else:
-        notes.append("host benchmark skipped: deploy.benchmark is not available in this checkout")
-    return stages, notes
+            f"export_{quant}",
+            ["-m", "deploy.export", f"--model={w('retrain', 'model.keras')}", f"--quant={quant}",
+             f"--out={w('deploy', f'model_{quant}.tflite')}", f"--dataset={config.data.name}",
+             f"--num_calibration={deploy.representative_examples}", *data_dir],
+            w("deploy", f"model_{quant}.tflite"), is_tflite))
+    stages.append(Stage(
+        f"verify_{deploy.quantization}",
+        ["-m", "deploy.verify", f"--model={w('retrain', 'model.keras')}",
+         f"--tflite={w('deploy', f'model_{deploy.quantization}.tflite')}", f"--dataset={config.data.name}",
+         f"--out={w('deploy', f'verify_{deploy.quantization}.json')}", *data_dir],
+        w("deploy", f"verify_{deploy.quantization}.json"), read_json))
+    for quant in quants:
+        stages.append(Stage(
+            f"benchmark_{quant}",
+            ["-m", "deploy.benchmark", "--target=host", f"--model={w('deploy', f'model_{quant}.tflite')}",
+             f"--out={w('deploy', f'benchmark_{quant}.json')}", f"--runs={deploy.benchmark_runs}"],
+            w("deploy", f"benchmark_{quant}.json"), read_json))
+    return stages
 
 
-def _maybe(path: str) -> dict | None:
+def _maybe(path: str) -> dict:
+    """The JSON object an artifact holds, or {} when that stage has not written it."""
     from cafe_tf.stages import read_json
 
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return None
+    return read_json(path) if os.path.exists(path) else {}
 
 
-def _latency_ms(bench: dict | None) -> float | None:
-    if not bench:
-        return None
-    lat = bench.get("latency_ms") or bench.get("latency") or {}
-    return lat.get("p50") or lat.get("mean") if isinstance(lat, dict) else None
-
-
-def write_run_report(config, workdir: str, stages, notes: list[str]) -> str:
-    """Collects the artifacts of a run into report.md / report.png."""
+def write_run_report(config, workdir: str, stages) -> str:
+    """Collects the artifacts of a run (those that exist) into report.md / report.png."""
     from cafe_tf.report import write_report
 
-    w = lambda *p: os.path.join(workdir, *p)  # noqa: E731
-    widths = _maybe(w("widths.json")) or {}
-    metrics = _maybe(w("retrain", "metrics.json")) or {}
-    quant = config.get("deploy", {}).get("quantization", "int8")
-    verify = _maybe(w("deploy", f"verify_{quant}.json")) or {}
-    bench = {q: _maybe(w("deploy", f"benchmark_{q}.json")) for q in ("fp32", quant)}
+    def w(*parts: str) -> str:
+        return os.path.join(workdir, *parts)
+
+    widths = _maybe(w("widths.json"))
+    final = _maybe(w("retrain", "metrics.json")).get("final") or {}
+    quant = _section(config, "deploy").quantization
+    verify = _maybe(w("deploy", f"verify_{quant}.json"))
     seconds = {s.name: s.seconds for s in stages}
-    test_acc = (metrics.get("final") or metrics).get("test", {}).get("accuracy") if metrics else None
+    test_acc = final.get("test", {}).get("accuracy")
     rows = [
         {"stage": "full network", "macs": widths.get("full_macs"), "params": widths.get("full_params")},
         {"stage": "supernet", "artifact": "supernet.keras", "seconds": seconds.get("supernet")},
@@ -149,36 +160,35 @@ def write_run_report(config, workdir: str, stages, notes: list[str]) -> str:
     for q in ("fp32", quant):
         path = w("deploy", f"model_{q}.tflite")
         if os.path.exists(path):
-            rows.append({"stage": f"tflite {q}", "macs": widths.get("macs"), "latency_ms": _latency_ms(bench[q]),
+            latency = _maybe(w("deploy", f"benchmark_{q}.json")).get("latency_ms") or {}
+            # p50 is None when a target reports only the mean (benchmark.json schema).
+            rows.append({"stage": f"tflite {q}", "macs": widths.get("macs"),
+                         "latency_ms": latency.get("p50") or latency.get("mean"),
                          "size_kb": round(os.path.getsize(path) / 1024, 1),
                          "accuracy": verify.get("tflite_accuracy") if q == quant else None,
                          "artifact": f"deploy/model_{q}.tflite", "seconds": seconds.get(f"export_{q}")})
-    pareto = widths.get("pareto") or widths.get("pareto_set") or []
-    candidates = [{"macs": p["macs"], "score": p["score"]} for p in pareto if "macs" in p and "score" in p]
-    history = widths.get("evaluated") or []
-    candidates += [{"macs": p["macs"], "score": p["score"]} for p in history if "macs" in p and "score" in p]
-    chosen = {"macs": widths.get("macs"), "params": widths.get("params"), "score": widths.get("score")} if widths else None
-    finals = [{"name": "searched", "macs": widths.get("macs"), "accuracy": test_acc}] if widths else []
-    budget = (widths.get("budget") or {}).get("max_macs") if isinstance(widths.get("budget"), dict) else None
+    candidates = [{"macs": p["macs"], "score": p["score"]} for p in widths.get("evaluated", [])]
+    chosen = {"macs": widths["macs"], "params": widths["params"], "score": widths["score"]} if widths else None
+    finals = [{"name": "searched", "macs": widths["macs"], "accuracy": test_acc}] if widths else []
+    scalars = {k: v for k, v in verify.items() if not isinstance(v, (list, dict))}
+    notes = [f"verify: {json.dumps(scalars)}"] if verify else []
     return write_report(
         workdir, f"cafe-tf run: {config.model.name} on {config.data.name}", rows, candidates, chosen,
-        baselines=widths.get("baselines", []), groups=widths.get("groups", []), finals=finals, budget_macs=budget,
-        notes=notes + [f"verify: {json.dumps({k: v for k, v in verify.items() if not isinstance(v, (list, dict))})}"]
-        if verify else notes,
+        baselines=widths.get("baselines", []), groups=widths.get("groups", []), finals=finals,
+        budget_macs=widths.get("budget", {}).get("max_macs"), notes=notes,
     )
 
 
 def main(config, workdir: str) -> None:
+    """Runs the stages that have no valid artifact yet, then writes the run report."""
     from cafe_tf.stages import run_stages
 
-    stages, notes = build_stages(config, workdir)
-    for n in notes:
-        print(f"note: {n}", flush=True)
+    stages = build_stages(config, workdir)
     run_stages(stages, os.path.join(workdir, "logs"))
-    path = write_run_report(config, workdir, stages, notes)
+    path = write_run_report(config, workdir, stages)
     print(f"report: {path}\n        {os.path.join(workdir, 'report.png')}", flush=True)
 
 
 if __name__ == "__main__":
     programs.define_config_flags()
-    programs.run_program(main)
+    programs.run_program(main, extra_validators=validators(), required=REQUIRED_SECTIONS)

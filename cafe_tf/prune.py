@@ -18,17 +18,14 @@ gates do; BN on its pretrained or on batch statistics); --config.dagger.target_r
 target gradually (cubic, over the first half of gate training); --config.prune.min_keep_ratio=0.25
 keeps a quarter of every channel group (in gate training too); --config.dagger.group_bias=False
 drops the module's learned offset per group. The Dagger module's architecture and the
-regulariser's options are cafe-tf's design (the paper's method section was not available); see
-cafe_tf/dagger/.
+regulariser's options are our design: see docs/papers.md.
 
 Exit codes: 0 done, 1 the job failed, 2 usage or config error.
 """
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-from cafe_tf import programs  # noqa: E402
+from cafe_tf import programs
 
 _CONFIG, _WORKDIR = programs.define_config_flags()
 

@@ -1,23 +1,10 @@
 """The width search space: per-group bins, sharing patterns and ``widths.json``.
 
-Each prunable channel group (``cafe_tf.graph``) is cut into **bins** of adjacent channels; a width
-is a number of bins ``k``. Two granularities:
-
-* ``flops_sensitive`` (default, our reading of the spec): ``f_g`` = MACs one more channel of group
-  ``g`` costs at the full net (``CostModel.marginal_macs``); bin size
-  ``b_g = clip(2**ceil(log2(max_g f_g / f_g)), 1, max_bin)``. Expensive groups move one channel at
-  a time, cheap groups in larger bins, so every bin step costs MACs within ~2x of any other.
-* ``uniform``: every group in ``num_bins`` equal bins (the AutoSlim-style grid).
-
-Which channels realise width ``k`` is the **sharing pattern**:
-
-* ``fixed``: the leftmost ``k`` bins.
-* ``locally_free`` with offset ``r`` (in bins): base bins ``0 .. k-r-1`` plus ``min(k, r)`` free
-  bins chosen inside the local zone ``k-r .. k+r-1`` clipped to ``[0, n_bins)``; ``C(2r, r)``
-  candidates per group (2 for r = 1), one at full width. ``r = 0`` is the fixed pattern.
-
-A **candidate** is, per group, the sorted bin indices it uses; :meth:`SearchSpace.channels` turns
-it into the channel selection the supernet and surgery take.
+Each prunable channel group (``cafe_tf.graph``) is cut into bins of adjacent channels, FLOPs-sensitive
+(default) or uniform; a width is a number of bins, and the sharing pattern (``fixed`` or
+``locally_free`` with offset ``r``) says which bins realise it. :meth:`SearchSpace.channels` turns a
+candidate into the channel selection the supernet and surgery take. The bin and zone rules are our
+reading of CafeNet: see docs/papers.md.
 """
 
 from __future__ import annotations

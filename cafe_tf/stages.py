@@ -13,11 +13,13 @@ import dataclasses
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from absl import logging
 
@@ -43,40 +45,68 @@ class Stage:
             return False
         try:
             self.validate(self.artifact)
-        except Exception as e:  # noqa: BLE001 - any failure means: run the stage again
+        except Exception as e:  # any failure means: run the stage again
             logging.warning("stage %s: artifact %s is invalid (%s); running it again", self.name, self.artifact, e)
             return False
         return True
 
 
 def run_stages(stages: Sequence[Stage], log_dir: str, env: dict[str, str] | None = None) -> None:
-    """Runs each stage whose artifact is missing or invalid; raises StageError on the first failure."""
+    """Runs each stage whose artifact is missing or invalid; raises StageError on the first failure.
+
+    A stage dies with the pipeline: SIGTERM and SIGINT are forwarded to it (then re-raised here once
+    it has stopped), and on Linux it gets SIGTERM when this process dies (:mod:`cafe_tf.stage_launcher`).
+    """
     os.makedirs(log_dir, exist_ok=True)
     for i, stage in enumerate(stages, 1):
         if stage.is_done():
             stage.skipped = True
             print(f"[{i}/{len(stages)}] {stage.name}: done already ({stage.artifact})", flush=True)
             continue
-        argv = [sys.executable, *stage.command]
         log_path = os.path.join(log_dir, f"{i:02d}_{stage.name}.log")
-        print(f"[{i}/{len(stages)}] {stage.name}: {shlex.join(argv[1:])}", flush=True)
+        print(f"[{i}/{len(stages)}] {stage.name}: {shlex.join(stage.command)}", flush=True)
         print(f"      log: {log_path}", flush=True)
         start = time.time()
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    env={**os.environ, **(env or {})})
-            assert proc.stdout is not None
-            for line in proc.stdout:  # tee: the user sees progress, the log keeps everything
-                log.write(line)
-                sys.stdout.buffer.write(b"      " + line)
-                sys.stdout.flush()
-            code = proc.wait()
+        code = _run_tied(stage.command, log_path, {**os.environ, **(env or {})})
         stage.seconds = time.time() - start
         if code != 0:
             raise StageError(f"stage {stage.name!r} failed with exit code {code}; see {log_path}")
         if not stage.is_done():
             raise StageError(f"stage {stage.name!r} finished but left no valid artifact {stage.artifact!r}; see {log_path}")
         print(f"      {stage.name} done in {stage.seconds:.0f} s", flush=True)
+
+
+_FORWARDED = (signal.SIGTERM, signal.SIGINT)
+
+
+def _run_tied(command: Sequence[str], log_path: str, env: Mapping[str, str]) -> int:
+    """Runs ``python *command``, teeing its output to ``log_path`` and stdout; returns its exit code."""
+    argv = [sys.executable, "-m", "cafe_tf.stage_launcher", str(os.getpid()), *command]
+    with open(log_path, "ab") as log:
+        # Its own process group: a terminal's Ctrl-C reaches only the pipeline, which forwards it once.
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(env), process_group=0)
+        received: list[int] = []
+
+        def forward(signum: int, frame: object) -> None:
+            received.append(signum)
+            proc.send_signal(signum)
+
+        # Signal handlers can only be set from the main thread; elsewhere the launcher's tie remains.
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = {s: signal.signal(s, forward) for s in _FORWARDED} if main_thread else {}
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # tee: the user sees progress, the log keeps everything
+                log.write(line)
+                sys.stdout.buffer.write(b"      " + line)
+                sys.stdout.flush()
+            code = proc.wait()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+    if received:  # the stage has stopped: now let the signal do to the pipeline what it was sent to do
+        signal.raise_signal(received[0])
+    return code
 
 
 # Artifact validators for Stage.validate.

@@ -1,34 +1,12 @@
 """Edge TPU readiness without the compiler, and the compiler's report when it is installed.
 
-Usage::
-
-    python -m deploy.edgetpu --model slim_int8.tflite --out edgetpu.json [--nocompile] [--min_runtime 14]
-
-Exit codes: 0 ready, 1 not ready (the report is written either way) or the model cannot be read,
-2 bad usage.
-
-The readiness check (:func:`readiness`) reads the ``.tflite`` and applies Coral's model requirements
-(https://coral.ai/docs/edgetpu/models-intro/#supported-operations, see :data:`SUPPORTED_OPS`):
-
-* every activation tensor int8/uint8 (constant int32 biases, shapes and axes are fine), static shapes,
-  batch 1 (a tensor of more than 3 dimensions may only have its 3 innermost ones > 1);
-* every op in the Edge TPU's supported-op list, with that op's constraints (fused activations,
-  reduction / padding axes, a Mean over channels only when they are a multiple of 4, PReLU's
-  one-dimensional alpha, FullyConnected weights format, Softmax size, StridedSlice strides, ...)
-  and the minimum Edge TPU runtime version that supports it;
-* what would run on the CPU: the compiler makes one Edge TPU subgraph, so the first op it cannot map
-  and **every op after it** fall back to the CPU (a leading input QUANTIZE excepted);
-* op versions: the last Edge TPU compiler (16.0) embeds an old TFLite op resolver and refuses the
-  whole model ("Didn't find op for builtin opcode 'CONV_2D' version '6'") when any op (even one
-  meant for the CPU) has a newer version than it knows. :data:`COMPILER_16_MAX_OP_VERSIONS` lists the
-  versions it accepts: confirmed ones from compiler-16.0 failures reported on GitHub
-  (google-coral/edgetpu #631, #845, #879; google-coral/libedgetpu #71), the others taken from the
-  TFLite kernel registrations of that time and marked as such.
-
-When ``edgetpu_compiler`` is on PATH, :func:`run_compiler` runs it and :func:`parse_compiler_log`
-turns its report (ops mapped per type, Edge TPU subgraphs, on-chip / off-chip parameter memory,
-op-version errors) into JSON; when it is not, the report says so. Only numpy and LiteRT's flatbuffer
-schema are imported.
+:func:`readiness` reads a ``.tflite`` and applies Coral's model requirements: int8/uint8 activation
+tensors, static shapes, batch 1; every op in the supported-op list (:data:`SUPPORTED_OPS`) with its
+constraints and minimum runtime; the ops that would fall back to the CPU (the compiler makes one
+Edge TPU subgraph, so the first op it cannot map and every op after it); and op versions newer than
+compiler 16.0 accepts (:data:`COMPILER_16_MAX_OP_VERSIONS`). :func:`run_compiler` runs
+``edgetpu_compiler`` when it is on PATH and :func:`parse_compiler_log` turns its report into JSON.
+Only numpy and LiteRT's flatbuffer schema are imported. Where the tables come from: docs/papers.md.
 """
 
 from __future__ import annotations
@@ -514,66 +492,7 @@ def read_report(path: str) -> dict[str, Any]:
     return cafe_io.read_artifact(path, EDGETPU_JSON_SCHEMA, (EDGETPU_JSON_VERSION,), ("model", "readiness", "compiler"), validate)
 
 
-# --------------------------------------------------------------------------------------------
-# Program
+if __name__ == "__main__":  # `python -m deploy.edgetpu`: the program is deploy/edgetpu_main.py
+    from cafe_tf.programs import forward_to
 
-
-def _define_flags() -> None:
-    from absl import flags
-
-    flags.DEFINE_string("model", None, "the .tflite to check (an int8 export: deploy.export --quant int8 --io_type int8)")
-    flags.DEFINE_string("out", None, "where to write the JSON report (edgetpu.json)")
-    flags.DEFINE_integer("min_runtime", DEFAULT_MIN_RUNTIME, "Edge TPU runtime version to check op support against")
-    flags.DEFINE_bool("compile", True, "also run edgetpu_compiler when it is on PATH")
-    flags.DEFINE_string("compiler_out_dir", None, "folder for the compiled model (default: beside --out)")
-    flags.DEFINE_integer("compiler_timeout", 600, "seconds to wait for edgetpu_compiler")
-
-
-def _main() -> None:
-    from absl import flags
-
-    from deploy import _cli
-    from deploy.errors import UsageError
-
-    FLAGS = flags.FLAGS
-    model = _cli.require_file(FLAGS.model, "model")
-    if not FLAGS.out:
-        raise UsageError("--out is required: where to write the JSON report")
-    if FLAGS.min_runtime < 1:
-        raise UsageError(f"--min_runtime must be >= 1, got {FLAGS.min_runtime}")
-    report = readiness(model, min_runtime=FLAGS.min_runtime)
-    compiler = {"available": compiler_path() is not None}
-    if FLAGS.compile:
-        out_dir = FLAGS.compiler_out_dir or os.path.dirname(os.path.abspath(FLAGS.out))
-        compiler = run_compiler(os.path.abspath(model), out_dir, timeout_s=FLAGS.compiler_timeout)
-    elif not compiler["available"]:
-        compiler["message"] = f"{COMPILER} is not on PATH"
-    write_report(FLAGS.out, {"model": os.path.abspath(model), "readiness": report, "compiler": compiler})
-    verdict = "READY" if report["ready"] else "NOT READY"
-    print(f"edgetpu: {verdict}: {report['ops_on_edgetpu']}/{report['num_ops']} ops would map to the Edge TPU")
-    for problem in report["model_checks"]["problems"]:
-        print(f"edgetpu: model: {problem}")
-    for op in report["cpu_ops"]:
-        print(f"edgetpu: CPU fallback: op {op['index']} {op['op']}: {op['reason']}")
-    for rejected in report["compiler_would_reject"]:
-        print(f"edgetpu: op version: {rejected}")
-    if compiler.get("available") and "report" in compiler:
-        r = compiler["report"]
-        print(f"edgetpu: compiler {r['compiler_version']}: {r['status']}, {r['ops_on_edgetpu']} ops on the Edge TPU, "
-              f"{r['ops_on_cpu']} on the CPU, on-chip {r['on_chip_memory_used_bytes']} B, off-chip {r['off_chip_memory_used_bytes']} B")
-    else:
-        print(f"edgetpu: {compiler.get('message', COMPILER + ' not run')}")
-    print(f"edgetpu: wrote {FLAGS.out}")
-    if not report["ready"]:
-        raise DeployError(
-            f"{model} is not ready for the Edge TPU ({report['ops_on_cpu']} of {report['num_ops']} ops would run on the CPU"
-            f"{', model checks failed' if report['model_checks']['problems'] else ''}"
-            f"{', op versions too new for compiler 16.0' if report['compiler_would_reject'] else ''}); details in {FLAGS.out}"
-        )
-
-
-if __name__ == "__main__":
-    from deploy import _cli
-
-    _define_flags()
-    _cli.run(_main)
+    forward_to("deploy.edgetpu_main")

@@ -1,43 +1,11 @@
 """Export a plain Keras 3 image classifier to ``.tflite``: fp32, fp16, dynamic-range, full int8, QAT.
 
-Usage::
-
-    python -m deploy.export --model slim.keras --quant int8 --out slim_int8.tflite \\
-        [--dataset fashion_mnist --data_dir DIR] [--io_type {float32,int8,uint8}] [--batch_size 1]
-    python -m deploy.export --widths W/widths.json --checkpoint W/retrain --quant int8 --out slim_int8.tflite
-
-The model is either a ``.keras`` file (``--model``) or a searched network and its training checkpoint
-(``--widths`` + ``--checkpoint``): the widths.json records the model name, input shape, classes and
-width multiplier, so the slim model is rebuilt exactly as ``python -m cafe_tf.train --widths`` built
-it (``cafe_tf.train.subnet.build_subnet``) and its weights are restored from the checkpoint, which
-may be the training workdir (its ``checkpoints/``, latest), a checkpoints folder or one prefix
-(``W/retrain/checkpoints/ckpt-120``). A checkpoint of other widths is refused naming the variable
-and both shapes.
-
-How (TF 2.21, Keras 3): the model is traced with ``keras.export.ExportArchive`` into a SavedModel
-whose one endpoint ``serving_default`` has a fixed input signature ``(batch_size, H, W, C)`` and
-returns ``{<output layer name>: logits}``; ``TFLiteConverter.from_saved_model`` converts that with
-builtin ops only (no Flex ops). ``batch_size=1`` (the default) gives the static batch of 1 the Edge
-TPU and most mobile runtimes want; ``--batch_size 0`` keeps it dynamic. (``from_keras_model`` leaves
-the batch dynamic, and ``from_concrete_functions`` fails during int8 calibration.)
-
-* ``fp16``: float16 weights, float compute. ``dynamic``: int8 weights, float activations.
-* ``int8``: full-integer post-training quantization calibrated on ``num_calibration`` images of the
-  training split, resized to the model's input; ``io_type`` int8/uint8 makes inputs and outputs
-  integer too (what the Edge TPU needs), float32 keeps float inputs with (de)quantize ops at the ends.
-* ``qat``: quantization-aware fine-tuning through tfmot (deploy/qat.py), then full-integer conversion.
-
-Before any integer quantization the model is refused if a convolution, depthwise convolution or
-dense layer has an all-zero output channel, or a BatchNormalization a zero gamma (an all-zero filter
-left by pruning): its per-channel weight scale would be 0. The message names the layer and channels.
-After converting, the flatbuffer must load and run in the LiteRT interpreter before it is written
-(atomically: a failed export leaves no file behind).
-
-Metadata: the model's own TFLite ``metadata`` list gets an entry ``cafe_tf.metadata`` holding JSON
-(read it with ``deploy.tflite_model.read_metadata``): signature, input / output names, shapes, dtypes
-and quantization, the input normalisation ``x = (pixel * scale - mean) / std`` for pixels in
-[0, 255], label names when known, the quantization mode and the converter version. (TFLite Support's
-``TFLITE_METADATA`` schema needs the tflite-support package, which is not part of this stack.)
+:func:`export_tflite` refuses a model with an all-zero filter before integer quantization, converts
+it through a SavedModel with a fixed input signature (static batch of 1 by default), checks that
+the result loads and runs in LiteRT, records the normalisation and labels as the metadata entry
+``cafe_tf.metadata`` and writes the file atomically. :func:`load_widths_checkpoint` rebuilds a
+searched network from its widths.json and training checkpoint. Why it converts this way:
+docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -187,7 +155,7 @@ def convert_keras(
                 converter.inference_output_type = converter.inference_input_type
         try:
             return bytes(converter.convert())
-        except Exception as e:  # noqa: BLE001 - ConverterError and friends: keep the first line
+        except Exception as e:  # ConverterError and friends: keep the first line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DeployError(f"the TFLite converter failed on {model.name!r} ({quant}): {first}") from None
 
@@ -389,12 +357,18 @@ def load_keras_model(path: str) -> Any:
 
     try:
         return keras.saving.load_model(path, compile=False)
-    except Exception as e:  # noqa: BLE001 - keras raises many types for a bad file
+    except Exception as e:  # keras raises many types for a bad file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DeployError(f"cannot load the Keras model {path!r}: {first}") from None
 
 
 _DATA_SHARD = re.compile(r"\.data-\d+-of-\d+$")
+
+
+def checkpoint_exists(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a file or folder, or a checkpoint prefix (a data shard or ``.index`` names one too)."""
+    path = os.path.expanduser(os.fspath(path))
+    return os.path.exists(path) or os.path.isfile(_DATA_SHARD.sub("", path) + ".index")
 _SHAPE_MISMATCH = re.compile(
     r"incompatible tensor with shape (\([^)]*\)|\[[^\]]*\]) when attempting to restore variable with shape "
     r"(\([^)]*\)|\[[^\]]*\]) and name (\S+?)(?::0)?\.?$"
@@ -473,117 +447,7 @@ def load_widths_checkpoint(widths_path: str | os.PathLike, checkpoint: str | os.
     raise DeployError(problem)
 
 
-# --------------------------------------------------------------------------------------------
-# Program
+if __name__ == "__main__":  # `python -m deploy.export`: the program is deploy/export_main.py
+    from cafe_tf.programs import forward_to
 
-
-def _define_flags() -> None:
-    from absl import flags
-
-    flags.DEFINE_string("model", None, "the Keras 3 model to export (.keras file); or give --widths and --checkpoint")
-    flags.DEFINE_string("widths", None, "instead of --model: the widths.json of a searched network (with --checkpoint)")
-    flags.DEFINE_string("checkpoint", None, "with --widths: the `python -m cafe_tf.train --widths` workdir, its "
-                        "checkpoints/ folder (latest is used) or one checkpoint prefix (.../checkpoints/ckpt-120)")
-    flags.DEFINE_enum("quant", None, list(QUANT_MODES), "quantization: fp32, fp16 (float16 weights), dynamic "
-                      "(int8 weights), int8 (full integer, calibrated), qat (quantization-aware fine-tune + int8)")
-    flags.DEFINE_string("out", None, "output .tflite path (written atomically)")
-    flags.DEFINE_string("dataset", "fashion_mnist", "dataset for calibration / QAT and the normalisation recorded "
-                        "in the metadata (a cafe_tf.data name)")
-    flags.DEFINE_string("data_dir", None, "tfds data_dir (default $CAFE_TF_DATA_DIR or ~/tensorflow_datasets)")
-    flags.DEFINE_enum("io_type", "float32", list(IO_TYPES), "input/output type of int8/qat models "
-                      "(int8 or uint8 for the Edge TPU)")
-    flags.DEFINE_integer("batch_size", 1, "static batch of the exported signature; 0 keeps it dynamic "
-                         "(the Edge TPU needs 1)")
-    flags.DEFINE_integer("num_calibration", 200, "training images used to calibrate int8 / fine-tune QAT")
-    flags.DEFINE_integer("qat_steps", 100, "QAT fine-tuning steps")
-    flags.DEFINE_integer("qat_batch_size", 32, "QAT fine-tuning batch size")
-    flags.DEFINE_float("qat_learning_rate", 1e-5, "QAT fine-tuning learning rate (Adam)")
-    flags.DEFINE_list("mean", None, "per-channel input mean to record (overrides the dataset's), e.g. 0.286")
-    flags.DEFINE_list("std", None, "per-channel input std to record (overrides the dataset's), e.g. 0.353")
-
-
-def _main() -> None:
-    from absl import flags
-
-    from deploy import _cli
-
-    FLAGS = flags.FLAGS
-    if FLAGS.model and (FLAGS.widths or FLAGS.checkpoint):
-        given = "--widths" if FLAGS.widths else "--checkpoint"
-        raise UsageError(f"--model and {given} both name the model to export; pass either --model FILE.keras or "
-                         "--widths W/widths.json with --checkpoint W/<workdir>, not both")
-    if FLAGS.widths or FLAGS.checkpoint:
-        if not (FLAGS.widths and FLAGS.checkpoint):
-            raise UsageError("--widths and --checkpoint go together: the widths.json of the searched network and the "
-                             "checkpoint (workdir, checkpoints folder or prefix) `python -m cafe_tf.train --widths` wrote")
-        widths_path = _cli.require_file(FLAGS.widths, "widths")
-        checkpoint = os.path.expanduser(FLAGS.checkpoint)
-        if not os.path.exists(checkpoint) and not os.path.isfile(_DATA_SHARD.sub("", checkpoint) + ".index"):
-            raise UsageError(f"--checkpoint={FLAGS.checkpoint!r} does not exist (a cafe_tf.train workdir, its "
-                             "checkpoints folder or a checkpoint prefix such as W/retrain/checkpoints/ckpt-120)")
-        source = None
-    else:
-        model_path = _cli.require_file(FLAGS.model, "model")
-        source = os.path.basename(model_path)
-    if not FLAGS.out:
-        raise UsageError("--out is required: the .tflite to write")
-    if FLAGS.quant is None:
-        raise UsageError(f"--quant is required: one of {list(QUANT_MODES)}")
-    if FLAGS.batch_size < 0:
-        raise UsageError(f"--batch_size must be >= 1, or 0 for a dynamic batch; got {FLAGS.batch_size}")
-    if FLAGS.num_calibration < 1:
-        raise UsageError(f"--num_calibration must be >= 1, got {FLAGS.num_calibration}")
-    normalization = None
-    if FLAGS.mean or FLAGS.std:
-        if not (FLAGS.mean and FLAGS.std) or len(FLAGS.mean) != len(FLAGS.std):
-            raise UsageError(f"--mean and --std must be given together with one value per channel; got {FLAGS.mean} and {FLAGS.std}")
-        try:
-            normalization = {"scale": 1.0 / 255.0, "mean": [float(v) for v in FLAGS.mean], "std": [float(v) for v in FLAGS.std]}
-        except ValueError:
-            raise UsageError(f"--mean/--std must be numbers, got {FLAGS.mean} and {FLAGS.std}") from None
-    dataset = FLAGS.dataset or None
-    if dataset is not None:
-        from cafe_tf import data
-
-        if dataset not in data.names():
-            raise UsageError(f"--dataset={dataset!r} is not a known dataset; valid: {data.names()}")
-    if source is None:
-        prefix = resolve_checkpoint(checkpoint)
-        model = load_widths_checkpoint(widths_path, prefix)
-        source = f"{os.path.basename(widths_path)} + {os.path.basename(prefix)}"
-        print(f"export: rebuilt {model.name!r} from {widths_path} with the weights of {prefix}")
-    else:
-        model = load_keras_model(model_path)
-    if dataset is not None and FLAGS.quant in ("int8", "qat"):
-        print(f"export: calibrating on {FLAGS.num_calibration} images of {dataset!r} (train split)")
-    result = export_tflite(
-        model,
-        FLAGS.quant,
-        FLAGS.out,
-        representative_data=dataset,
-        io_type=FLAGS.io_type,
-        batch_size=FLAGS.batch_size or None,
-        normalization=normalization,
-        num_calibration=FLAGS.num_calibration,
-        data_dir=FLAGS.data_dir,
-        qat_steps=FLAGS.qat_steps,
-        qat_batch_size=FLAGS.qat_batch_size,
-        qat_learning_rate=FLAGS.qat_learning_rate,
-        source=source,
-    )
-    ops = ", ".join(f"{op} v{'/'.join(map(str, v))}" for op, v in result.op_versions.items())
-    inputs = result.metadata["inputs"][0]
-    print(
-        f"export: wrote {result.path} ({result.size_bytes / 1024:.1f} KiB, {result.quant}, io {result.io_type}, "
-        f"input {inputs['name']} {inputs['shape']} {inputs['dtype']})\nexport: ops {ops}\n"
-        f"export: metadata entry 'cafe_tf.metadata' records the normalisation {result.metadata['normalization']}"
-    )
-    if result.qat_losses:
-        print(f"export: QAT loss {result.qat_losses['first_loss']:.4f} -> {result.qat_losses['last_loss']:.4f}")
-
-
-if __name__ == "__main__":
-    from deploy import _cli
-
-    _define_flags()
-    _cli.run(_main)
+    forward_to("deploy.export_main")

@@ -1,12 +1,6 @@
 """Latency tables: per-layer latencies measured on a target, and an additive predictor a width search
 can use as a budget.
 
-Usage::
-
-    python -m deploy.latency_table --model_name cnn_small --out latency_table.json \\
-        [--model M.keras] [--input_size 28] [--quant fp32] [--threads 1] \\
-        [--calibration_subnets 6 --holdout_subnets 8 --fractions 0.25,0.5,0.75,1.0]
-
 What it does (host target: LiteRT with XNNPACK, the same runtime deploy.benchmark's host target uses):
 
 1. samples random sub-networks of the model: every prunable channel group of
@@ -701,77 +695,7 @@ def build_table(
     return table
 
 
-# --------------------------------------------------------------------------------------------
-# Program
+if __name__ == "__main__":  # `python -m deploy.latency_table`: the program is deploy/latency_table_main.py
+    from cafe_tf.programs import forward_to
 
-
-def _define_flags() -> None:
-    from absl import flags
-
-    flags.DEFINE_string("model_name", "cnn_small", "a cafe_tf.models name whose width space to measure (see --model)")
-    flags.DEFINE_string("model", None, "a .keras model to measure instead of --model_name")
-    flags.DEFINE_integer("input_size", None, "input height = width for --model_name (default: the model's own)")
-    flags.DEFINE_integer("num_classes", None, "classes for --model_name (default: the model's own)")
-    flags.DEFINE_enum("quant", "fp32", list(QUANTS), "quantization the table is for (as deploy.export converts)")
-    flags.DEFINE_integer("threads", 1, "interpreter threads")
-    flags.DEFINE_integer("calibration_subnets", 6, "subnets (the full model included) whose layers are measured and fit the model")
-    flags.DEFINE_integer("holdout_subnets", 8, "subnets only used to report the table's accuracy")
-    flags.DEFINE_list("fractions", ["0.25", "0.5", "0.75", "1.0"], "channel fractions a group may keep in the sampled subnets")
-    flags.DEFINE_integer("rounds", 2, "interleaved measurement rounds (best of)")
-    flags.DEFINE_integer("seed", 0, "subnet sampling seed")
-    flags.DEFINE_string("out", None, "where to write the table (latency_table.json)")
-
-
-def _main() -> None:
-    from absl import flags
-
-    from deploy import _cli
-
-    FLAGS = flags.FLAGS
-    if not FLAGS.out:
-        raise UsageError("--out is required: where to write the latency table")
-    try:
-        fractions = [float(f) for f in FLAGS.fractions]
-    except ValueError:
-        raise UsageError(f"--fractions must be numbers in (0, 1], got {FLAGS.fractions}") from None
-    if FLAGS.model:
-        from deploy.export import load_keras_model
-
-        model = load_keras_model(_cli.require_file(FLAGS.model, "model"))
-    else:
-        from cafe_tf import models
-
-        if FLAGS.model_name not in models.names():
-            raise UsageError(f"--model_name={FLAGS.model_name!r} is not a model; valid: {models.names()}")
-        shape = None
-        if FLAGS.input_size:
-            channels = models.DEFAULT_INPUT[FLAGS.model_name][0][-1]
-            shape = (FLAGS.input_size, FLAGS.input_size, channels)
-        try:
-            model = models.build(FLAGS.model_name, input_shape=shape, num_classes=FLAGS.num_classes)
-        except ModuleNotFoundError as e:
-            raise DeployError(f"the {FLAGS.model_name!r} builder is not available yet ({e}); use --model or another --model_name") from None
-    table = build_table(
-        model, quant=FLAGS.quant, threads=FLAGS.threads, calibration_subnets=FLAGS.calibration_subnets,
-        holdout_subnets=FLAGS.holdout_subnets, fractions=fractions, seed=FLAGS.seed, rounds=FLAGS.rounds,
-        progress=lambda m: print(f"latency_table: {m}", flush=True),
-    )
-    table.save(FLAGS.out)
-    held, fit = table.info["holdout"], table.info["fit"]
-    print(f"latency_table: {len(table.entries)} layer entries; {FORMULA} with constant_ms={table.constant_ms:.4f}, scale={table.scale:.4f}")
-    print(f"latency_table: fit on {fit['subnets']} calibration subnets: mean |error| {fit['mean_abs_error_pct']:.1f}%")
-    print(f"{'held-out subnet':<16} {'measured ms':>12} {'predicted ms':>13} {'error':>8}")
-    for row in held["rows"]:
-        print(f"{row['name']:<16} {row['measured_ms']:>12.4f} {row['predicted_ms']:>13.4f} {row['error_pct']:>7.1f}%")
-    print(
-        f"latency_table: held-out accuracy: {held['within_10pct'] * 100:.0f}% of {held['subnets']} subnets within +-10% "
-        f"(mean |error| {held['mean_abs_error_pct']:.1f}%, max {held['max_abs_error_pct']:.1f}%) in {table.info['measurement_s']} s"
-    )
-    print(f"latency_table: wrote {FLAGS.out}")
-
-
-if __name__ == "__main__":
-    from deploy import _cli
-
-    _define_flags()
-    _cli.run(_main)
+    forward_to("deploy.latency_table_main")

@@ -132,22 +132,6 @@ def dataset_images(
     return images.astype(np.float32), np.asarray(labels), normalization
 
 
-def representative_images(
-    source: str | Iterable[Any],
-    input_shape: Sequence[int],
-    num_images: int = 200,
-    data_dir: str | None = None,
-    split: str = "train",
-) -> tuple[np.ndarray, dict[str, Any] | None]:
-    """Calibration images for a model with ``input_shape`` from a dataset name or an iterable, and the
-    normalisation they carry (None when the caller's images came pre-normalised)."""
-    if isinstance(source, str):
-        images, _, normalization = dataset_images(source, input_shape, num_images, split=split, data_dir=data_dir)
-        return images, normalization
-    images, _ = collect_images(source, input_shape, num_images)
-    return images, None
-
-
 def representative_dataset(images: np.ndarray):
     """The converter's ``representative_dataset``: a generator function yielding one ``[image]`` at a time."""
 

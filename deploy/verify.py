@@ -1,10 +1,5 @@
 """Parity check: run a ``.tflite`` with LiteRT beside its Keras model on evaluation batches.
 
-Usage::
-
-    python -m deploy.verify --model slim.keras --tflite slim_int8.tflite --out verify.json \\
-        [--dataset fashion_mnist --data_dir DIR --split test --num_batches 10 --batch_size 32]
-
 The images are the dataset's evaluation split, normalised like training and resized to the model's
 input. Both models see the same float images (int8/uint8 inputs are quantized with the input
 tensor's scale and zero point, integer outputs dequantized). Criteria:
@@ -25,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from deploy.errors import DeployError, UsageError
+from deploy.errors import DeployError
 
 SCHEMA = "verify"
 VERSION = 1
@@ -148,60 +143,7 @@ def read_report(path: str) -> dict[str, Any]:
     return cafe_io.read_artifact(path, SCHEMA, (VERSION,), REQUIRED, _validate)
 
 
-# --------------------------------------------------------------------------------------------
-# Program
+if __name__ == "__main__":  # `python -m deploy.verify`: the program is deploy/verify_main.py
+    from cafe_tf.programs import forward_to
 
-
-def _define_flags() -> None:
-    from absl import flags
-
-    flags.DEFINE_string("model", None, "the Keras 3 model (.keras) the .tflite was exported from")
-    flags.DEFINE_string("tflite", None, "the .tflite to check")
-    flags.DEFINE_string("out", None, "where to write verify.json")
-    flags.DEFINE_string("dataset", "fashion_mnist", "evaluation dataset (a cafe_tf.data name)")
-    flags.DEFINE_string("data_dir", None, "tfds data_dir (default $CAFE_TF_DATA_DIR or ~/tensorflow_datasets)")
-    flags.DEFINE_string("split", "test", "evaluation split")
-    flags.DEFINE_integer("num_batches", 10, "evaluation batches")
-    flags.DEFINE_integer("batch_size", 32, "images per batch")
-    flags.DEFINE_float("atol", FP32_ATOL, "fp32: largest allowed |logit difference|")
-    flags.DEFINE_float("min_agreement", MIN_AGREEMENT, "quantized models: smallest allowed top-1 agreement")
-
-
-def _main() -> None:
-    from absl import flags
-
-    from deploy import _cli
-    from deploy.export import load_keras_model
-    from deploy.representative import dataset_images
-
-    FLAGS = flags.FLAGS
-    model_path = _cli.require_file(FLAGS.model, "model")
-    tflite_path = _cli.require_file(FLAGS.tflite, "tflite")
-    if not FLAGS.out:
-        raise UsageError("--out is required: where to write verify.json")
-    if FLAGS.num_batches < 1 or FLAGS.batch_size < 1:
-        raise UsageError(f"--num_batches and --batch_size must be >= 1, got {FLAGS.num_batches} and {FLAGS.batch_size}")
-    model = load_keras_model(model_path)
-    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-    images, labels, normalization = dataset_images(
-        FLAGS.dataset, shape, FLAGS.num_batches * FLAGS.batch_size, split=FLAGS.split, data_dir=FLAGS.data_dir, seed=None
-    )
-    report = verify(model, tflite_path, images, labels, batch_size=FLAGS.batch_size, atol=FLAGS.atol, min_agreement=FLAGS.min_agreement)
-    report.update(model=os.path.abspath(model_path), dataset=FLAGS.dataset, split=FLAGS.split, normalization=normalization)
-    write_report(FLAGS.out, report)
-    accuracy = ""
-    if report["keras_accuracy"] is not None:
-        accuracy = (f", accuracy Keras {100 * report['keras_accuracy']:.2f}% vs TFLite {100 * report['tflite_accuracy']:.2f}% "
-                    f"(drop {report['accuracy_drop_pt']:+.2f} pt)")
-    verdict = "PASS" if report["passed"] else "FAIL"
-    print(f"verify: {verdict} ({report['criterion']}): {report['quant']} on {report['num_images']} images, max |diff| "
-          f"{report['max_abs_diff']:.3g}, top-1 agreement {100 * report['top1_agreement']:.2f}%{accuracy}\nverify: wrote {FLAGS.out}")
-    if not report["passed"]:
-        raise DeployError(f"parity check failed: {report['criterion']} does not hold (report in {FLAGS.out})")
-
-
-if __name__ == "__main__":
-    from deploy import _cli
-
-    _define_flags()
-    _cli.run(_main)
+    forward_to("deploy.verify_main")

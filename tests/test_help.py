@@ -31,8 +31,13 @@ KNOWN_NONZERO: dict[str, str] = {}  # program -> why its --help does not exit 0 
 
 
 def _source(module: str) -> str:
+    # The program's own file: deploy/export_main.py for `python -m deploy.export` (deploy/export.py is
+    # the library, which forwards to it), a package's __main__.py, or the module itself.
     path = os.path.join(ROOT, *module.split("."))
-    return path + ".py" if os.path.isfile(path + ".py") else os.path.join(path, "__main__.py")
+    for candidate in (path + "_main.py", os.path.join(path, "__main__.py"), path + ".py"):
+        if os.path.isfile(candidate):
+            return candidate
+    raise FileNotFoundError(f"no program file for {module}")
 
 
 def _params():
@@ -53,3 +58,48 @@ def test_help(module):
     assert not missing, f"{module} --help does not list {missing}:\n{out}"
     assert summary in out, f"{module} --help does not print its module docstring:\n{out}"
     assert proc.returncode == 0, f"{module} --help exited {proc.returncode}:\n{out}"
+
+
+# Tools started with no flags at all: each must refuse with exit code 2, naming the first missing flag.
+TOOL_FIRST_MISSING = {
+    "deploy.export": "--model is required",
+    "deploy.verify": "--model is required",
+    "deploy.edgetpu": "--model is required",
+    "deploy.benchmark": "--target is required",
+    "deploy.latency_table": "--out is required",
+}
+
+
+def _run(args, **kw):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120, **kw)
+
+
+@pytest.mark.parametrize("module", list(TOOL_FIRST_MISSING))
+def test_tools_share_the_usage_error_frame(module):
+    proc = _run([module])
+    name = module.split(".")[-1]
+    assert proc.returncode == 2, proc.stderr
+    assert f"{name}: usage error: {TOOL_FIRST_MISSING[module]}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_failed_tool_prints_one_line_and_exits_1(tmp_path):
+    (tmp_path / "m.tflite").write_bytes(b"not a model at all")
+    proc = _run(["deploy.edgetpu", f"--model={tmp_path / 'm.tflite'}", f"--out={tmp_path / 'edgetpu.json'}"])
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("edgetpu:")]
+    assert lines == [f"edgetpu: error: {str(tmp_path / 'm.tflite')!r} is not a TFLite model: file identifier b'a mo', "
+                     "expected b'TFL3' "
+                     "(a .tflite written by the TFLite converter / deploy.export)"], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_one_usage_error_class_for_every_program():
+    # deploy's library raises the frame's own class, so every program maps it to exit code 2.
+    from cafe_tf import programs
+    from deploy import errors
+
+    assert errors.UsageError is programs.UsageError
+    assert not issubclass(errors.DeployError, programs.UsageError)

@@ -1,13 +1,16 @@
-"""cafe_tf.pipeline: which programs each stage runs with which flags, and the run report from the artifacts."""
+"""cafe_tf.pipeline: the config checked before any stage, which programs each stage runs with which flags,
+and the run report from the artifacts."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
 from cafe_tf import pipeline
 from cafe_tf.config import ConfigError
 from cafe_tf.io import write_json
-from cafe_tf.programs import UsageError
+from cafe_tf.programs import EXIT_USAGE
 from cafe_tf.stages import is_keras_file, is_metrics_file, is_tflite, read_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,9 +34,9 @@ def by_name(stages):
 
 
 def test_stages_of_the_demo_config(tmp_path):
-    stages, notes = pipeline.build_stages(demo_config(), str(tmp_path), ["--config=C.py", "--config.train.epochs=1"])
+    stages = pipeline.build_stages(demo_config(), str(tmp_path), ["--config=C.py", "--config.train.epochs=1"])
     assert [s.name for s in stages] == ["supernet", "search", "retrain", "export_fp32", "export_int8", "verify_int8",
-                                        "benchmark_fp32", "benchmark_int8"] and notes == []
+                                        "benchmark_fp32", "benchmark_int8"]
     s = by_name(stages)
     assert s["supernet"].command[:2] == ["-m", "cafe_tf.train_supernet"]
     assert "--config.train.epochs=1" in s["search"].command and "--config=C.py" in s["retrain"].command
@@ -48,7 +51,7 @@ def test_stages_of_the_demo_config(tmp_path):
 def test_config_keys_reach_their_stages(tmp_path):
     config = demo_config(**{"retrain.init_from_supernet": True, "deploy.representative_examples": 64,
                             "deploy.quantization": "fp16", "data.data_dir": "/data/tfds"})
-    s = by_name(pipeline.build_stages(config, str(tmp_path), ["--config=C.py"])[0])
+    s = by_name(pipeline.build_stages(config, str(tmp_path), ["--config=C.py"]))
     assert f"--init_from_supernet={tmp_path / 'supernet.keras'}" in s["retrain"].command
     assert "--num_calibration=64" in s["export_fp16"].command and "--quant=fp16" in s["export_fp16"].command
     for name in ("export_fp32", "export_fp16", "verify_fp16"):
@@ -78,13 +81,29 @@ def test_run_report_draws_the_baseline_and_the_retrained_net(tmp_path):
         "evaluated": [{"macs": 14_000_000, "score": 0.8}, {"macs": 15_000_000, "score": 0.81}],
         "baselines": [{"name": "uniform width", "macs": 15_200_000, "score": 0.79}]})
     write_json(str(tmp_path / "retrain" / "metrics.json"), {"final": {"test": {"accuracy": 0.9167}}})
-    path = pipeline.write_run_report(demo_config(), str(tmp_path), [], [])
+    path = pipeline.write_run_report(demo_config(), str(tmp_path), [])
     md = open(path).read()
     assert "| uniform width | 15.2M | 0.79 |" in md
     assert "| retrain | 15M | 120k | 0.9167 |" in md
     assert open(tmp_path / "report.png", "rb").read(4) == b"\x89PNG"
 
 
-def test_usage_errors_are_value_errors_the_programs_map_to_exit_2():
-    # run_program turns ConfigError and UsageError raised by a program's main into exit code 2.
-    assert issubclass(UsageError, ValueError) and issubclass(ConfigError, ValueError)
+def test_deploy_section_is_checked():
+    pipeline.validate_deploy(demo_config().deploy)
+    with pytest.raises(ConfigError, match=r"config.deploy.quantization='fp32' is invalid; valid values: \['fp16', "):
+        pipeline.validate_deploy(demo_config(**{"deploy.quantization": "fp32"}).deploy)
+    with pytest.raises(ConfigError, match=r"config.deploy.benchmark_runs=0 is invalid; it must be >= 1"):
+        pipeline.validate_deploy(demo_config(**{"deploy.benchmark_runs": 0}).deploy)
+
+
+def test_a_bad_value_in_any_section_stops_the_pipeline_before_its_first_stage(tmp_path):
+    # The search stage runs second: its config must still be refused before the supernet trains. (Were
+    # it not, the missing data_dir would fail the supernet stage at once with exit code 1.)
+    workdir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cafe_tf.pipeline", "--config=configs/fashion_mnist_resnet20.py", f"--workdir={workdir}",
+         "--config.search.population=1", f"--config.data.data_dir={tmp_path / 'no_data'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == EXIT_USAGE, proc.stderr
+    assert "pipeline: usage error: config.search.population=1 is invalid; it must be >= 2" in proc.stderr
+    assert not workdir.exists()  # no stage ran, no log was opened

@@ -1,10 +1,17 @@
-"""Pipeline stages: skipped when the artifact is valid, re-run when not, failures named."""
+"""Pipeline stages: skipped when the artifact is valid, re-run when not, failures named, dying with the pipeline."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from cafe_tf.stages import Stage, StageError, run_stages
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _stage(tmp_path, name, payload=None, code=None):
@@ -42,3 +49,74 @@ def test_missing_artifact_after_success_is_an_error(tmp_path):
     stage = _stage(tmp_path, "lazy", code="pass")
     with pytest.raises(StageError, match="finished but left no valid artifact"):
         run_stages([stage], str(tmp_path / "logs"))
+
+
+# A pipeline stand-in: run_stages (the real stage launcher) over a quick stage and one that hangs
+# while the file `hang` exists, each leaving its pid and a count of its runs.
+_RUNNER = """
+import sys
+from cafe_tf.stages import Stage, read_json, run_stages
+
+d = sys.argv[1]
+code = (
+    "import json, os, sys, time\\n"
+    "d, name = sys.argv[1], sys.argv[2]\\n"
+    "open(os.path.join(d, name + '.pid'), 'w').write(str(os.getpid()))\\n"
+    "open(os.path.join(d, name + '.runs'), 'a').write('run\\\\n')\\n"
+    "while name == 'slow' and os.path.exists(os.path.join(d, 'hang')):\\n"
+    "    time.sleep(0.1)\\n"
+    "json.dump({'ok': True}, open(os.path.join(d, name + '.json'), 'w'))\\n"
+)
+run_stages([Stage(n, ["-c", code, d, n], f"{d}/{n}.json", read_json) for n in ("quick", "slow")], f"{d}/logs")
+"""
+
+
+def _alive(pid: int) -> bool:
+    # A killed orphan may stay a zombie until some reaper collects it: that counts as dead.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def _runner(tmp_path):
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-c", _RUNNER, str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's prctl")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
+def test_a_killed_pipeline_takes_its_stage_with_it_and_resumes(tmp_path, sig):
+    (tmp_path / "hang").touch()
+    runner, stage_pid = _runner(tmp_path), None
+    try:
+        assert _wait_for(lambda: (tmp_path / "slow.pid").exists(), 60), runner.communicate(timeout=5)[0]
+        stage_pid = int((tmp_path / "slow.pid").read_text())
+        runner.send_signal(sig)
+        out = runner.communicate(timeout=30)[0]
+        # SIGTERM / SIGINT: forwarded, the stage stops, then the pipeline dies of the same signal.
+        assert runner.returncode == -sig, out
+        assert _wait_for(lambda: not _alive(stage_pid), 10), f"stage {stage_pid} outlived its pipeline ({sig.name})"
+    finally:
+        runner.kill()
+        if stage_pid is not None and _alive(stage_pid):  # the test failed: leave no orphan behind
+            os.kill(stage_pid, signal.SIGKILL)
+    assert not (tmp_path / "slow.json").exists()
+    (tmp_path / "hang").unlink()
+    rerun = _runner(tmp_path)
+    out = rerun.communicate(timeout=60)[0]
+    assert rerun.returncode == 0, out
+    assert "quick: done already" in out
+    assert (tmp_path / "quick.runs").read_text() == "run\n" and (tmp_path / "slow.runs").read_text() == "run\nrun\n"
+    assert json.loads((tmp_path / "slow.json").read_text()) == {"ok": True}

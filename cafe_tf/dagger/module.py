@@ -1,42 +1,16 @@
 """The Dagger module: a small network that reads a pretrained model's weights and gates its filters.
 
-What the paper states (arXiv 2010.15041): an auxiliary network takes the **pretrained weights** (not
-feature maps) and learns one importance per filter, so the decision does not depend on the input
-batch. **The architecture below is our design** (the method section was not available to us):
-
-* Every prunable channel group (``cafe_tf.graph``) has one or more *sources*: the Conv2D/Dense
-  layers producing its channels (several for a residual group) and the DepthwiseConv2D layers
-  running on them. Each source contributes one row per channel: the filter reshaped to
-  ``(C_out, k*k*C_in)`` (depthwise: ``(C, k*k)``), divided by the layer's weight standard deviation
-  (``normalize="layer_std"``, keeps the filters' relative magnitudes, which carry importance) or
-  L2-normalised row by row (``"l2_rows"``), optionally followed by one column holding the scale of
-  the BatchNormalization right after the layer (``|gamma| / sqrt(var + eps)`` over its layer mean).
-  Rows pass through ``stop_gradient``: the gate loss never reshapes the weights to move the gates.
-* Per source, a projection ``Dense(hidden)`` + ReLU (input widths differ between layers). The
-  channels of a group with several sources are coupled (one gate per channel), so the sources'
-  features of a channel are **averaged** (independent of their number and order), then a **shared
-  trunk** ``Dense(hidden) -> ReLU -> Dense(1)`` scores every channel of every group. Sharing the
-  trunk makes logits of different layers comparable, which the global ranking of the exact-target
-  step relies on; a learned per-group bias lets groups of different cost shrink at different rates.
-* The trunk's last kernel starts at zero and the group biases at ``init_logit`` (> 0), so training
-  starts from the full network (all hard gates open) and the scores grow from the task gradient.
-
-:class:`FreeGates` is the ablation: one free logit per channel, no reading of the weights.
-
-Gates: ``g = sigmoid(logit / T)``; ``hard`` mode (default) forwards ``1[g > 0.5]`` with a
-straight-through gradient, so the FLOPs seen in training are the FLOPs deployed; ``soft`` mode
-forwards ``g`` itself (anneal ``T`` towards 0 to harden it).
-
-Under ``tf.distribute``, build the module in the strategy's scope, like the model it reads: its
-logits depend on the (mirrored) weights only, so every replica computes the same gates and the
-gated network is the same on all of them (``train.py`` runs the step).
+:class:`DaggerModule` scores every channel of every prunable group from the filters that produce it
+(a projection per source layer, a trunk shared by all groups, a learned bias per group);
+:class:`FreeGates` is the ablation with one free logit per channel. ``gates_from_logits`` and
+``gate_masks`` turn logits into hard (straight-through) or soft gates and the masks a ``Supernet``
+takes. The architecture is our design, not the paper's: see docs/papers.md.
 
 Example::
 
     graph = ChannelGraph.from_model(pretrained)       # pretrained built / loaded in strategy.scope()
     dagger = DaggerModule(graph, hidden=32)            # in the same scope
-    logits = dagger.logits()                       # one (size,) tensor per prunable group
-    masks, widths = gate_masks(graph, dagger.group_ids, gates_from_logits(logits))
+    masks, widths = gate_masks(graph, dagger.group_ids, gates_from_logits(dagger.logits()))
     out = Supernet(pretrained, graph)(images, masks=masks, training=True)
 """
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from absl import flags
 
-from deploy import _cli
+from cafe_tf import programs
+from cafe_tf.errors import UsageError
 from deploy.benchmark import schema
-from deploy.errors import UsageError
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
+    """The program's flags."""
     flags.DEFINE_enum("target", None, list(schema.TARGETS), "where to run: host, android (adb) or coral (Edge TPU)")
     flags.DEFINE_string("model", None, "the .tflite to benchmark")
     flags.DEFINE_string("out", None, "where to write benchmark.json")
@@ -49,11 +50,12 @@ def _define_flags() -> None:
     flags.DEFINE_string("edgetpu_device", None, "coral: device, e.g. usb:0 or pci:0 (default: the first)")
 
 
-def _main() -> None:
+def main() -> None:
+    """Checks the flags, runs the benchmark on the chosen target and writes benchmark.json."""
     FLAGS = flags.FLAGS
     if FLAGS.target is None:
         raise UsageError(f"--target is required: one of {list(schema.TARGETS)}")
-    model = _cli.require_file(FLAGS.model, "model")
+    model = programs.require_file(FLAGS.model, "model")
     if not FLAGS.out:
         raise UsageError("--out is required: where to write benchmark.json")
     if FLAGS.threads < 1:
@@ -80,7 +82,7 @@ def _main() -> None:
                 "--benchmark_binary is required for --target android: the official TFLite benchmark_model "
                 "binary for the phone's ABI (e.g. the android_aarch64 prebuilt)"
             )
-        _cli.require_file(FLAGS.benchmark_binary, "benchmark_binary")
+        programs.require_file(FLAGS.benchmark_binary, "benchmark_binary")
         record = benchmark_android(
             model,
             FLAGS.benchmark_binary,
@@ -117,5 +119,5 @@ def _main() -> None:
 
 
 if __name__ == "__main__":
-    _define_flags()
-    _cli.run(_main)
+    define_flags()
+    programs.run_tool(main)

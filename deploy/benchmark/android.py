@@ -220,7 +220,10 @@ def parse_benchmark_output(text: str) -> dict[str, Any]:
         "latency_ms": {"mean": avg_us / 1000.0, "std": None, "min": None, "max": None, "p50": None, "p90": None, "p99": None},
     }
     if regular:
-        ms = lambda i: None if regular.group(i) is None else float(regular.group(i)) / 1000.0  # noqa: E731
+
+        def ms(i: int) -> float | None:
+            return None if regular.group(i) is None else float(regular.group(i)) / 1000.0
+
         result["latency_ms"].update({"min": ms(4), "max": ms(5), "std": ms(7), "p5": ms(8), "p50": ms(9), "p95": ms(10)})
     peak = re.search(r"Overall peak memory footprint \(MB\) via periodic monitoring: " + _NUM, text)
     delta = re.search(r"(?:Memory footprint delta from the start of the tool|Peak memory footprint) \(MB\): init=" + _NUM + r" overall=" + _NUM, text)
@@ -242,7 +245,7 @@ def _table_rows(lines: list[str], start: int) -> tuple[list[list[str]], int]:
     i = start + 1
     while i < len(lines):
         line = lines[i]
-        if not line.strip() or line.lstrip().startswith("=") or not "\t" in line:
+        if not line.strip() or line.lstrip().startswith("=") or "\t" not in line:
             break
         rows.append([cell.strip() for cell in line.strip("\n").split("\t") if cell.strip()])
         i += 1
@@ -314,7 +317,10 @@ def benchmark_command(
     extra_args: Sequence[str] = (),
 ) -> str:
     """The shell command run on the device."""
-    flag = lambda v: "true" if v else "false"  # noqa: E731
+
+    def flag(v: bool) -> str:
+        return "true" if v else "false"
+
     args = [
         posixpath.join(REMOTE_DIR, REMOTE_BINARY),
         f"--graph={remote_model}",

@@ -91,7 +91,7 @@ def host_environment() -> dict[str, Any]:
         from importlib import metadata
 
         litert = metadata.version("ai-edge-litert")
-    except Exception:  # noqa: BLE001 - version lookup is best effort
+    except Exception:  # the version lookup is best effort
         litert = None
     return {
         "machine": platform.machine(),
