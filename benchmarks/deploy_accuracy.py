@@ -24,13 +24,13 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-from cafe_tf import data, models  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from cafe_tf import data, models
+import tensorflow as tf
 
-from deploy import export, representative, tflite_model  # noqa: E402
+from deploy import export, representative, tflite_model
 
 
 def finetuned_float_accuracy(model, args, x_test, y_test) -> float:

@@ -27,12 +27,12 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from cafe_tf import models  # noqa: E402
-from cafe_tf.flops import count_keras_model  # noqa: E402
-from deploy import export  # noqa: E402
-from deploy.benchmark import host  # noqa: E402
+from cafe_tf import models
+from cafe_tf.flops import count_keras_model
+from deploy import export
+from deploy.benchmark import host
 
 CASES = (
     ("resnet20", (28, 28, 1), 10),

@@ -17,13 +17,13 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from cafe_tf import models  # noqa: E402
-from cafe_tf.flops import count_keras_model  # noqa: E402
-from cafe_tf.graph import ChannelGraph  # noqa: E402
-from cafe_tf.space import SearchSpace  # noqa: E402
-from cafe_tf.surgery import extract  # noqa: E402
+from cafe_tf import models
+from cafe_tf.flops import count_keras_model
+from cafe_tf.graph import ChannelGraph
+from cafe_tf.space import SearchSpace
+from cafe_tf.surgery import extract
 
 
 def main() -> int:

@@ -25,13 +25,13 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from cafe_tf import models, surgery  # noqa: E402
-from cafe_tf.graph import ChannelGraph  # noqa: E402
-from cafe_tf.search.budget import Budget, BudgetChecker  # noqa: E402
-from cafe_tf.space import SearchSpace  # noqa: E402
-from deploy import latency_table as lt  # noqa: E402
+from cafe_tf import models, surgery
+from cafe_tf.graph import ChannelGraph
+from cafe_tf.search.budget import Budget, BudgetChecker
+from cafe_tf.space import SearchSpace
+from deploy import latency_table as lt
 
 
 class ModelOnly:

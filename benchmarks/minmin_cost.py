@@ -29,15 +29,15 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from cafe_tf import models  # noqa: E402
-from cafe_tf.slim import Supernet  # noqa: E402
-from cafe_tf.space import SearchSpace  # noqa: E402
-from cafe_tf.train import standard  # noqa: E402
-from cafe_tf.train.supernet import MinMinOptions, MinMinTrainer, Slot, plan_step, step_rng  # noqa: E402
+from cafe_tf import models
+from cafe_tf.slim import Supernet
+from cafe_tf.space import SearchSpace
+from cafe_tf.train import standard
+from cafe_tf.train.supernet import MinMinOptions, MinMinTrainer, Slot, plan_step, step_rng
 
 
 def plain_step_fn(model: keras.Model, optimizer, num_classes: int, weight_decay: float):

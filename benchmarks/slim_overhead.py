@@ -11,7 +11,6 @@ median times is printed. Goal (issue 3): supernet / plain <= 1.10 at every width
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -19,14 +18,13 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import tensorflow as tf
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from cafe_tf import models  # noqa: E402
-from cafe_tf.slim import Supernet  # noqa: E402
-from cafe_tf.space import SearchSpace  # noqa: E402
+from cafe_tf import models
+from cafe_tf.slim import Supernet
+from cafe_tf.space import SearchSpace
 
 INPUT = {"resnet20": (32, 32, 3), "mobilenet_v2": (96, 96, 3)}
 

@@ -113,7 +113,7 @@ def worker_id(strategy: tf.distribute.Strategy) -> str:
 def num_input_pipelines(strategy: tf.distribute.Strategy) -> int:
     """How many input pipelines ``distribute_datasets_from_function`` creates (one per worker / host)."""
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return int(strategy.extended._num_workers)  # noqa: SLF001 - no public accessor
+        return int(strategy.extended._num_workers)
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return int(strategy.extended.num_hosts)
     return 1

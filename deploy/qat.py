@@ -245,7 +245,7 @@ def convert(
             converter.inference_output_type = types[io_type]
         try:
             return bytes(converter.convert())
-        except Exception as e:  # noqa: BLE001 - the converter raises ConverterError and friends
+        except Exception as e:
             raise DeployError(f"the TFLite converter failed on the QAT model: {str(e).strip().splitlines()[0]}") from None
 
 

@@ -16,7 +16,7 @@ import sys
 if os.environ.get("TEST_TMPDIR") and not os.environ.get("HOME"):
     os.environ["HOME"] = os.environ["TEST_TMPDIR"]
 
-import pytest  # noqa: E402
+import pytest
 
 
 def main(argv: list[str]) -> int:
