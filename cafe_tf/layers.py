@@ -224,6 +224,11 @@ class LayerRule:
         """(output channels, fan-in) float32 filters, for Dagger's module and L1 norms (producers)."""
         raise NotImplementedError(f"{type(self).__name__} has no filters")
 
+    def channel_scales(self, layer: Any, weights: list) -> np.ndarray | None:
+        """Per output channel, the largest |weight| that int8 quantization turns into a per-channel
+        scale (0: an all-zero filter, which quantization cannot represent); None without one."""
+        return None
+
     # --- supernet execution -----------------------------------------------------------------
     def apply(self, node: Any, run: Any):
         """Runs the layer inside the supernet on compact tensors (default: the layer itself)."""
@@ -535,7 +540,6 @@ class Reshape(LayerRule):
         return config
 
     def apply(self, node, run):
-
         x = run.input(node)
         return tf.reshape(x, [-1, *node.out_shape[:-1], tf.shape(x)[-1]] if node.out_shape[-1:] == node.in_shapes[0][-1:]
                           else [-1, tf.reduce_prod(tf.shape(x)[1:])])
@@ -581,13 +585,15 @@ class BatchNorm(LayerRule):
         s = ctx.one_input()
         return s, s
 
+    def channel_scales(self, layer, weights):
+        return np.abs(weights[0]) if layer.scale else None  # gamma, folded into the previous kernel
+
     def terms(self, node, const):
         layer = node.layer
         n = 2 + int(layer.center) + int(layer.scale)
         return [], [(n * node.out_space.multiplicity, g, const) for g in node.out_space.groups]
 
     def apply(self, node, run):
-
         layer = node.layer
         x = run.input(node)
         index = run.out_index(node)
@@ -649,7 +655,6 @@ class LayerNorm(LayerRule):
         return [], [(n * node.out_space.multiplicity, g, const) for g in node.out_space.groups]
 
     def apply(self, node, run):
-
         layer = node.layer
         x = run.input(node)
         index = run.out_index(node)
@@ -734,9 +739,12 @@ class Conv(LayerRule):
         return dict(config, filters=out_channels)
 
     def filter_matrix(self, layer):
-
         k = tf.cast(tf.convert_to_tensor(layer.kernel), tf.float32)
         return tf.reshape(tf.transpose(k, [3, 0, 1, 2]), [tf.shape(k)[3], -1])
+
+    def channel_scales(self, layer, weights):
+        k = np.abs(weights[0])  # (..., fan-in, output channels), grouped too
+        return k.reshape(-1, k.shape[-1]).max(axis=0)
 
     def apply(self, node, run):
         layer = node.layer
@@ -813,12 +821,10 @@ class GroupedConv(Conv):
         return True
 
     def filter_matrix(self, layer):
-
         k = tf.cast(tf.convert_to_tensor(layer.kernel), tf.float32)  # (kh, kw, cin/groups, filters)
         return tf.reshape(tf.transpose(k, [3, 0, 1, 2]), [tf.shape(k)[3], -1])
 
     def apply(self, node, run):
-
         layer = node.layer
         x = run.input(node)
         if not self.depthwise_form(layer, node.in_shapes[0][-1]):
@@ -869,12 +875,14 @@ class Depthwise(LayerRule):
         return [ops.take(weights[0], in_index, 2)] + [ops.take(w, out_index, 0) for w in weights[1:]]
 
     def filter_matrix(self, layer):
-
         k = tf.cast(tf.convert_to_tensor(layer.kernel), tf.float32)  # (kh, kw, C, m): one row per channel
         return tf.reshape(tf.transpose(k, [2, 3, 0, 1]), [tf.shape(k)[2], -1])
 
-    def apply(self, node, run):
+    def channel_scales(self, layer, weights):
+        k = np.abs(weights[0])  # (kh, kw, C, m): output channel c * m + j
+        return k.reshape(-1, k.shape[2] * k.shape[3]).max(axis=0)
 
+    def apply(self, node, run):
         layer = node.layer
         w = self.slice_weights(layer, list(layer.weights), run.in_index(node), run.out_index(node), TF)
         x = run.input(node)
@@ -920,13 +928,14 @@ class Separable(Conv):
         pointwise = ops.take(ops.take(weights[1], ops.expand(in_index, m), 2), out_index, 3)
         return [depthwise, pointwise] + [ops.take(w, out_index, 0) for w in weights[2:]]
 
-    def filter_matrix(self, layer):
+    def channel_scales(self, layer, weights):
+        return super().channel_scales(layer, weights[1:])  # the pointwise kernel's output channels
 
+    def filter_matrix(self, layer):
         k = tf.cast(tf.convert_to_tensor(layer.pointwise_kernel), tf.float32)
         return tf.reshape(tf.transpose(k, [3, 0, 1, 2]), [tf.shape(k)[3], -1])
 
     def apply(self, node, run):
-
         layer = node.layer
         w = self.slice_weights(layer, list(layer.weights), run.in_index(node), run.out_index(node), TF)
         x = run.input(node)
@@ -977,11 +986,12 @@ class DenseRule(LayerRule):
         return dict(config, units=out_channels)
 
     def filter_matrix(self, layer):
-
         return tf.transpose(tf.cast(tf.convert_to_tensor(layer.kernel), tf.float32))
 
-    def apply(self, node, run):
+    def channel_scales(self, layer, weights):
+        return np.abs(weights[0]).max(axis=0)
 
+    def apply(self, node, run):
         layer = node.layer
         w = self.slice_weights(layer, list(layer.weights), run.in_index(node), run.out_index(node), TF)
         x = run.input(node)

@@ -57,27 +57,19 @@ class ExportResult:
 
 
 def find_zero_channels(model: Any) -> list[ZeroChannels]:
-    """Layers with all-zero output channels: their per-channel quantization scale would be 0."""
-    import keras
+    """Layers with all-zero output channels: their per-channel quantization scale would be 0 (each
+    layer's rule in ``cafe_tf.layers`` says which weights become per-channel scales)."""
+    from cafe_tf import layers as rules
+    from cafe_tf.graph import flatten_model
 
     found = []
-    for layer in model.layers:
+    for layer in flatten_model(model).layers:
+        rule = rules.resolve(layer)
         weights = layer.get_weights()
-        if not weights:
+        scales = rule.channel_scales(layer, weights) if rule is not None and weights else None
+        if scales is None:
             continue
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            kernel = weights[0]  # (kh, kw, cin, multiplier): output channel = cin * multiplier + m
-            norms = np.abs(kernel).reshape(-1, kernel.shape[2] * kernel.shape[3]).max(axis=0)
-        elif isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.Dense)):
-            kernel = weights[0]  # (..., cin, cout); Conv2DTranspose keeps (..., cout, cin) and is skipped
-            if isinstance(layer, keras.layers.Conv2DTranspose):
-                continue
-            norms = np.abs(kernel).reshape(-1, kernel.shape[-1]).max(axis=0)
-        elif isinstance(layer, keras.layers.BatchNormalization) and layer.scale:
-            norms = np.abs(weights[0])  # gamma: folded into the previous layer's kernel
-        else:
-            continue
-        zero = np.flatnonzero(norms == 0)
+        zero = np.flatnonzero(scales == 0)
         if zero.size:
             found.append(ZeroChannels(layer.name, type(layer).__name__, tuple(int(c) for c in zero)))
     return found

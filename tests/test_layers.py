@@ -201,3 +201,21 @@ def test_boundaries_recorded_on_the_model_reach_every_graph():
     assert [n.name for n in supernet.graph.nodes if n.boundary] == ["user_scale"]
     with pytest.raises(ValueError, match="a boundary is a layer name or a layer class, got 3"):
         set_boundaries(m, [3])
+
+
+def test_zero_filters_are_found_through_the_rules(model):
+    from deploy import export
+
+    m = keras.models.clone_model(model)
+    m.set_weights(model.get_weights())
+    dw = m.get_layer("dw2").get_weights()
+    dw[0][:, :, 2, 1] = 0.0  # depthwise output channel 2 * 2 + 1
+    m.get_layer("dw2").set_weights(dw)
+    sep = m.get_layer("sep").get_weights()
+    sep[1][..., 4] = 0.0  # the pointwise kernel's output channel 4
+    m.get_layer("sep").set_weights(sep)
+    dense = m.get_layer("pw_dense").get_weights()
+    dense[0][:, 1] = 0.0
+    m.get_layer("pw_dense").set_weights(dense)
+    found = {z.layer: z.channels for z in export.find_zero_channels(m)}
+    assert found == {"dw2": (5,), "sep": (4,), "pw_dense": (1,)}
