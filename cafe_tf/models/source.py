@@ -29,7 +29,6 @@ refused, naming both SHA-256 hashes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
 import os
 import re
@@ -75,12 +74,10 @@ def kind_of(name: str) -> str:
 
 
 def sha256_of(path: str) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex SHA-256 of a file's bytes (the search's supernet fingerprint; imported late: search imports models)."""
+    from cafe_tf.search.evaluator import file_sha256
+
+    return file_sha256(path)
 
 
 def _load_keras_file(path: str) -> keras.Model:
