@@ -20,14 +20,18 @@ import os
 import sys
 from typing import Any
 
+from absl import flags
+
+# Flags this module defines belong to the program that runs it (python -m cafe_tf.flops), so they
+# show in its --help.
+flags.disclaim_key_flags()
+
 # Input shape and classes of an application counted without --input_size / --num_classes (ImageNet).
 APPLICATION_DEFAULT = ((224, 224, 3), 1000)
 
 
 def define_flags() -> None:
     """Defines the program's flags (once, before ``app.run``)."""
-    from absl import flags
-
     from cafe_tf import models
 
     flags.DEFINE_string("model", None, f"Model: a registry name {models.names()}, a path ending in .keras, or "
@@ -98,8 +102,6 @@ def report(model_name: str, input_size: int | None = None, width_mult: float = 1
 
 def main(argv: list[str]) -> int:
     """Prints one JSON object with the MACs and params of a model or of a searched sub-network."""
-    from absl import flags
-
     from cafe_tf.io import ArtifactError
 
     del argv
