@@ -1,6 +1,8 @@
 """Where a model comes from: a registry builder, a user's ``.keras`` file, or ``keras.applications``.
 
-``config.model.name`` (and ``cafe_tf.flops --model``, ``config.prune.pretrained``) takes one of:
+``config.model.name`` (and ``cafe_tf.flops --model``) takes one of the forms below;
+``config.prune.pretrained`` takes the ``.keras`` form (the others are architectures without trained
+weights, which ``model.name`` and Dagger's stage 0 train):
 
 * a registry name (``resnet20``, see :func:`cafe_tf.models.names`);
 * a path ending in ``.keras``: the user's functional model, loaded with its weights;
