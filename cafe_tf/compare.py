@@ -173,7 +173,8 @@ def score_nets(config, workdir: str, arm: str, records: dict[str, dict], data=No
 
     path, _, _, supernet, space = search_run.load_supernet(supernet_path(workdir, arm))
     if data is None:
-        data = standard.make_data_source(config.data, seed=config.search.seed, eval_splits=("validation",))
+        data = standard.make_data_source(config.data, seed=config.search.seed, eval_splits=("validation",),
+                                         input_scaling=config.model.input_scaling)
     evaluator, fingerprint = search_run.make_evaluator(config, supernet, space, path, data)
     cache = ScoreCache(evaluator, os.path.join(workdir, "ranking", f"scores_{arm}.json"), fingerprint)
     return {name: cache(bins_in(space, rec)) for name, rec in records.items()}

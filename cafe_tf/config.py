@@ -64,10 +64,11 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.model = ml_collections.ConfigDict(
         dict(
-            name="cnn_small",  # see cafe_tf.models.names()
-            width_mult=1.0,
+            name="cnn_small",  # cafe_tf.models.names(), a path ending in .keras, or keras.applications.<Name>
+            width_mult=1.0,  # keras.applications: the family's alpha (MobileNets only)
             input_shape=(),  # () = the pipeline's output shape
             num_classes=0,  # 0 = the dataset's
+            input_scaling="mean_std",  # mean_std | unit ([0, 1]) | raw (0..255) | model (its own Rescaling)
         )
     )
     c.train = ml_collections.ConfigDict(
@@ -174,10 +175,21 @@ def validate_data(data: ml_collections.ConfigDict) -> None:
 
 
 def validate_model(model: ml_collections.ConfigDict) -> None:
-    """Checks the ``model`` section (registered name, width multiplier, overrides)."""
-    from cafe_tf import models
+    """Checks the ``model`` section (model name or file, width multiplier, overrides, input scaling).
 
-    _choice("model.name", model.name, models.names())
+    A ``.keras`` file's content is checked when the model is built (cafe_tf.models.source), not here.
+    """
+    import os
+
+    from cafe_tf.models import source
+
+    try:
+        source.kind_of(model.name)
+    except source.ModelSourceError as e:
+        raise ConfigError(f"config.model.name={model.name!r} is invalid: {e}") from None
+    if model.name.endswith(".keras") and not os.path.isfile(os.path.expanduser(model.name)):
+        raise ConfigError(f"config.model.name={model.name!r} is invalid: no such .keras file")
+    _choice("model.input_scaling", model.get("input_scaling", "mean_std"), source.INPUT_SCALINGS)
     _check("model.width_mult", model.width_mult, model.width_mult > 0, "> 0")
     shape = tuple(model.input_shape)
     _check("model.input_shape", shape, shape == () or (len(shape) == 3 and all(int(d) > 0 for d in shape)),

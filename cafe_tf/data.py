@@ -56,6 +56,8 @@ DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 SPLITS = ("train", "validation", "train_full", "test")
 AUGMENTATIONS = ("auto", "none", "flip", "crop", "crop_flip", "inception")
+# What images a model is fed (config.model.input_scaling; DatasetInfo.normalization gives the formula).
+INPUT_SCALINGS = ("mean_std", "unit", "raw", "model")
 
 # Pad-then-crop margin of the CIFAR recipe (He et al. 2016), also used for 28x28 data.
 CROP_PADDING = 4
@@ -145,10 +147,22 @@ class DatasetInfo:
     data_dir: str
     validation_size: int
     attribute: str | None = None  # celeb_a only: the single attribute, or None for all 40
+    # What the model is fed (config.model.input_scaling): the pipeline applies it, deploy records it.
+    input_scaling: str = "mean_std"
 
     def normalization(self) -> dict[str, Any]:
-        """The normalisation constants as a JSON-able dict (deploy records them beside a model)."""
-        return {"scale": 1.0 / 255.0, "mean": list(self.mean), "std": list(self.std)}
+        """``x = (pixel * scale - mean) / std`` of ``input_scaling`` as a JSON-able dict (deploy records it).
+
+        ``mean_std``: the dataset's mean/std of [0, 1] pixels; ``unit``: [0, 1]; ``raw`` and ``model``:
+        0..255 as they are (``model``: the model's own Rescaling/Normalization layers scale them).
+        """
+        if self.input_scaling not in INPUT_SCALINGS:
+            raise DatasetError(f"input_scaling {self.input_scaling!r} is invalid; valid values: {list(INPUT_SCALINGS)}")
+        zero, one = [0.0] * len(self.mean), [1.0] * len(self.std)
+        scale = 1.0 if self.input_scaling in ("raw", "model") else 1.0 / 255.0
+        mean_std = self.input_scaling == "mean_std"
+        return {"scale": scale, "mean": list(self.mean) if mean_std else zero,
+                "std": list(self.std) if mean_std else one, "input_scaling": self.input_scaling}
 
 
 def names() -> list[str]:
@@ -540,8 +554,10 @@ def input_pipeline(
 
 def _preprocess_fn(info: DatasetInfo, augment: str, out_shape, base_seed: int | None, pipeline_id: int):
     height, width, channels = out_shape
-    mean = tf.constant(info.mean, tf.float32)
-    std = tf.constant(info.std, tf.float32)
+    norm = info.normalization()
+    divisor = round(1.0 / norm["scale"])  # 255 or 1: dividing keeps today's mean_std values bit for bit
+    mean = tf.constant(norm["mean"], tf.float32)
+    std = tf.constant(norm["std"], tf.float32)
     inception_like = info.default_augment == "inception"
     celeb_a = info.name == "celeb_a"
 
@@ -570,7 +586,7 @@ def _preprocess_fn(info: DatasetInfo, augment: str, out_shape, base_seed: int | 
         if augment in ("flip", "crop_flip", "inception"):
             image = tf.image.stateless_random_flip_left_right(image, seed=seeds[2])
         image = tf.ensure_shape(image, (height, width, channels))
-        image = (tf.cast(image, tf.float32) / 255.0 - mean) / std
+        image = (tf.cast(image, tf.float32) / divisor - mean) / std
         return image, label
 
     return preprocess

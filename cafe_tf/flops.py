@@ -15,7 +15,7 @@ so it costs a gather and a dot product: ~10 µs for one assignment, and batches 
 one matrix product. The same polynomial evaluated on TensorFlow tensors is differentiable (Dagger's
 FLOPs regulariser uses it), so there is one FLOPs formula in the project.
 
-Command line (prints one JSON object)::
+Command line (prints one JSON object; cafe_tf/cli/flops.py)::
 
     python -m cafe_tf.flops --model resnet56
     python -m cafe_tf.flops --model mobilenet_v2 --input_size 160 --width_mult 0.75
@@ -25,8 +25,6 @@ Command line (prints one JSON object)::
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
 from collections.abc import Mapping
 
 import keras
@@ -157,78 +155,7 @@ def count_keras_model(model: keras.Model) -> dict[str, int]:
     return {"macs": int(macs), "params": int(model.count_params())}
 
 
-def _define_flags() -> None:
-    from absl import flags
+if __name__ == "__main__":  # the command line lives in cafe_tf/cli/flops.py
+    from cafe_tf.cli.flops import run
 
-    from cafe_tf import models
-
-    flags.DEFINE_string("model", None, f"Model name, one of {models.names()}.", required=True)
-    flags.DEFINE_integer("input_size", None, "Square input side in pixels (default: the model's own).")
-    flags.DEFINE_float("width_mult", 1.0, "Width multiplier of the full network.")
-    flags.DEFINE_integer("num_classes", None, "Number of classes (default: the model's own).")
-    flags.DEFINE_string("widths", None, "A widths.json file: count that sub-network instead of the full one.")
-
-
-def report(model_name: str, input_size: int | None = None, width_mult: float = 1.0,
-           num_classes: int | None = None, widths_path: str | None = None) -> dict:
-    """MACs/params of a named model (or of the sub-network in ``widths_path``) as a JSON-able dict."""
-    from cafe_tf import models
-    from cafe_tf import space as space_lib
-
-    if model_name not in models.names():
-        raise ValueError(f"unknown model {model_name!r}; valid names: {models.names()}")
-    if input_size is not None and input_size < 8:
-        raise ValueError(f"--input_size must be >= 8, got {input_size}")
-    shape, _ = models.DEFAULT_INPUT[model_name]
-    if input_size:
-        shape = (input_size, input_size, shape[2])
-    record = None
-    if widths_path:
-        record = space_lib.read_widths(widths_path)
-        if record["model"]["name"] != model_name:
-            raise ValueError(f"--widths {widths_path!r} is for model {record['model']['name']!r}, not {model_name!r}")
-        shape = tuple(record["model"]["input_shape"])
-        width_mult = record["model"]["width_mult"]
-        num_classes = record["model"]["num_classes"]
-    model = models.build(model_name, input_shape=shape, num_classes=num_classes, width_mult=width_mult)
-    cost = CostModel(ChannelGraph.from_model(model))
-    widths = None
-    if record is not None:
-        widths = cost.widths_of(space_lib.selection_from_record(cost.graph, record))
-    macs = cost.macs(widths)
-    return {
-        "model": model_name,
-        "input_shape": list(shape),
-        "width_mult": width_mult,
-        "macs": macs,
-        "flops": 2 * macs,
-        "params": cost.params(widths),
-        "full_macs": cost.macs(),
-        "full_params": cost.params(),
-    }
-
-
-def main(argv: list[str]) -> int:
-    """Prints one JSON object with the MACs and params of a model or of a searched sub-network."""
-    from absl import flags
-
-    from cafe_tf.io import ArtifactError
-
-    del argv
-    f = flags.FLAGS
-    try:
-        out = report(f.model, f.input_size, f.width_mult, f.num_classes, f.widths)
-    except (ValueError, ArtifactError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(out))
-    return 0
-
-
-if __name__ == "__main__":
-    from absl import app
-
-    from cafe_tf import programs
-
-    _define_flags()
-    app.run(main, flags_parser=programs.parse_flags)
+    run()

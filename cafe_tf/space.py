@@ -22,7 +22,7 @@ from cafe_tf.flops import CostModel
 from cafe_tf.graph import ChannelGraph
 
 WIDTHS_SCHEMA = "cafe_tf.widths"
-WIDTHS_VERSION = 1
+WIDTHS_VERSION = 2  # 2 added model_source (provenance); version 1 files read as registry models
 GRANULARITIES = ("flops_sensitive", "uniform")
 SHARINGS = ("locally_free", "fixed")
 
@@ -201,12 +201,24 @@ def write_widths(
 ) -> dict[str, Any]:
     """Writes ``widths.json`` for a channel selection; returns the record written.
 
-    ``model_info`` holds ``name``, ``input_shape``, ``num_classes`` and ``width_mult`` so the full
-    model can be rebuilt; MACs and params are computed here, never trusted from the caller.
+    ``model_info`` holds ``name``, ``input_shape``, ``num_classes`` and ``width_mult``, and ``source``
+    (``cafe_tf.models.source.ModelSource.record``: where the model came from, so every later stage
+    rebuilds the same one; a registry name may omit it). MACs and params are computed here, never
+    trusted from the caller. Nothing is written when a check fails.
     """
+    from cafe_tf import models
+    from cafe_tf.models import source as source_lib
+
     for key in ("name", "input_shape", "num_classes", "width_mult"):
         if key not in model_info:
             raise ValueError(f"model_info lacks {key!r}; it needs name, input_shape, num_classes, width_mult")
+    model_source = model_info.get("source")
+    if model_source is None:
+        if model_info["name"] not in models.names():
+            raise ValueError(f"model_info of {model_info['name']!r} lacks 'source' (ModelSource.record()); only a "
+                             f"registry model {models.names()} may omit it")
+        model_source = source_lib.builtin_record(model_info)
+    source_lib.validate_record(model_source)
     full = graph.validate_selection(dict(selection))
     cost = CostModel(graph)
     widths = cost.widths_of(full)
@@ -217,6 +229,7 @@ def write_widths(
             "num_classes": int(model_info["num_classes"]),
             "width_mult": float(model_info["width_mult"]),
         },
+        "model_source": dict(model_source),
         "groups": [
             {"name": g.name, "size": g.size, "width": int(len(full[g.id])), "channels": full[g.id].tolist()}
             for g in graph.prunable_groups
@@ -232,12 +245,18 @@ def write_widths(
 
 
 def _validate_widths(obj: dict[str, Any]) -> None:
+    from cafe_tf.models import source as source_lib
+
     model = obj["model"]
     if not isinstance(model, dict):
         raise ValueError("'model' must be an object")
     for key in ("name", "input_shape", "num_classes", "width_mult"):
         if key not in model:
             raise ValueError(f"'model' lacks {key!r}")
+    if obj["schema_version"] >= 2:
+        if "model_source" not in obj:
+            raise ValueError("'model_source' is missing (where the model came from)")
+        source_lib.validate_record(obj["model_source"])
     if not isinstance(obj["groups"], list):
         raise ValueError("'groups' must be a list")
     for i, g in enumerate(obj["groups"]):
@@ -249,9 +268,17 @@ def _validate_widths(obj: dict[str, Any]) -> None:
 
 
 def read_widths(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads and validates a ``widths.json``; raises ``io.ArtifactError`` naming the problem."""
-    return io.read_artifact(path, WIDTHS_SCHEMA, (WIDTHS_VERSION,), ("model", "groups", "macs", "params"),
-                            _validate_widths)
+    """Reads and validates a ``widths.json``; raises ``io.ArtifactError`` naming the problem.
+
+    A version 1 file (before provenance) gets the ``model_source`` of the registry model it names.
+    """
+    from cafe_tf.models import source as source_lib
+
+    record = io.read_artifact(path, WIDTHS_SCHEMA, (1, WIDTHS_VERSION), ("model", "groups", "macs", "params"),
+                              _validate_widths)
+    if "model_source" not in record:
+        record["model_source"] = source_lib.builtin_record(record["model"])
+    return record
 
 
 def selection_from_record(graph: ChannelGraph, record: Mapping[str, Any]) -> dict[int, np.ndarray]:

@@ -30,6 +30,7 @@ _CONFIG, _WORKDIR = programs.define_config_flags()
 def main(config, workdir: str) -> None:
     from cafe_tf import distribute as distribute_lib
     from cafe_tf.config import ConfigError, to_dict
+    from cafe_tf.models import source as source_lib
     from cafe_tf.train import standard
     from cafe_tf.train import supernet as supernet_lib
 
@@ -40,12 +41,11 @@ def main(config, workdir: str) -> None:
     strategy = distribute_lib.strategy_from_config(config.distribute)
     data = standard.make_data_source(
         config.data, seed=section.seed, eval_splits=tuple(section.eval_splits),
-        drop_eval_remainder=not distribute_lib.supports_partial_batches(strategy))
-    shape = tuple(config.model.input_shape) or tuple(data.image_shape)
-    classes = config.model.num_classes or data.info.num_classes
-    model_info = {"name": config.model.name, "input_shape": list(shape), "num_classes": int(classes),
-                  "width_mult": float(config.model.width_mult)}
-    model_fn = standard.model_factory(config.model, data.image_shape, data.info.num_classes)
+        drop_eval_remainder=not distribute_lib.supports_partial_batches(strategy),
+        input_scaling=config.model.input_scaling)
+    source = source_lib.from_config(config.model, data.image_shape, data.info.num_classes)
+    model_info = source.model_info()  # with its provenance, which search copies into widths.json
+    model_fn = source.build
     result = supernet_lib.train(model_fn, data, section, workdir, model_info=model_info, strategy=strategy,
                                 config_record=to_dict(config))
     lines = [f"done: {result['steps']} steps; full net {result['full_macs']:,} MACs, {result['full_params']:,} params"]

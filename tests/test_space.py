@@ -123,7 +123,7 @@ def test_widths_json_roundtrip_and_errors(tmp_path, space, graph):
     with pytest.raises(ValueError, match="channel index 999 .* out of range"):
         selection_from_record(graph, bad)
     (tmp_path / "v9.json").write_text(json.dumps(dict(back, schema_version=9)))
-    with pytest.raises(io.ArtifactError, match="schema_version 9; supported: \\[1\\]"):
+    with pytest.raises(io.ArtifactError, match="schema_version 9; supported: \\[1, 2\\]"):
         read_widths(tmp_path / "v9.json")
     (tmp_path / "trunc.json").write_text(path.read_text()[:50])
     with pytest.raises(io.ArtifactError, match="trunc.json.*not valid JSON"):

@@ -23,8 +23,14 @@ training only the chief writes the artifacts; the other workers keep their own c
 decision before it runs (``distribute.all_workers``).
 
 The pretrained model may be any functional Keras model the channel graph understands (a user's
-``.keras``), taking images as ``cafe_tf.data.input_pipeline`` yields them (normalised float32 at
-the dataset's size) and outputting logits or softmax probabilities.
+``.keras``), taking images at the dataset's size (``config.data.image_size`` resizes) scaled as
+``config.model.input_scaling`` says (``mean_std``, the default: the dataset's mean/std; ``unit``:
+[0, 1]; ``raw``: 0..255; ``model``: 0..255 into the model's own Rescaling/Normalization layers), and
+outputting logits or softmax probabilities. Before pruning, the pipeline evaluates it (validation
+split when evaluated, else the report split) and warns loudly, in the log, ``summary.json`` and
+``report.md``, when its accuracy is within ``NEAR_CHANCE_MARGIN`` of chance: the sign of a scaling
+mismatch. ``widths.json`` records the file's path and SHA-256 (``model_source``), and a file that
+changed under a resumed run is refused, naming both hashes.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from cafe_tf import space as space_lib
 from cafe_tf.config import ConfigError, to_dict
 from cafe_tf.flops import CostModel
 from cafe_tf.graph import ChannelGraph
+from cafe_tf.models import source as source_lib
 from cafe_tf.slim import Supernet
 from cafe_tf.dagger import module as module_lib
 from cafe_tf.dagger import prune as prune_lib
@@ -54,6 +61,8 @@ from cafe_tf.dagger.regularizer import PENALTIES, FlopsRegularizer
 
 SUMMARY_SCHEMA = "cafe_tf.dagger_summary"
 SUMMARY_VERSION = 1
+# A given model whose accuracy is at most chance + this margin is taken for a scaling mismatch (warned).
+NEAR_CHANCE_MARGIN = 0.05
 
 
 # -------------------------------------------------------------------------------------------------
@@ -65,7 +74,7 @@ def prune_section() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         method="dagger",  # dagger | free (ablation: free gate logits) | l1 | uniform (baselines)
         target_macs_ratio=0.5,  # fraction of the pretrained model's MACs, in (0, 1]
-        pretrained="",  # a .keras file; "" = train config.model with config.train first (stage 0)
+        pretrained="",  # a trained .keras file, fed as config.model.input_scaling says; "" = train config.model first
         min_channels=1,  # floor per channel group
         min_keep_ratio=0.0,  # floor per group as a fraction of its width (held open in gate training too); 0 = off
         tolerance=0.01,  # the pruned MACs land in [(1 - tolerance) * target, target]
@@ -109,8 +118,16 @@ def validate_prune(section: ml_collections.ConfigDict) -> None:
     except ValueError:
         raise ConfigError(f"config.prune.target_macs_ratio={section.target_macs_ratio!r} is invalid; it must be "
                           "in (0, 1] (a fraction of the pretrained model's MACs)") from None
-    if section.pretrained and not section.pretrained.endswith(".keras"):
-        raise ConfigError(f"config.prune.pretrained={section.pretrained!r} is invalid; it must be a .keras file")
+    if section.pretrained:
+        try:
+            kind = source_lib.kind_of(section.pretrained)
+        except source_lib.ModelSourceError as e:
+            raise ConfigError(f"config.prune.pretrained={section.pretrained!r} is invalid: {e}") from None
+        if kind != "keras_file":  # a registry or keras.applications name: an architecture, without trained weights
+            raise ConfigError(
+                f"config.prune.pretrained={section.pretrained!r} names an architecture without trained weights (nothing "
+                f"downloads: applications are built with weights=None); set config.model.name={section.pretrained!r} "
+                "and leave config.prune.pretrained empty (stage 0 trains it), or give a trained .keras file")
     if section.min_channels < 1:
         raise ConfigError(f"config.prune.min_channels={section.min_channels!r} is invalid; it must be >= 1")
     if not 0 <= section.min_keep_ratio < 1:
@@ -161,6 +178,8 @@ def extra_validators() -> dict[str, Callable[[ml_collections.ConfigDict], None]]
 # ``config.dagger`` options added after the first release, each with the behaviour every run had
 # before it existed: what an artifact that lacks the key was written with (today's default may differ).
 _DAGGER_ADDED_LATER = {"target_ramp": 0.0, "group_bias": True}
+# Settings added later that an artifact without them is not compared on (they cannot be recomputed).
+_SETTINGS_ADDED_LATER = ("pretrained_sha256",)
 
 
 def _same_settings(record: dict[str, Any], expected: dict[str, Any], path: str) -> None:
@@ -174,6 +193,8 @@ def _same_settings(record: dict[str, Any], expected: dict[str, Any], path: str) 
         stored["dagger"] = {**_DAGGER_ADDED_LATER, **stored["dagger"]}
     diff = []
     for k, v in expected.items():
+        if k in _SETTINGS_ADDED_LATER and k not in stored:
+            continue
         there = stored.get(k)
         if isinstance(v, dict) and isinstance(there, dict):  # name the nested keys that differ
             diff += [f"{k}.{n}: {there.get(n)!r} there, {v.get(n)!r} now" for n in sorted(set(v) | set(there))
@@ -185,23 +206,38 @@ def _same_settings(record: dict[str, Any], expected: dict[str, Any], path: str) 
                           "use a new --workdir or delete that stage's folder")
 
 
+def model_source(config: ml_collections.ConfigDict, image_shape, num_classes: int) -> source_lib.ModelSource:
+    """Where the pruned model comes from: the ``prune.pretrained`` file (path and SHA-256), else ``config.model``."""
+    if not config.prune.pretrained:
+        return source_lib.from_config(config.model, image_shape, num_classes)
+    path = os.path.abspath(os.path.expanduser(config.prune.pretrained))
+    if not os.path.isfile(path):
+        raise ValueError(f"config.prune.pretrained={config.prune.pretrained!r}: model file {path!r} does not exist; "
+                         "give a Keras 3 .keras file")
+    return source_lib.ModelSource("keras_file", path, tuple(image_shape), int(num_classes), 1.0,
+                                  config.model.input_scaling, source_lib.sha256_of(path))
+
+
 def model_info(model: keras.Model, config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """``widths.json``'s model record: the registry name when we built it, the model's name otherwise."""
+    """``widths.json``'s model record: the registry name when we built it, the model's name otherwise, and
+    ``source``, the provenance (``cafe_tf.models.source``)."""
     shape = [int(d) for d in model.inputs[0].shape[1:]]
+    classes = int(model.outputs[0].shape[-1])
     return {"name": config.model.name if not config.prune.pretrained else model.name, "input_shape": shape,
-            "num_classes": int(model.outputs[0].shape[-1]),
-            "width_mult": float(config.model.width_mult) if not config.prune.pretrained else 1.0}
+            "num_classes": classes,
+            "width_mult": float(config.model.width_mult) if not config.prune.pretrained else 1.0,
+            "source": model_source(config, shape, classes).record()}
 
 
-def check_model_fits_data(model: keras.Model, image_shape, num_classes: int, path: str) -> None:
-    """Clear errors when a given model does not take the dataset's images or predict its classes."""
-    shape = tuple(int(d) if d is not None else None for d in model.inputs[0].shape[1:])
-    if shape != tuple(image_shape):
-        raise ValueError(f"model {path!r} takes inputs of shape {shape}, but the data pipeline yields "
-                         f"{tuple(image_shape)}; set --config.data.image_size (or give a model for this dataset)")
-    out = int(model.outputs[0].shape[-1])
-    if out != num_classes:
-        raise ValueError(f"model {path!r} predicts {out} classes, but the dataset has {num_classes}")
+def near_chance_warning(accuracy: float, num_classes: int, split: str, input_scaling: str) -> str | None:
+    """The warning for a given model whose accuracy is near chance (a scaling mismatch), or None."""
+    chance = 1.0 / max(num_classes, 1)
+    if accuracy > chance + NEAR_CHANCE_MARGIN:
+        return None
+    others = [s for s in source_lib.INPUT_SCALINGS if s != input_scaling]
+    return (f"the model to prune scores {accuracy:.2%} on {split}, within {NEAR_CHANCE_MARGIN:.0%} of chance "
+            f"({chance:.2%}): it was probably trained on differently scaled inputs; it is fed "
+            f"config.model.input_scaling={input_scaling!r}, the alternatives are {others}")
 
 
 def _epochs_of(make_train: Callable[[int, int, Any], tf.data.Dataset], steps_per_epoch: int,
@@ -259,6 +295,22 @@ def _accuracy(model: keras.Model, make_eval: Callable[[Any], tf.data.Dataset]) -
     return train_lib.accuracy(fn, make_eval(None))
 
 
+def _check_pretrained(config: ml_collections.ConfigDict, data, model: keras.Model, source: str, split: str,
+                      split_accuracy: float, previous: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy of the model to prune before pruning (validation when evaluated), and the near-chance warning."""
+    check_split = "validation" if "validation" in data.make_eval else split
+    done = previous.get("pretrained_check") or {}
+    if previous.get("pretrained") == source and done.get("split") == check_split:
+        accuracy = done["accuracy"]  # one eval pass saved on a rerun
+    else:
+        accuracy = split_accuracy if check_split == split else _accuracy(model, data.make_eval[check_split])
+    warning = near_chance_warning(accuracy, data.info.num_classes, check_split, config.model.input_scaling)
+    if warning:
+        logging.warning("*" * 20 + " WARNING: %s " + "*" * 20, warning)
+    return {"split": check_split, "accuracy": accuracy, "input_scaling": config.model.input_scaling,
+            "warning": warning}
+
+
 # -------------------------------------------------------------------------------------------------
 # Stages
 
@@ -269,10 +321,8 @@ def stage_pretrain(config: ml_collections.ConfigDict, workdir: str, data,
     from cafe_tf.train import standard
 
     if config.prune.pretrained:
-        path = os.path.abspath(os.path.expanduser(config.prune.pretrained))
-        model = prune_lib.load_model(path)
-        check_model_fits_data(model, data.image_shape, data.info.num_classes, path)
-        return model, path
+        source = model_source(config, data.image_shape, data.info.num_classes)
+        return source.build(), source.name  # build() checks the shape, classes and input_scaling="model"
     folder = os.path.join(workdir, "pretrain")
     path = os.path.join(folder, "model.keras")
     metrics = os.path.join(folder, "metrics.json")
@@ -289,6 +339,8 @@ def stage_pretrain(config: ml_collections.ConfigDict, workdir: str, data,
 def _gate_settings(config: ml_collections.ConfigDict, source: str) -> dict[str, Any]:
     settings = {"method": config.prune.method, "target_macs_ratio": float(config.prune.target_macs_ratio),
                 "pretrained": source, "dagger": to_dict(config.dagger)}
+    if os.path.isfile(source):  # a changed file under a resumed run is refused, naming both hashes
+        settings["pretrained_sha256"] = source_lib.sha256_of(source)
     if config.prune.min_keep_ratio:  # recorded when set (artifacts written before the option stay valid)
         settings["min_keep_ratio"] = float(config.prune.min_keep_ratio)
     return settings
@@ -454,7 +506,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     workdir = distribute_lib.worker_root(strategy, workdir)
     eval_splits = tuple(config.finetune.eval_splits)
     data = standard.make_data_source(config.data, seed=config.train.seed, eval_splits=eval_splits,
-                                     drop_eval_remainder=not distribute_lib.supports_partial_batches(strategy))
+                                     drop_eval_remainder=not distribute_lib.supports_partial_batches(strategy),
+                                     input_scaling=config.model.input_scaling)
     model, source = stage_pretrain(config, workdir, data, strategy)
     graph = ChannelGraph.from_model(model)
     full_cost = CostModel(graph)
@@ -467,6 +520,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         metrics["pretrained"] = previous["accuracy"]["pretrained"]  # one eval pass saved on a rerun
     else:
         metrics["pretrained"] = _accuracy(model, data.make_eval[split])
+    check = _check_pretrained(config, data, model, source, split, metrics["pretrained"], previous)
     trained, logits, history = stage_gates(config, workdir, data, model, source, strategy)
     _, selection, info = stage_prune(config, workdir, trained, source, logits, data, strategy)
     if "accuracy_before_finetune" in info:
@@ -483,6 +537,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "exact_target": info,
         "accuracy": metrics,
         "pretrained": source,
+        "pretrained_check": check,
+        "warnings": [check["warning"]] if check["warning"] else [],
         "paths": {"pruned_model": "finetune/model.keras", "widths": "prune/widths.json", "report": "report.md"},
     }
     io.write_artifact(summary_path, SUMMARY_SCHEMA, SUMMARY_VERSION, summary)
@@ -490,6 +546,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         return summary
     shown = {f"accuracy: {k.replace('_', ' ')}" + ("" if k.startswith("finetuned_") else f" ({split})"): v
              for k, v in metrics.items()}
+    if check["warning"]:
+        shown["WARNING"] = check["warning"]
     report_lib.write_report(workdir, graph, selection, {**info, "method": config.prune.method}, logits=logits,
                             history=history, metrics=shown,
                             title=f"Dagger pruning report: {config.prune.method}, "

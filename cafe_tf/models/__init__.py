@@ -6,6 +6,9 @@ and names its layers deterministically, so that channel groups (``cafe_tf.graph`
 ``widths.json`` files are stable across runs. The supernet of any of them is
 ``cafe_tf.slim.Supernet(build(name, ...))``; the plain model at a width assignment is
 ``cafe_tf.surgery.extract(...)``.
+
+:func:`build` also takes a user's ``.keras`` path or ``keras.applications.<Name>``; where a model
+comes from, and how ``widths.json`` records it, is :mod:`cafe_tf.models.source`.
 """
 
 from __future__ import annotations
@@ -54,9 +57,12 @@ def build(
     width_mult: float = 1.0,
     **kwargs: Any,
 ) -> keras.Model:
-    """Builds the plain functional model ``name`` (see :func:`names`)."""
+    """Builds the plain functional model ``name``: a registry name (:func:`names`), a ``.keras`` path or
+    ``keras.applications.<Name>`` (``kwargs``: ``input_scaling``; see :mod:`cafe_tf.models.source`)."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; valid names: {names()}")
+        from cafe_tf.models import source
+
+        return source.resolve(name, input_shape, num_classes, width_mult, **kwargs).build()
     if not width_mult > 0:
         raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
     module, fn, defaults = _REGISTRY[name]

@@ -226,7 +226,8 @@ def run(
                  record["model"]["name"], supernet_path, budget.bounds(), space.size_log10)
 
     if data is None:
-        data = standard.make_data_source(config.data, seed=section.seed, eval_splits=("validation",))
+        data = standard.make_data_source(config.data, seed=section.seed, eval_splits=("validation",),
+                                         input_scaling=config.model.input_scaling)
     if evaluator_factory is not None:
         check_input_shape(model, data)
         evaluator = evaluator_factory(supernet, space, data)

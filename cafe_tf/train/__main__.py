@@ -47,7 +47,7 @@ def main(config, workdir: str) -> None:
     if _WIDTHS.value:
         from cafe_tf.train.subnet import subnet_factory
 
-        model_fn = subnet_factory(_WIDTHS.value, _INIT_FROM_SUPERNET.value)
+        model_fn = subnet_factory(_WIDTHS.value, _INIT_FROM_SUPERNET.value, config.model.input_scaling)
     metrics = standard.run(config, workdir, model_fn=model_fn)
     final = metrics["final"] or {}
     lines = [f"done: {metrics['steps']} steps, {metrics['epochs']} epochs"]

@@ -126,8 +126,10 @@ def make_data_source(
     seed: int,
     eval_splits: Sequence[str] = ("validation", "test"),
     drop_eval_remainder: bool = False,
+    input_scaling: str = "mean_std",
 ) -> DataSource:
-    """Builds the :class:`DataSource` the ``data`` config section describes (see cafe_tf.config)."""
+    """Builds the :class:`DataSource` the ``data`` config section describes (see cafe_tf.config), its
+    images scaled as ``input_scaling`` (``config.model.input_scaling``) says."""
     load_kwargs = dict(
         data_dir=data.data_dir or None,
         download=data.download,
@@ -135,6 +137,7 @@ def make_data_source(
         attribute=data.attribute or None,
     )
     train_ds, info = data_lib.load(data.name, "train", **load_kwargs)
+    info = dataclasses.replace(info, input_scaling=input_scaling)  # the pipelines read it from info
     n_train = _num_examples(train_ds, info, "train")
     if data.max_train_examples:
         n_train = min(n_train, data.max_train_examples)
@@ -705,12 +708,11 @@ def _log_eval(epoch: int, results: Mapping[str, Mapping[str, float]], chief: boo
 
 
 def model_factory(model: ml_collections.ConfigDict, image_shape: Sequence[int], num_classes: int) -> ModelFactory:
-    """A factory for the registered model the ``model`` config section names, sized for the data."""
-    from cafe_tf import models
+    """A factory for the model the ``model`` config section names (registry, ``.keras`` or application), sized
+    for the data; a bad name or file fails here, before any training."""
+    from cafe_tf.models import source
 
-    shape = tuple(model.input_shape) or tuple(image_shape)
-    classes = model.num_classes or num_classes
-    return lambda: models.build(model.name, input_shape=shape, num_classes=classes, width_mult=model.width_mult)
+    return source.from_config(model, image_shape, num_classes).build
 
 
 def run(
@@ -726,6 +728,7 @@ def run(
     data = make_data_source(
         config.data, seed=config.train.seed, eval_splits=tuple(config.train.eval_splits),
         drop_eval_remainder=not distribute_lib.supports_partial_batches(strategy),
+        input_scaling=config.model.input_scaling,
     )
     if tuple(config.model.input_shape) and tuple(config.model.input_shape) != tuple(data.image_shape):
         raise ConfigError(

@@ -21,6 +21,7 @@ import keras
 from cafe_tf import surgery
 from cafe_tf.flops import CostModel
 from cafe_tf.graph import ChannelGraph
+from cafe_tf.models import source as source_lib
 from cafe_tf.space import read_widths, selection_from_record
 
 
@@ -31,8 +32,6 @@ def build_subnet(widths_path: str, init_from_supernet: str | None = None) -> ker
       io.ArtifactError / ValueError: a missing or invalid file, a supernet of another model, or a
         widths.json whose MACs no longer match its channels (naming the file and the values).
     """
-    from cafe_tf import models
-
     record = read_widths(widths_path)
     info = record["model"]
     shape = tuple(int(d) for d in info["input_shape"])
@@ -48,12 +47,8 @@ def build_subnet(widths_path: str, init_from_supernet: str | None = None) -> ker
             raise ValueError(
                 f"supernet {path!r} takes inputs {got} and predicts {classes} classes, but {widths_path!r} was "
                 f"searched on {info['name']!r} with inputs {shape} and {info['num_classes']} classes")
-    else:
-        if info["name"] not in models.names():
-            raise ValueError(f"{widths_path!r} names model {info['name']!r}, which the registry cannot build "
-                             f"(valid names: {models.names()}); pass init_from_supernet to cut it from that model")
-        full = models.build(info["name"], input_shape=shape, num_classes=info["num_classes"],
-                            width_mult=info["width_mult"])
+    else:  # the model widths.json records (a changed .keras file is refused, naming both hashes)
+        full = source_lib.from_record(record["model_source"]).build()
     graph = ChannelGraph.from_model(full)
     selection = selection_from_record(graph, record)
     macs = CostModel(graph).macs(CostModel(graph).widths_of(selection))
@@ -64,12 +59,14 @@ def build_subnet(widths_path: str, init_from_supernet: str | None = None) -> ker
                            name=f"{full.name}_searched")
 
 
-def subnet_factory(widths_path: str, init_from_supernet: str | None = None) -> Callable[[], keras.Model]:
+def subnet_factory(widths_path: str, init_from_supernet: str | None = None,
+                   input_scaling: str | None = None) -> Callable[[], keras.Model]:
     """A ``model_fn`` for ``cafe_tf.train.standard.run`` that builds :func:`build_subnet` (inside the strategy scope).
 
-    The files are checked at once, so a bad path fails before any data is loaded.
+    The files are checked at once, so a bad path, a changed ``.keras`` source or an ``input_scaling``
+    (``config.model.input_scaling``) other than the recorded one fails before any data is loaded.
     """
-    read_widths(widths_path)
+    source_lib.check_record(read_widths(widths_path)["model_source"], input_scaling)
     if init_from_supernet and not os.path.isfile(os.path.expanduser(init_from_supernet)):
         raise ValueError(f"--init_from_supernet={init_from_supernet!r} does not exist")
     return lambda: build_subnet(widths_path, init_from_supernet)
