@@ -156,13 +156,19 @@ class DatasetInfo:
         ``mean_std``: the dataset's mean/std of [0, 1] pixels; ``unit``: [0, 1]; ``raw`` and ``model``:
         0..255 as they are (``model``: the model's own Rescaling/Normalization layers scale them).
         """
-        if self.input_scaling not in INPUT_SCALINGS:
-            raise DatasetError(f"input_scaling {self.input_scaling!r} is invalid; valid values: {list(INPUT_SCALINGS)}")
-        zero, one = [0.0] * len(self.mean), [1.0] * len(self.std)
-        scale = 1.0 if self.input_scaling in ("raw", "model") else 1.0 / 255.0
-        mean_std = self.input_scaling == "mean_std"
-        return {"scale": scale, "mean": list(self.mean) if mean_std else zero,
-                "std": list(self.std) if mean_std else one, "input_scaling": self.input_scaling}
+        return scaled_normalization(self.mean, self.std, self.input_scaling)
+
+
+def scaled_normalization(mean: tuple[float, ...], std: tuple[float, ...], input_scaling: str) -> dict[str, Any]:
+    """``{"scale", "mean", "std", "input_scaling"}`` of ``x = (pixel * scale - mean) / std`` for a
+    dataset's per-channel ``mean`` / ``std`` (of [0, 1] pixels) under ``input_scaling``."""
+    if input_scaling not in INPUT_SCALINGS:
+        raise DatasetError(f"input_scaling {input_scaling!r} is invalid; valid values: {list(INPUT_SCALINGS)}")
+    zero, one = [0.0] * len(mean), [1.0] * len(std)
+    scale = 1.0 if input_scaling in ("raw", "model") else 1.0 / 255.0
+    mean_std = input_scaling == "mean_std"
+    return {"scale": scale, "mean": list(mean) if mean_std else zero, "std": list(std) if mean_std else one,
+            "input_scaling": input_scaling}
 
 
 def names() -> list[str]:

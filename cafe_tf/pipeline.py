@@ -112,13 +112,15 @@ def build_stages(config, workdir: str, config_args: list[str] | None = None) -> 
             f"export_{quant}",
             ["-m", "deploy.export", f"--model={w('retrain', 'model.keras')}", f"--quant={quant}",
              f"--out={w('deploy', f'model_{quant}.tflite')}", f"--dataset={config.data.name}",
-             f"--num_calibration={deploy.representative_examples}", *data_dir],
+             f"--num_calibration={deploy.representative_examples}",
+             f"--input_scaling={config.model.input_scaling}", *data_dir],
             w("deploy", f"model_{quant}.tflite"), is_tflite))
     stages.append(Stage(
         f"verify_{deploy.quantization}",
         ["-m", "deploy.verify", f"--model={w('retrain', 'model.keras')}",
          f"--tflite={w('deploy', f'model_{deploy.quantization}.tflite')}", f"--dataset={config.data.name}",
-         f"--out={w('deploy', f'verify_{deploy.quantization}.json')}", *data_dir],
+         f"--out={w('deploy', f'verify_{deploy.quantization}.json')}",
+         f"--input_scaling={config.model.input_scaling}", *data_dir],
         w("deploy", f"verify_{deploy.quantization}.json"), read_json))
     for quant in quants:
         stages.append(Stage(

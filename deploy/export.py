@@ -189,6 +189,7 @@ def build_metadata(
             "mean": [float(v) for v in normalization["mean"]],
             "std": [float(v) for v in normalization["std"]],
             **({"dataset": normalization["dataset"]} if normalization.get("dataset") else {}),
+            **({"input_scaling": normalization["input_scaling"]} if normalization.get("input_scaling") else {}),
             "formula": "x = (pixel * scale - mean) / std, pixels in [0, 255], per channel (NHWC)",
         }
     return {
@@ -222,13 +223,15 @@ def export_tflite(
     qat_learning_rate: float = 1e-5,
     qat_labels: np.ndarray | None = None,
     source: str | None = None,
+    input_scaling: str = "mean_std",
 ) -> ExportResult:
     """Converts the plain Keras 3 classifier ``model`` to ``out_path`` (``.tflite``) with quantization ``quant``.
 
     ``representative_data`` (int8 and qat): a dataset name (``"fashion_mnist"``, read through
     cafe_tf.data and normalised like training) or any iterable of float images / batches /
     ``(image, label)`` pairs, resized to the model's input. ``normalization`` ({"mean", "std",
-    "scale"}) is recorded in the metadata; a dataset name supplies it when not given.
+    "scale"}) is recorded in the metadata; a dataset name supplies it when not given, scaled as
+    ``input_scaling`` says (``config.model.input_scaling``: mean_std, unit, raw or model).
 
     Raises:
       UsageError: an invalid ``quant`` / ``io_type`` / ``batch_size`` combination.
@@ -259,7 +262,7 @@ def export_tflite(
                 f"--quant {quant} needs representative data: a dataset name (e.g. 'fashion_mnist') or an iterable of images"
             )
         calibration, labels_found, data_normalization = _calibration_images(
-            representative_data, input_shape, num_calibration, data_dir, with_labels=quant == "qat"
+            representative_data, input_shape, num_calibration, data_dir, input_scaling
         )
         if labels is None:
             labels = labels_found
@@ -270,8 +273,8 @@ def export_tflite(
     elif normalization is None and isinstance(representative_data, str):
         from cafe_tf import data
 
-        mean, std = data.normalization(representative_data)
-        normalization = {"scale": 1.0 / 255.0, "mean": list(mean), "std": list(std), "dataset": representative_data}
+        normalization = dict(data.scaled_normalization(*data.normalization(representative_data), input_scaling),
+                             dataset=representative_data)
 
     qat_losses = None
     if quant == "qat":
@@ -317,12 +320,12 @@ def export_tflite(
     )
 
 
-def _calibration_images(source, input_shape, num_images, data_dir, with_labels: bool):
+def _calibration_images(source, input_shape, num_images, data_dir, input_scaling: str = "mean_std"):
     from deploy import representative
 
     if isinstance(source, str):
         images, labels, normalization = representative.dataset_images(
-            source, input_shape, num_images, split="train", data_dir=data_dir
+            source, input_shape, num_images, split="train", data_dir=data_dir, input_scaling=input_scaling
         )
         return images, labels, normalization
     images, labels = representative.collect_images(source, input_shape, num_images)

@@ -21,6 +21,7 @@ from absl import flags
 
 from cafe_tf import programs
 from cafe_tf.errors import UsageError
+from cafe_tf.space import read_widths
 from deploy import export
 
 
@@ -44,6 +45,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("qat_steps", 100, "QAT fine-tuning steps")
     flags.DEFINE_integer("qat_batch_size", 32, "QAT fine-tuning batch size")
     flags.DEFINE_float("qat_learning_rate", 1e-5, "QAT fine-tuning learning rate (Adam)")
+    flags.DEFINE_enum("input_scaling", None, ["mean_std", "unit", "raw", "model"],
+                      "how the model's input is scaled (config.model.input_scaling): calibration images and the "
+                      "recorded normalisation follow it (default: what --widths records, else mean_std)")
     flags.DEFINE_list("mean", None, "per-channel input mean to record (overrides the dataset's), e.g. 0.286")
     flags.DEFINE_list("std", None, "per-channel input std to record (overrides the dataset's), e.g. 0.353")
 
@@ -79,6 +83,7 @@ def main() -> None:
     else:
         model_path = programs.require_file(f.model, "model")
         source = os.path.basename(model_path)
+        recorded = "mean_std"
     if not f.out:
         raise UsageError("--out is required: the .tflite to write")
     if f.quant is None:
@@ -98,6 +103,10 @@ def main() -> None:
         prefix = export.resolve_checkpoint(checkpoint)
         model = export.load_widths_checkpoint(widths_path, prefix)
         source = f"{os.path.basename(widths_path)} + {os.path.basename(prefix)}"
+        recorded = (read_widths(widths_path).get("model_source") or {}).get("input_scaling", "mean_std")
+        if f.input_scaling and f.input_scaling != recorded:
+            raise UsageError(f"--input_scaling={f.input_scaling!r} but {widths_path} records {recorded!r}, the "
+                             "scaling the network was trained with; drop the flag or pass the recorded value")
         print(f"export: rebuilt {model.name!r} from {widths_path} with the weights of {prefix}")
     else:
         model = export.load_keras_model(model_path)
@@ -117,6 +126,7 @@ def main() -> None:
         qat_batch_size=f.qat_batch_size,
         qat_learning_rate=f.qat_learning_rate,
         source=source,
+        input_scaling=f.input_scaling or (recorded if f.widths else "mean_std"),
     )
     ops = ", ".join(f"{op} v{'/'.join(map(str, v))}" for op, v in result.op_versions.items())
     inputs = result.metadata["inputs"][0]

@@ -15,6 +15,8 @@ converts 1 <-> 3 channels, so a model for 32x32 RGB can be calibrated on 28x28 g
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -101,10 +103,12 @@ def dataset_images(
     split: str = "train",
     data_dir: str | None = None,
     seed: int | None = 0,
+    input_scaling: str = "mean_std",
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """``num_images`` images of dataset ``name`` (split ``split``) normalised like training, their labels
-    and the normalisation used (``{"scale", "mean", "std"}`` for pixels in [0, 255], plus the
-    dataset's name and label names).
+    """``num_images`` images of dataset ``name`` (split ``split``) scaled like training
+    (``input_scaling``, as ``config.model.input_scaling``), their labels and the normalisation used
+    (``{"scale", "mean", "std", "input_scaling"}`` for pixels in [0, 255], plus the dataset's name and
+    label names).
 
     With ``seed`` the images are a deterministic shuffled sample of the first ``20 * num_images``.
     """
@@ -119,16 +123,17 @@ def dataset_images(
         labels.append(label)
     if not raw:
         raise DeployError(f"dataset {name!r} split {split!r} holds no images")
-    mean = np.asarray(info.mean, np.float32)
-    std = np.asarray(info.std, np.float32)
+    norm = dataclasses.replace(info, input_scaling=input_scaling).normalization()
+    mean = np.asarray(norm["mean"], np.float32)
+    std = np.asarray(norm["std"], np.float32)
     pixels = adapt_images(np.stack(raw).astype(np.float32), input_shape)  # resize on raw pixels
     channels = pixels.shape[-1]
     if len(mean) != channels:  # grey data for an RGB model (or the reverse): one mean for all channels
-        mean = np.full(channels, float(np.mean(info.mean)), np.float32)
-        std = np.full(channels, float(np.mean(info.std)), np.float32)
-    images = (pixels / 255.0 - mean) / std
-    normalization = {"scale": 1.0 / 255.0, "mean": mean.tolist(), "std": std.tolist(), "dataset": name,
-                     "label_names": list(info.label_names)}
+        mean = np.full(channels, float(np.mean(mean)), np.float32)
+        std = np.full(channels, float(np.mean(std)), np.float32)
+    images = (pixels * np.float32(norm["scale"]) - mean) / std
+    normalization = {"scale": norm["scale"], "mean": mean.tolist(), "std": std.tolist(),
+                     "input_scaling": input_scaling, "dataset": name, "label_names": list(info.label_names)}
     return images.astype(np.float32), np.asarray(labels), normalization
 
 

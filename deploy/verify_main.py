@@ -32,6 +32,9 @@ def define_flags() -> None:
     flags.DEFINE_string("split", "test", "evaluation split")
     flags.DEFINE_integer("num_batches", 10, "evaluation batches")
     flags.DEFINE_integer("batch_size", 32, "images per batch")
+    flags.DEFINE_enum("input_scaling", None, ["mean_std", "unit", "raw", "model"],
+                      "how the evaluation images are scaled (config.model.input_scaling; default: what the .tflite's "
+                      "metadata records, else mean_std)")
     flags.DEFINE_float("atol", verify.FP32_ATOL, "fp32: largest allowed |logit difference|")
     flags.DEFINE_float("min_agreement", verify.MIN_AGREEMENT, "quantized models: smallest allowed top-1 agreement")
 
@@ -48,11 +51,14 @@ def main() -> None:
     # After the flags are checked: these import TensorFlow, which takes seconds.
     from deploy.export import load_keras_model
     from deploy.representative import dataset_images
+    from deploy.tflite_model import read_metadata
 
     model = load_keras_model(model_path)
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    recorded = ((read_metadata(tflite_path) or {}).get("normalization") or {}).get("input_scaling")
     images, labels, normalization = dataset_images(
-        f.dataset, shape, f.num_batches * f.batch_size, split=f.split, data_dir=f.data_dir, seed=None
+        f.dataset, shape, f.num_batches * f.batch_size, split=f.split, data_dir=f.data_dir, seed=None,
+        input_scaling=f.input_scaling or recorded or "mean_std",
     )
     report = verify.verify(model, tflite_path, images, labels, batch_size=f.batch_size, atol=f.atol,
                            min_agreement=f.min_agreement)

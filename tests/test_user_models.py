@@ -309,3 +309,21 @@ def test_cafenet_stages_on_a_users_keras_model(user_file, tmp_path, fashion_mnis
     assert CostModel(ChannelGraph.from_model(retrained)).macs() == stored["macs"]
     metrics = json.load(open(workdir / "retrain" / "metrics.json"))
     assert metrics["normalization"] == {"scale": 1 / 255, "mean": [0.0], "std": [1.0], "input_scaling": "unit"}
+
+
+def test_deploy_calibrates_and_records_the_models_input_scaling(tmp_path):
+    """export's calibration images and the .tflite metadata follow config.model.input_scaling."""
+    import keras
+
+    from deploy import export, representative, tflite_model
+
+    for scaling, lo, hi in (("unit", 0.0, 1.0), ("raw", 0.0, 255.0)):
+        images, _, norm = representative.dataset_images("fashion_mnist", (28, 28, 1), 16, input_scaling=scaling)
+        assert norm["input_scaling"] == scaling and images.min() >= lo and images.max() <= hi and images.max() > hi / 2
+    inp = keras.Input((28, 28, 1))
+    model = keras.Model(inp, keras.layers.Dense(10)(keras.layers.Flatten()(inp)))
+    path = str(tmp_path / "m.tflite")
+    export.export_tflite(model, "int8", path, representative_data="fashion_mnist", num_calibration=16,
+                         input_scaling="raw")
+    recorded = tflite_model.read_metadata(path)["normalization"]
+    assert recorded["input_scaling"] == "raw" and recorded["scale"] == 1.0 and recorded["mean"] == [0.0]
