@@ -69,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
             input_shape=(),  # () = the pipeline's output shape
             num_classes=0,  # 0 = the dataset's
             input_scaling="mean_std",  # mean_std | unit ([0, 1]) | raw (0..255) | model (its own Rescaling)
+            boundaries=(),  # layer names whose channels are kept whole (fixed-width boundaries)
         )
     )
     c.train = ml_collections.ConfigDict(
@@ -191,6 +192,9 @@ def validate_model(model: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.model.name={model.name!r} is invalid: no such .keras file")
     _choice("model.input_scaling", model.get("input_scaling", "mean_std"), source.INPUT_SCALINGS)
     _check("model.width_mult", model.width_mult, model.width_mult > 0, "> 0")
+    boundaries = tuple(model.get("boundaries", ()))
+    _check("model.boundaries", boundaries, all(isinstance(b, str) and b for b in boundaries),
+           "a tuple of layer names, e.g. ('head_conv', 'se_reduce')")
     shape = tuple(model.input_shape)
     _check("model.input_shape", shape, shape == () or (len(shape) == 3 and all(int(d) > 0 for d in shape)),
            "() or (height, width, channels) with positive sizes")

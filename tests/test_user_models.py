@@ -327,3 +327,16 @@ def test_deploy_calibrates_and_records_the_models_input_scaling(tmp_path):
                          input_scaling="raw")
     recorded = tflite_model.read_metadata(path)["normalization"]
     assert recorded["input_scaling"] == "raw" and recorded["scale"] == 1.0 and recorded["mean"] == [0.0]
+
+
+def test_config_boundaries_reach_the_graph_and_the_widths_record(user_file, tmp_path):
+    section = model_section(name=user_file, boundaries=("conv1",))
+    cfg.validate_model(section)
+    src = source_lib.from_config(section, (28, 28, 1), 10)
+    graph = ChannelGraph.from_model(src.build())
+    assert not graph.group_by_name["conv1"].prunable and graph.group_by_name["stem"].prunable
+    assert "fixed-width boundary" in graph.group_by_name["conv1"].reason
+    rebuilt = source_lib.from_record(src.record()).build()  # what train --widths / export --widths rebuild
+    assert not ChannelGraph.from_model(rebuilt).group_by_name["conv1"].prunable
+    with pytest.raises(ConfigError, match="model.boundaries"):
+        cfg.validate_model(model_section(name=user_file, boundaries=(3,)))

@@ -215,7 +215,8 @@ def model_source(config: ml_collections.ConfigDict, image_shape, num_classes: in
         raise ValueError(f"config.prune.pretrained={config.prune.pretrained!r}: model file {path!r} does not exist; "
                          "give a Keras 3 .keras file")
     return source_lib.ModelSource("keras_file", path, tuple(image_shape), int(num_classes), 1.0,
-                                  config.model.input_scaling, source_lib.sha256_of(path))
+                                  config.model.input_scaling, source_lib.sha256_of(path),
+                                  tuple(config.model.boundaries))
 
 
 def model_info(model: keras.Model, config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -333,7 +334,14 @@ def stage_pretrain(config: ml_collections.ConfigDict, workdir: str, data,
         logging.info("stage pretrain: training %s with the standard loop in %s", config.model.name, folder)
         model_fn = standard.model_factory(config.model, data.image_shape, data.info.num_classes)
         _fit(model_fn, data, config.train, folder, strategy, config)
-    return prune_lib.load_model(path), path
+    return _load_model(config, path), path
+
+
+def _load_model(config: ml_collections.ConfigDict, path: str) -> keras.Model:
+    """A stage's saved model, with config.model.boundaries recorded on it (every graph of it keeps them)."""
+    from cafe_tf.graph import set_boundaries
+
+    return set_boundaries(prune_lib.load_model(path), tuple(config.model.boundaries))
 
 
 def _gate_settings(config: ml_collections.ConfigDict, source: str) -> dict[str, Any]:
@@ -370,12 +378,12 @@ def stage_gates(config: ml_collections.ConfigDict, workdir: str, data, model: ke
         record = train_lib.read_gates(gates_path, graph)
         _same_settings(record, settings, gates_path)
         logging.info("stage gates: done already (%s)", gates_path)
-        trained = prune_lib.load_model(model_path)
+        trained = _load_model(config, model_path)
         return trained, record["logits_by_id"], record.get("history", [])
     strategy = strategy or tf.distribute.get_strategy()
     if not _built_in_scope(model, strategy):  # mirrored variables: reload the pretrained model in the scope
         with strategy.scope():
-            model = prune_lib.load_model(source)
+            model = _load_model(config, source)
         graph = ChannelGraph.from_model(model)
     cost = CostModel(graph)
     keras.utils.set_random_seed(config.train.seed)
@@ -449,7 +457,7 @@ def stage_prune(config: ml_collections.ConfigDict, workdir: str, model: keras.Mo
         record = space_lib.read_widths(widths_path)
         _same_settings(record, settings, widths_path)
         logging.info("stage prune: done already (%s)", widths_path)
-        return (prune_lib.load_model(pruned_path), space_lib.selection_from_record(graph, record),
+        return (_load_model(config, pruned_path), space_lib.selection_from_record(graph, record),
                 record["exact_target"])
     cost = CostModel(graph)
     selection, info = prune_lib.select_channels(config.prune.method, cost, config.prune.target_macs_ratio,
@@ -486,7 +494,7 @@ def stage_finetune(config: ml_collections.ConfigDict, workdir: str, data, pruned
         return io.read_artifact(metrics_path, standard.METRICS_SCHEMA, (standard.METRICS_VERSION,))
     # A factory, so the standard loop builds the model under its strategy's scope. A softmax head
     # is trained as it is (the standard loop's from_logits=False) and saved with the model.
-    return _fit(lambda: prune_lib.load_model(pruned_path), data, config.finetune, folder, strategy, config)
+    return _fit(lambda: _load_model(config, pruned_path), data, config.finetune, folder, strategy, config)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

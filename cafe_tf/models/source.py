@@ -121,6 +121,7 @@ class ModelSource:
     width_mult: float = 1.0
     input_scaling: str = "mean_std"
     sha256: str = ""
+    boundaries: tuple[str, ...] = ()  # layer names kept whole (config.model.boundaries)
 
     @property
     def spec(self) -> str:
@@ -149,7 +150,13 @@ class ModelSource:
         return args
 
     def build(self) -> keras.Model:
-        """The full functional model (a ``.keras`` file is checked against its recorded hash first)."""
+        """The full functional model (a ``.keras`` file is checked against its recorded hash first),
+        with its fixed-width boundaries recorded on it (``cafe_tf.graph.set_boundaries``)."""
+        from cafe_tf.graph import set_boundaries
+
+        return set_boundaries(self._build(), self.boundaries)
+
+    def _build(self) -> keras.Model:
         from cafe_tf import models
 
         if self.kind == "builtin":
@@ -183,7 +190,8 @@ class ModelSource:
             out = {"kind": self.kind, "name": self.name,
                    "args": {"input_shape": list(self.input_shape), "num_classes": int(self.num_classes),
                             "width_mult": float(self.width_mult)}}
-        return {**out, "input_scaling": self.input_scaling}
+        return {**out, "input_scaling": self.input_scaling,
+                **({"boundaries": list(self.boundaries)} if self.boundaries else {})}
 
     def model_info(self) -> dict[str, Any]:
         """The ``model_info`` of ``space.write_widths`` / ``supernet.json``, provenance included."""
@@ -217,7 +225,14 @@ def _check_file_model(model: keras.Model, source: ModelSource) -> None:
 
 
 def resolve(name: str, input_shape: Sequence[int] | None = None, num_classes: int | None = None,
-            width_mult: float = 1.0, input_scaling: str = "mean_std") -> ModelSource:
+            width_mult: float = 1.0, input_scaling: str = "mean_std", boundaries: Sequence[str] = ()) -> ModelSource:
+    """The :class:`ModelSource` of a ``config.model.name`` value (with ``boundaries``)."""
+    return dataclasses.replace(_resolve(name, input_shape, num_classes, width_mult, input_scaling),
+                               boundaries=tuple(boundaries))
+
+
+def _resolve(name: str, input_shape: Sequence[int] | None, num_classes: int | None, width_mult: float,
+             input_scaling: str) -> ModelSource:
     """The :class:`ModelSource` of a ``config.model.name`` value, for images of ``input_shape``.
 
     A registry model falls back on its own default shape and classes; a ``.keras`` file on the
@@ -257,7 +272,7 @@ def resolve(name: str, input_shape: Sequence[int] | None = None, num_classes: in
 def from_config(model: Any, image_shape: Sequence[int], num_classes: int) -> ModelSource:
     """The :class:`ModelSource` ``config.model`` describes for the pipeline's images and classes."""
     return resolve(model.name, tuple(model.input_shape) or tuple(image_shape), model.num_classes or num_classes,
-                   model.width_mult, model.input_scaling)
+                   model.width_mult, model.input_scaling, tuple(model.get("boundaries", ())))
 
 
 def check_record(record: Mapping[str, Any], input_scaling: str | None = None) -> None:
@@ -281,6 +296,10 @@ def check_record(record: Mapping[str, Any], input_scaling: str | None = None) ->
 def from_record(record: Mapping[str, Any]) -> ModelSource:
     """The :class:`ModelSource` of a ``model_source`` record, checked by :func:`check_record` first."""
     check_record(record)
+    return dataclasses.replace(_from_record(record), boundaries=tuple(record.get("boundaries", ())))
+
+
+def _from_record(record: Mapping[str, Any]) -> ModelSource:
     kind, scaling = record["kind"], record["input_scaling"]
     if kind == "keras_file":
         shape, classes = _shape_of(_load_keras_file(record["path"]))
