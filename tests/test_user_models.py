@@ -334,7 +334,8 @@ def test_config_boundaries_reach_the_graph_and_the_widths_record(user_file, tmp_
     cfg.validate_model(section)
     src = source_lib.from_config(section, (28, 28, 1), 10)
     graph = ChannelGraph.from_model(src.build())
-    assert not graph.group_by_name["conv1"].prunable and graph.group_by_name["stem"].prunable
+    assert not graph.group_by_name["conv1"].prunable and not graph.group_by_name["stem"].prunable  # both sides
+    assert graph.group_by_name["conv3"].prunable
     assert "fixed-width boundary" in graph.group_by_name["conv1"].reason
     rebuilt = source_lib.from_record(src.record()).build()  # what train --widths / export --widths rebuild
     assert not ChannelGraph.from_model(rebuilt).group_by_name["conv1"].prunable
