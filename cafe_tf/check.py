@@ -103,3 +103,9 @@ def check(model: keras.Model, boundaries: Iterable[Any] = (), seed: int = 0) -> 
     counted = count_keras_model(surgery.extract(graph.model, selection, graph=graph))
     report.sample_macs_counted, report.sample_params_counted = counted["macs"], counted["params"]
     return report
+
+
+if __name__ == "__main__":  # the command line lives in cafe_tf/cli/check.py
+    from cafe_tf.cli.check import run
+
+    run()

@@ -19,6 +19,7 @@ PROGRAMS = {
     "cafe_tf.compare": CONFIG_FLAGS + ("--seeds", "--arms", "--ranking", "--[no]summary_only"),
     "cafe_tf.prune": CONFIG_FLAGS,
     "cafe_tf.flops": ("--model", "--input_size", "--width_mult", "--num_classes", "--widths"),
+    "cafe_tf.check": ("--model", "--input_size", "--num_classes", "--boundaries", "--json"),
     "deploy.export": ("--model", "--widths", "--checkpoint", "--quant", "--io_type", "--out", "--dataset",
                       "--data_dir"),
     "deploy.verify": ("--model", "--tflite", "--out", "--dataset", "--split"),
@@ -62,6 +63,7 @@ def test_help(module):
 
 # Tools started with no flags at all: each must refuse with exit code 2, naming the first missing flag.
 TOOL_FIRST_MISSING = {
+    "cafe_tf.check": "--model is required",
     "deploy.export": "--model is required",
     "deploy.verify": "--model is required",
     "deploy.edgetpu": "--model is required",

@@ -219,3 +219,30 @@ def test_zero_filters_are_found_through_the_rules(model):
     m.get_layer("pw_dense").set_weights(dense)
     found = {z.layer: z.channels for z in export.find_zero_channels(m)}
     assert found == {"dw2": (5,), "sep": (4,), "pw_dense": (1,)}
+
+
+def test_check_program_says_supported_or_not_and_why(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    inp = keras.Input((8, 8, 3), name="image")
+    x = L.Conv2D(4, 3, name="c")(inp)
+    x = L.Permute((2, 1, 3), name="my_permute")(x)
+    path = str(tmp_path / "permute.keras")
+    keras.Model(inp, L.Dense(2, name="logits")(L.Flatten(name="flat")(x))).save(path)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "cafe_tf.check", f"--model={path}", *args],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    refused = run()
+    assert refused.returncode == 1 and "NOT supported" in refused.stdout
+    assert "'my_permute' of type Permute" in refused.stdout and "boundaries=['my_permute']" in refused.stdout
+    accepted = run("--boundaries=my_permute", f"--json={tmp_path / 'check.json'}")
+    assert accepted.returncode == 0, accepted.stderr
+    assert "fixed-width boundaries: my_permute" in accepted.stdout and "consistent" in accepted.stdout
+    report = json.loads((tmp_path / "check.json").read_text())
+    assert report["supported"] and report["consistent"] and report["boundaries"] == ["my_permute"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any
 
 from absl import flags
@@ -100,26 +99,22 @@ def report(model_name: str, input_size: int | None = None, width_mult: float = 1
     }
 
 
-def main(argv: list[str]) -> int:
+def main() -> None:
     """Prints one JSON object with the MACs and params of a model or of a searched sub-network."""
+    from cafe_tf.errors import UsageError
     from cafe_tf.io import ArtifactError
 
-    del argv
     f = flags.FLAGS
     try:
         out = report(f.model, f.input_size, f.width_mult, f.num_classes, f.widths)
-    except (ValueError, ArtifactError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, ArtifactError) as e:  # a model, size or file the flags name that cannot be counted
+        raise UsageError(str(e)) from None
     print(json.dumps(out))
-    return 0
 
 
 def run() -> None:
-    """Parses the flags and runs :func:`main` (what ``python -m cafe_tf.flops`` calls)."""
-    from absl import app
-
+    """Parses the flags and runs :func:`main` in the shared program frame (``python -m cafe_tf.flops``)."""
     from cafe_tf import programs
 
     define_flags()
-    app.run(main, flags_parser=programs.parse_flags)
+    programs.run_tool(main)
