@@ -6,6 +6,10 @@ median times is printed. Goal (issue 3): supernet / plain <= 1.10 at every width
 
     python benchmarks/slim_overhead.py                       # resnet20 @32, mobilenet_v2 @96
     python benchmarks/slim_overhead.py --models resnet20 --batch 128 --rounds 30
+    python benchmarks/slim_overhead.py --models keras.applications.MobileNetV3Small --input_size 96
+
+``--models`` takes what ``config.model.name`` takes (registry names, ``.keras`` paths,
+``keras.applications.<Name>``). The CPU and its SIMD / dot-product features are printed first.
 """
 
 from __future__ import annotations
@@ -51,9 +55,30 @@ def _time(fn, args, n):
     return out
 
 
-def measure(name: str, fraction: float, batch: int, rounds: int, per_round: int) -> dict:
+def cpu_description() -> str:
+    """The CPU model and the SIMD / dot-product features a timing depends on (from /proc/cpuinfo)."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "asimddp", "i8mm",
+              "sve")
+    model, found = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model") and model == "unknown CPU":
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features"):
+                    found |= set(value.split())
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores; features: {', '.join(f for f in wanted if f in found) or 'none of note'}"
+
+
+def measure(name: str, fraction: float, batch: int, rounds: int, per_round: int, input_size: int | None = None) -> dict:
     """Median step times (s) of supernet and plain model at ``fraction`` width, and their ratio."""
-    shape = INPUT.get(name, models.DEFAULT_INPUT[name][0])
+    if input_size:
+        shape = (input_size, input_size, 3)
+    else:
+        shape = INPUT.get(name) or models.DEFAULT_INPUT.get(name, ((96, 96, 3), 10))[0]
     full = models.build(name, input_shape=shape, num_classes=10)
     supernet = Supernet(full)
     space = SearchSpace(supernet.graph, granularity="uniform", num_bins=32, sharing="fixed")
@@ -90,14 +115,16 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--per_round", type=int, default=3)
+    parser.add_argument("--input_size", type=int, default=None, help="square input side (default: per model)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
     keras.utils.set_random_seed(0)
+    print(f"host: {cpu_description()}")
     rows = []
     print(f"{'model':<14}{'width':>6}{'supernet ms':>13}{'plain ms':>10}{'ratio':>7}")
     for name in args.models:
         for w in args.widths:
-            r = measure(name, w, args.batch, args.rounds, args.per_round)
+            r = measure(name, w, args.batch, args.rounds, args.per_round, args.input_size)
             rows.append(r)
             print(f"{name:<14}{w:>6.2f}{r['supernet_ms']:>13.2f}{r['plain_ms']:>10.2f}{r['ratio']:>7.3f}", flush=True)
     worst = max(r["ratio"] for r in rows)
