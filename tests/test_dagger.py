@@ -801,7 +801,7 @@ def _assert_multiples(graph, selection, m):
         assert kept % m == 0 or kept == g.size, (g.name, g.size, kept, m)
 
 
-@pytest.mark.parametrize("m", [4, 8])
+@pytest.mark.parametrize("m", [3, 8])  # 3: every group has a remainder (16, 32, 64 channels)
 def test_exact_target_channel_multiple_on_resnet20(m):
     _, graph, cost = _registry("resnet20")
     rng = np.random.default_rng(m)
@@ -821,12 +821,19 @@ def test_exact_target_channel_multiple_on_resnet20(m):
 
 
 @settings(max_examples=15, deadline=None)
+# the toy's groups have 4, 5, 6, 8 and 9 channels: most leave a remainder
 @given(m=st.sampled_from([2, 3, 4]), ratio=st.floats(0.35, 0.95), seed=st.integers(0, 2**16))
 def test_exact_target_channel_multiple_property_on_a_toy_model(m, ratio, seed):
     graph, cost = _ZOO
     rng = np.random.default_rng(seed)
     logits = {g.id: rng.normal(0, 2, g.size) for g in graph.prunable_groups}
-    selection, info = exact_target(cost, logits, ratio * cost.macs(), strict=False, channel_multiple=m)
+    try:
+        selection, info = exact_target(cost, logits, ratio * cost.macs(), strict=False, channel_multiple=m)
+    except ValueError as e:  # one unit of m per group may already cost more than a low target
+        assert f"the smallest network that keeps min_channels=1 and min_keep_ratio=0.0 per group in units of " \
+               f"channel_multiple={m}; raise the target" in str(e)
+        assert cost.macs(cost.widths_of({g.id: np.arange(m) for g in graph.prunable_groups})) > ratio * cost.macs()
+        return
     _assert_multiples(graph, selection, m)
     assert info["achieved_macs"] == cost.macs(cost.widths_of(selection)) <= ratio * cost.macs()
 

@@ -111,8 +111,9 @@ def exact_target(
     ``initial``: boolean starting masks (default: ``score > 0``). Every group keeps at least
     :func:`group_floor` filters (its best-scored). ``channel_multiple`` m > 1 ranks units of m
     channels instead of single channels (a group's channels in score order, cut into runs of m; the
-    ``size % m`` remainder joins the last, weakest unit, and a group that keeps that unit but not all
-    others drops the remainder), so every kept width is a multiple of m or the group's full width.
+    ``size % m`` weakest channels form a last unit that is added back only to a group whose other units
+    are all kept, and dropped from a group that lost one), so every kept width is a multiple of m or
+    the group's full width.
     Returns (selection, info).
 
     Raises:
@@ -147,6 +148,7 @@ def exact_target(
     channel = np.asarray([u[1] for u in units])  # a unit's position in its group: the tie-break
     unit_channels = [u[2] for u in units]
     size_of = np.asarray([len(u[2]) for u in units], np.int64)
+    remainder = size_of % m != 0  # a group's last, short unit (never for m = 1)
     score = np.asarray([float(np.mean(np.asarray(scores[u[0]], np.float64)[u[2]])) for u in units])
     if initial is None:
         keep = score > 0
@@ -173,8 +175,8 @@ def exact_target(
         raise ValueError(
             f"target of {target_macs:.0f} MACs ({target_macs / full_macs:.4f} of the full model) is below "
             f"{floor_macs} MACs ({floor_macs / full_macs:.4f}), the smallest network that keeps "
-            f"min_channels={min_channels} and min_keep_ratio={min_keep_ratio} per group; raise the target or "
-            "lower the floor"
+            f"min_channels={min_channels} and min_keep_ratio={min_keep_ratio} per group"
+            + (f" in units of channel_multiple={m}" if m > 1 else "") + "; raise the target or lower the floor"
         )
     w = widths_of(keep)
     initial_macs = macs = cost.macs(w)
@@ -236,6 +238,8 @@ def exact_target(
             if slack < delta[cand].min():
                 break
             g = group_of[c]
+            if remainder[c] and np.any(~keep & ~remainder & (group_of == g)):
+                continue  # the short unit only completes a group to its full width
             if delta[c] <= slack and c != banned:
                 keep[c] = True
                 w[g] += size_of[c]
@@ -318,7 +322,7 @@ def _units(graph: ChannelGraph, scores: Mapping[int, np.ndarray], gids: Sequence
     """(group id, position in group, channel indices) of every unit the exact-target step ranks.
 
     m = 1: one unit per channel, in index order. m > 1: each group's channels by score (best first,
-    ties by index), cut into runs of m; the ``size % m`` weakest channels join the last run.
+    ties by index), cut into runs of m; the ``size % m`` weakest channels are the last, short run.
     """
     units = []
     for gid in gids:
@@ -327,7 +331,7 @@ def _units(graph: ChannelGraph, scores: Mapping[int, np.ndarray], gids: Sequence
             units += [(gid, c, np.array([c])) for c in range(size)]
             continue
         order = np.lexsort((np.arange(size), -np.asarray(scores[gid], np.float64)))
-        runs = np.split(order, np.arange(m, size - size % m, m)) if size >= 2 * m else [order]
+        runs = [run for run in np.split(order, np.arange(m, size, m)) if run.size]
         units += [(gid, i, run) for i, run in enumerate(runs)]
     return units
 
