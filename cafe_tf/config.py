@@ -239,6 +239,13 @@ def validate_distribute(distribute: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.distribute.tpu={distribute.tpu!r} applies to strategy 'tpu' only")
 
 
+def validate_channel_multiple(section: str, value: Any) -> None:
+    """Checks ``config.<section>.channel_multiple`` (an integer >= 1; 1 = off). Whether it fits every
+    prunable group needs the model: the search space and the pruning stage check that before training."""
+    _check(f"{section}.channel_multiple", value, isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+           "an integer >= 1 (1 = off; e.g. 8 so every kept width suits 8-wide SIMD kernels)")
+
+
 # Section name -> validator of the sections this module defines.
 VALIDATORS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
     "data": validate_data,

@@ -1,4 +1,4 @@
-r"""The whole CafeNet job: supernet -> search -> retrain -> int8 TFLite -> verify -> benchmark -> report.
+r"""The whole CafeNet job: supernet -> search -> retrain -> TFLite formats -> verify -> benchmark -> report.
 
     python -m cafe_tf.pipeline --config configs/fashion_mnist_resnet20.py --workdir runs/demo
     python -m cafe_tf.pipeline --config configs/fashion_mnist_resnet20.py --workdir runs/demo \
@@ -11,11 +11,12 @@ stopped (and each stage resumes from its own checkpoints). Artifacts, all under 
     supernet.keras               python -m cafe_tf.train_supernet
     widths.json                  python -m cafe_tf.search
     retrain/model.keras          python -m cafe_tf.train --widths widths.json
-    deploy/model_fp32.tflite     python -m deploy.export --quant fp32
-    deploy/model_int8.tflite     python -m deploy.export --quant int8   (int8: config.deploy.quantization)
-    deploy/verify_int8.json      python -m deploy.verify   (that model against retrain/model.keras)
-    deploy/benchmark_*.json      python -m deploy.benchmark --target host   (both models; config.deploy.benchmark_runs)
-    report.md, report.png        cafe_tf.report
+    deploy/model_<f>.tflite      python -m deploy.export --quant <f>   (each f of config.deploy.formats)
+    deploy/verify_<f>.json       python -m deploy.verify   (each model against retrain/model.keras)
+    deploy/benchmark_<f>.json    python -m deploy.benchmark --target host   (all models in one process,
+                                 interleaved rounds: config.deploy.benchmark_runs, benchmark_rounds)
+    report.md, report.png        cafe_tf.report; it recommends the fastest format whose accuracy drop
+                                 is within config.deploy.max_accuracy_drop (recommend_format)
 
 Every config section is validated before the first stage runs. Each stage dies with the pipeline:
 SIGTERM and SIGINT are forwarded to it, and on Linux it stops when the pipeline is killed.
@@ -49,24 +50,86 @@ def deploy_section():
     import ml_collections
 
     return ml_collections.ConfigDict(dict(
-        quantization="int8",  # exported besides fp32: fp16 | dynamic | int8 | qat
+        # Exported, verified and timed on the host; the report recommends the fastest within the drop
+        # below (int8 is not always the fastest: without int8 dot-product instructions it can be slower).
+        formats=("fp32", "int8"),  # any of DEPLOY_FORMATS
+        max_accuracy_drop=0.5,  # test-accuracy points a format may lose against the Keras model
         representative_examples=200,  # training images calibrating int8 (export's --num_calibration)
+        verify_examples=1000,  # test images each format's accuracy is measured on (deploy.verify)
         benchmark_runs=50,  # host benchmark runs per model
+        benchmark_rounds=5,  # interleaved rounds the runs are split over, so load hits every format alike
     ))
+
+
+# What the deploy stage may export (qat needs a fine-tuning run of its own: python -m deploy.export).
+DEPLOY_FORMATS = ("fp32", "fp16", "dynamic", "int8")
+VERIFY_BATCH = 100  # images per deploy.verify batch
 
 
 def validate_deploy(section) -> None:
     """Checks ``config.deploy``; raises ConfigError naming the key, the value and what is valid."""
     from cafe_tf.config import ConfigError
-    from deploy.export import QUANT_MODES
 
-    modes = [m for m in QUANT_MODES if m != "fp32"]  # fp32 is always exported
-    if section.quantization not in modes:
-        raise ConfigError(f"config.deploy.quantization={section.quantization!r} is invalid; valid values: {modes} "
-                          "(fp32 is always exported besides it)")
-    for key in ("representative_examples", "benchmark_runs"):
+    formats = tuple(section.formats)
+    bad = [f for f in formats if f not in DEPLOY_FORMATS]
+    if not formats or bad or len(set(formats)) != len(formats):
+        raise ConfigError(f"config.deploy.formats={formats!r} is invalid; give one or more distinct formats of "
+                          f"{list(DEPLOY_FORMATS)}" + (f" ({bad[0]!r} is not one)" if bad else ""))
+    if not section.max_accuracy_drop >= 0:
+        raise ConfigError(f"config.deploy.max_accuracy_drop={section.max_accuracy_drop!r} is invalid; it must be "
+                          ">= 0 (test-accuracy points)")
+    for key in ("representative_examples", "verify_examples", "benchmark_runs", "benchmark_rounds"):
         if section[key] < 1:
             raise ConfigError(f"config.deploy.{key}={section[key]!r} is invalid; it must be >= 1")
+    if section.benchmark_rounds > section.benchmark_runs:
+        raise ConfigError(f"config.deploy.benchmark_rounds={section.benchmark_rounds!r} is invalid; it must be <= "
+                          f"config.deploy.benchmark_runs ({section.benchmark_runs})")
+
+
+def within_tolerance(drop_pt: float | None, max_accuracy_drop: float) -> bool:
+    """Whether an accuracy drop (points; None = unknown) is within the tolerance. Rounded to 1e-6 points:
+    verify's drop is a difference of two float accuracies, so an equal accuracy can come out as 1e-14."""
+    return drop_pt is not None and round(drop_pt, 6) <= max_accuracy_drop
+
+
+def recommend_format(rows: list[dict], max_accuracy_drop: float, environment: dict | None = None
+                     ) -> tuple[str | None, list[str]]:
+    """(the recommended format, the sentences saying why) from per-format measurements.
+
+    ``rows``: one dict per format with ``format``, ``latency_ms`` and ``drop_pt`` (accuracy points lost
+    against the Keras model; None = unknown). The pick is the fastest format whose drop is known and
+    at most ``max_accuracy_drop``; ``environment`` (benchmark.json's) names the CPU in the reasons.
+    """
+    timed = [r for r in rows if r.get("latency_ms") is not None]
+    within = [r for r in timed if within_tolerance(r.get("drop_pt"), max_accuracy_drop)]
+    why = []
+    for r in timed:
+        if r not in within:
+            why.append(f"{r['format']} is excluded: " + ("its accuracy is unknown (no labelled verify run)"
+                       if r.get("drop_pt") is None else
+                       f"it loses {r['drop_pt']:.2f} points, over the {max_accuracy_drop:g}-point tolerance"))
+    choice = min(within, key=lambda r: r["latency_ms"]) if within else None
+    if choice is None:
+        why.insert(0, f"No format is recommended: none was measured within the {max_accuracy_drop:g}-point "
+                      "accuracy tolerance (config.deploy.max_accuracy_drop).")
+    else:
+        others = [r for r in within if r is not choice]
+        beaten = "; ".join(f"{r['format']} {r['latency_ms']:.3f} ms" for r in others)
+        why.insert(0, f"Recommended: **{choice['format']}**, {choice['latency_ms']:.3f} ms: the fastest format "
+                      f"within the {max_accuracy_drop:g}-point accuracy tolerance"
+                      + (f" (against {beaten})." if beaten else " (the only one within it)."))
+    by_format = {r["format"]: r for r in timed}
+    if "int8" in by_format and "fp32" in by_format and by_format["int8"]["latency_ms"] > by_format["fp32"]["latency_ms"]:
+        env = environment or {}
+        features = env.get("cpu_features") or {}
+        have = [k for k, v in features.items() if v]
+        cpu = env.get("cpu") or "this host's CPU"
+        cause = ("it has no int8 dot-product instructions (none of VNNI, AMX-INT8, Arm dotprod, i8mm)"
+                 if env.get("int8_dot_product") is False else f"features: {', '.join(have) or 'unknown'}")
+        why.append(f"On this host int8 is slower than fp32 ({by_format['int8']['latency_ms']:.3f} ms against "
+                   f"{by_format['fp32']['latency_ms']:.3f} ms, {by_format['int8']['latency_ms'] / by_format['fp32']['latency_ms']:.2f}x): "
+                   f"{cpu}; {cause}.")
+    return (choice["format"] if choice else None), why
 
 
 def validators() -> dict[str, Callable]:
@@ -106,8 +169,8 @@ def build_stages(config, workdir: str, config_args: list[str] | None = None) -> 
         Stage("retrain", retrain, w("retrain", "model.keras"), is_keras_file),
     ]
     data_dir = [f"--data_dir={config.data.data_dir}"] if config.data.data_dir else []
-    quants = ("fp32", deploy.quantization)
-    for quant in quants:
+    formats = tuple(deploy.formats)
+    for quant in formats:
         stages.append(Stage(
             f"export_{quant}",
             ["-m", "deploy.export", f"--model={w('retrain', 'model.keras')}", f"--quant={quant}",
@@ -115,20 +178,34 @@ def build_stages(config, workdir: str, config_args: list[str] | None = None) -> 
              f"--num_calibration={deploy.representative_examples}",
              f"--input_scaling={config.model.input_scaling}", *data_dir],
             w("deploy", f"model_{quant}.tflite"), is_tflite))
-    stages.append(Stage(
-        f"verify_{deploy.quantization}",
-        ["-m", "deploy.verify", f"--model={w('retrain', 'model.keras')}",
-         f"--tflite={w('deploy', f'model_{deploy.quantization}.tflite')}", f"--dataset={config.data.name}",
-         f"--out={w('deploy', f'verify_{deploy.quantization}.json')}",
-         f"--input_scaling={config.model.input_scaling}", *data_dir],
-        w("deploy", f"verify_{deploy.quantization}.json"), read_json))
-    for quant in quants:
+    batches = -(-deploy.verify_examples // VERIFY_BATCH)
+    for quant in formats:
         stages.append(Stage(
-            f"benchmark_{quant}",
-            ["-m", "deploy.benchmark", "--target=host", f"--model={w('deploy', f'model_{quant}.tflite')}",
-             f"--out={w('deploy', f'benchmark_{quant}.json')}", f"--runs={deploy.benchmark_runs}"],
-            w("deploy", f"benchmark_{quant}.json"), read_json))
+            f"verify_{quant}",
+            ["-m", "deploy.verify", f"--model={w('retrain', 'model.keras')}",
+             f"--tflite={w('deploy', f'model_{quant}.tflite')}", f"--dataset={config.data.name}",
+             f"--out={w('deploy', f'verify_{quant}.json')}", f"--batch_size={min(VERIFY_BATCH, deploy.verify_examples)}",
+             f"--num_batches={batches}", *data_dir],
+            w("deploy", f"verify_{quant}.json"), read_json))
+    # One process times every format in interleaved rounds, so background load hits them alike.
+    pairs = [(w("deploy", f"model_{q}.tflite"), w("deploy", f"benchmark_{q}.json")) for q in formats]
+    stages.append(Stage(
+        "benchmark",
+        ["-m", "deploy.benchmark", "--target=host", *[a for m, o in pairs for a in (f"--model={m}", f"--out={o}")],
+         f"--runs={deploy.benchmark_runs}", f"--rounds={deploy.benchmark_rounds}"],
+        pairs[0][1], lambda _: benchmarks_match(pairs)))
     return stages
+
+
+def benchmarks_match(pairs: list[tuple[str, str]]) -> None:
+    """Raises unless each benchmark.json of ``pairs`` ((model, benchmark.json)) is valid and timed that
+    very model file (a re-exported model makes the whole interleaved benchmark run again)."""
+    from deploy.benchmark import schema
+
+    for model, out in pairs:
+        record = schema.read_benchmark(out)
+        if record["model"]["sha256"] != schema.model_record(model)["sha256"]:
+            raise ValueError(f"{out} timed another version of {model}")
 
 
 def _maybe(path: str) -> dict:
@@ -147,8 +224,7 @@ def write_run_report(config, workdir: str, stages) -> str:
 
     widths = _maybe(w("widths.json"))
     final = _maybe(w("retrain", "metrics.json")).get("final") or {}
-    quant = _section(config, "deploy").quantization
-    verify = _maybe(w("deploy", f"verify_{quant}.json"))
+    deploy = _section(config, "deploy")
     seconds = {s.name: s.seconds for s in stages}
     test_acc = final.get("test", {}).get("accuracy")
     rows = [
@@ -159,25 +235,37 @@ def write_run_report(config, workdir: str, stages) -> str:
         {"stage": "retrain", "macs": widths.get("macs"), "params": widths.get("params"), "accuracy": test_acc,
          "artifact": "retrain/model.keras", "seconds": seconds.get("retrain")},
     ]
-    for q in ("fp32", quant):
+    formats, environment, notes = [], None, []
+    for q in deploy.formats:
         path = w("deploy", f"model_{q}.tflite")
         if os.path.exists(path):
-            latency = _maybe(w("deploy", f"benchmark_{q}.json")).get("latency_ms") or {}
+            bench = _maybe(w("deploy", f"benchmark_{q}.json"))
+            verify = _maybe(w("deploy", f"verify_{q}.json"))
+            environment = environment or bench.get("environment")
+            latency = bench.get("latency_ms") or {}
             # p50 is None when a target reports only the mean (benchmark.json schema).
-            rows.append({"stage": f"tflite {q}", "macs": widths.get("macs"),
-                         "latency_ms": latency.get("p50") or latency.get("mean"),
-                         "size_kb": round(os.path.getsize(path) / 1024, 1),
-                         "accuracy": verify.get("tflite_accuracy") if q == quant else None,
+            row = {"format": q, "latency_ms": latency.get("p50") or latency.get("mean"),
+                   "size_kb": round(os.path.getsize(path) / 1024, 1), "accuracy": verify.get("tflite_accuracy"),
+                   "drop_pt": verify.get("accuracy_drop_pt"), "agreement": verify.get("top1_agreement")}
+            formats.append(row)
+            rows.append({"stage": f"tflite {q}", "macs": widths.get("macs"), "latency_ms": row["latency_ms"],
+                         "size_kb": row["size_kb"], "accuracy": row["accuracy"],
                          "artifact": f"deploy/model_{q}.tflite", "seconds": seconds.get(f"export_{q}")})
+            if verify:
+                scalars = {k: v for k, v in verify.items() if not isinstance(v, (list, dict))}
+                notes.append(f"verify {q}: {json.dumps(scalars)}")
+    choice, why = recommend_format(formats, deploy.max_accuracy_drop, environment) if formats else (None, [])
+    for row in formats:
+        row["within"] = within_tolerance(row["drop_pt"], deploy.max_accuracy_drop)
+        row["chosen"] = row["format"] == choice
     candidates = [{"macs": p["macs"], "score": p["score"]} for p in widths.get("evaluated", [])]
     chosen = {"macs": widths["macs"], "params": widths["params"], "score": widths["score"]} if widths else None
     finals = [{"name": "searched", "macs": widths["macs"], "accuracy": test_acc}] if widths else []
-    scalars = {k: v for k, v in verify.items() if not isinstance(v, (list, dict))}
-    notes = [f"verify: {json.dumps(scalars)}"] if verify else []
     return write_report(
         workdir, f"cafe-tf run: {config.model.name} on {config.data.name}", rows, candidates, chosen,
         baselines=widths.get("baselines", []), groups=widths.get("groups", []), finals=finals,
-        budget_macs=widths.get("budget", {}).get("max_macs"), notes=notes,
+        budget_macs=widths.get("budget", {}).get("max_macs"), notes=notes, formats=formats,
+        format_choice=why, environment=environment,
     )
 
 

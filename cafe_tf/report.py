@@ -124,10 +124,16 @@ def write_report(
     finals: Sequence[Mapping[str, Any]] = (),
     budget_macs: float | None = None,
     notes: Sequence[str] = (),
+    formats: Sequence[Mapping[str, Any]] = (),
+    format_choice: Sequence[str] = (),
+    environment: Mapping[str, Any] | None = None,
 ) -> str:
     """Writes ``report.md`` and ``report.png`` into ``workdir``; returns the markdown path.
 
     ``stages`` rows may hold: stage, artifact, macs, params, accuracy, latency_ms, size_kb, seconds.
+    ``formats`` rows (the deploy formats side by side) hold format, latency_ms, size_kb, accuracy,
+    drop_pt, agreement, within (the tolerance) and chosen; ``format_choice`` says why one was picked,
+    ``environment`` (benchmark.json's) names the CPU they were timed on.
     """
     workdir = os.fspath(workdir)
     png = render_figure(candidates, chosen, baselines, groups, finals, budget_macs)
@@ -152,6 +158,23 @@ def write_report(
     if groups:
         lines += ["", "| group | full | chosen | kept |", "|---|---|---|---|"]
         lines += [f"| {g['name']} | {g['size']} | {g['width']} | {g['width'] / g['size']:.0%} |" for g in groups]
+    if formats:
+        lines += ["", "## Deploy formats", "",
+                  "| format | latency p50 (ms) | size (KB) | accuracy | drop (pt) | top-1 agreement | within tolerance |",
+                  "|---|---|---|---|---|---|---|"]
+        for f in formats:
+            name = f"**{f['format']}** (recommended)" if f.get("chosen") else f["format"]
+            drop = None if f.get("drop_pt") is None else f"{f['drop_pt']:+.2f}"
+            lines.append(f"| {name} | {_fmt(f.get('latency_ms'))} | {_fmt(f.get('size_kb'))} | "
+                         f"{_fmt(f.get('accuracy'))} | {drop or '–'} | {_fmt(f.get('agreement'))} | "
+                         f"{'yes' if f.get('within') else 'no'} |")
+        if environment:
+            features = [k for k, v in (environment.get("cpu_features") or {}).items() if v]
+            lines += ["", f"Timed on {environment.get('cpu') or 'an unnamed CPU'} ({environment.get('machine', '?')}; "
+                          f"SIMD / dot-product features: {', '.join(features) or 'none of those checked'}), "
+                          "LiteRT with XNNPACK, formats interleaved round by round."]
+        for sentence in format_choice:
+            lines += ["", sentence]
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
     path = os.path.join(workdir, "report.md")

@@ -45,6 +45,25 @@ class GroupBins:
         return np.concatenate([np.arange(self.bounds[b], self.bounds[b + 1]) for b in sorted(bins)])
 
 
+def check_channel_multiple(channel_multiple: int, groups: Sequence[Any], what: str = "channel_multiple") -> int:
+    """Validates a channel multiple against prunable ``groups`` (objects with ``name`` and ``size``).
+
+    Raises ValueError naming the value, the narrowest group and the ways out.
+    """
+    if isinstance(channel_multiple, bool) or int(channel_multiple) != channel_multiple or channel_multiple < 1:
+        raise ValueError(f"{what}={channel_multiple!r} is invalid; it must be an integer >= 1 (1 = off)")
+    m = int(channel_multiple)
+    narrow = [g for g in groups if g.size < m]
+    if narrow:
+        g = min(narrow, key=lambda x: x.size)
+        raise ValueError(
+            f"{what}={m} is larger than prunable group {g.name!r} ({g.size} channels); use a multiple <= "
+            f"{min(x.size for x in groups)}, or declare that layer a fixed-width boundary "
+            f"(ChannelGraph.from_model(model, boundaries=[...]) or cafe_tf.graph.set_boundaries)"
+        )
+    return m
+
+
 class SearchSpace:
     """Per-group width choices (in bins) and the free-channel candidates of each width."""
 
@@ -57,6 +76,7 @@ class SearchSpace:
         num_bins: int = 20,
         max_bin: int = 32,
         cost: CostModel | None = None,
+        channel_multiple: int = 1,
     ):
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity {granularity!r} is not one of {GRANULARITIES}")
@@ -73,21 +93,24 @@ class SearchSpace:
         prunable = graph.prunable_groups
         if not prunable:
             raise ValueError(f"model {graph.model.name!r} has no prunable channel group")
+        m = self.channel_multiple = check_channel_multiple(channel_multiple, prunable)
         if granularity == "flops_sensitive":
             marginal = self.cost.marginal_macs()[[g.id for g in prunable]]
             marginal = np.maximum(marginal, 1e-9)
             ratio = marginal.max() / marginal
             sizes = np.clip(2 ** np.ceil(np.log2(np.maximum(ratio, 1.0))), 1, max_bin).astype(int)
+            sizes = m * -(-sizes // m)  # rounded up: every bound but the group's full width is a multiple of m
             self.groups = [
                 GroupBins(g.id, g.name, g.size, tuple(range(0, g.size, int(b))) + (g.size,))
                 for g, b in zip(prunable, sizes)
             ]
         else:
-            self.groups = [
-                GroupBins(g.id, g.name, g.size,
-                          tuple(int(x) for x in np.unique(np.linspace(0, g.size, min(num_bins, g.size) + 1).round())))
-                for g in prunable
-            ]
+            self.groups = []
+            for g in prunable:
+                # Evenly spaced bounds snapped to multiples of m (the full width stays the last bound).
+                units = np.linspace(0, g.size / m, min(num_bins, g.size // m) + 1).round().astype(int) * m
+                bounds = np.unique(np.append(np.minimum(units, g.size), g.size))
+                self.groups.append(GroupBins(g.id, g.name, g.size, tuple(int(x) for x in bounds)))
         self.num_bins = np.array([g.num_bins for g in self.groups], dtype=np.int64)
 
     # ----------------------------------------------------------------------------------------
@@ -95,7 +118,7 @@ class SearchSpace:
         """The space's settings (recorded in widths.json)."""
         return {"granularity": self.granularity, "sharing": self.sharing, "r": self.r,
                 "num_bins": self.num_uniform_bins, "max_bin": self.max_bin,
-                "bins_per_group": self.num_bins.tolist()}
+                "channel_multiple": self.channel_multiple, "bins_per_group": self.num_bins.tolist()}
 
     @property
     def size_log10(self) -> float:
@@ -119,6 +142,11 @@ class SearchSpace:
         """(number of base bins, the local zone's bins) of width ``k`` in group position ``group``."""
         n = int(self.num_bins[group])
         base = max(0, k - self.r)
+        g = self.groups[group]
+        if k < n and (g.bounds[-1] - g.bounds[-2]) % self.channel_multiple:
+            # The last bin holds the group's remainder (size % channel_multiple): below full width it
+            # stays out of the zone, so every arrangement's channel count is a multiple.
+            n -= 1
         return base, range(base, min(k + self.r, n))
 
     def candidates(self, group: int, k: int) -> list[tuple[int, ...]]:

@@ -22,9 +22,10 @@ Stages and their sizes (our choices: the paper's numbers are unavailable, see th
 * retrain: init_from_supernet=True makes the pipeline's retrain stage fine-tune from the supernet's
   weights (`--init_from_supernet`) instead of training from scratch; several seeds: `python -m
   cafe_tf.compare --seeds`.
-* deploy: what the pipeline exports besides fp32 (deploy.quantization), the training images that
-  calibrate it (deploy.representative_examples, export's --num_calibration) and its host
-  benchmark's runs (deploy.benchmark_runs).
+* deploy: the formats the pipeline exports, verifies and times on the host (deploy.formats; the
+  report recommends the fastest within deploy.max_accuracy_drop points), the training images that
+  calibrate int8 (deploy.representative_examples, export's --num_calibration) and the host
+  benchmark's runs and interleaved rounds (deploy.benchmark_runs, deploy.benchmark_rounds).
 
 Full-length settings (the CIFAR recipe, ~hours on CPU): configs/fashion_mnist_resnet20_full.py
 (supernet.epochs=200, search.population=50, search.generations=20, search.parents=10,

@@ -617,22 +617,30 @@ def accuracy_rows(table: LatencyTable, models: Sequence[Any], measured: Sequence
 
 
 def random_subnets(
-    model: Any, count: int, rng: np.random.Generator, fractions: Sequence[float] = (0.25, 0.5, 0.75, 1.0), prefix: str = "subnet"
+    model: Any, count: int, rng: np.random.Generator, fractions: Sequence[float] = (0.25, 0.5, 0.75, 1.0), prefix: str = "subnet",
+    channel_multiple: int = 1,
 ) -> list[Any]:
     """``count`` sub-networks of ``model``: each prunable channel group keeps a random fraction of
-    its channels (the first ones), built with ``cafe_tf.surgery.extract`` (fresh weights)."""
+    its channels (the first ones), rounded to a multiple of ``channel_multiple`` (or the full width,
+    the widths a search with that multiple produces), built with ``cafe_tf.surgery.extract`` (fresh weights)."""
     from cafe_tf import graph as channel_graph
     from cafe_tf import surgery
+    from cafe_tf.space import check_channel_multiple
 
     if any(not 0 < f <= 1 for f in fractions):
         raise UsageError(f"fractions must lie in (0, 1], got {list(fractions)}")
     g = channel_graph.ChannelGraph.from_model(model)
     groups = g.prunable_groups
+    try:
+        m = check_channel_multiple(channel_multiple, groups)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     out = []
     for i in range(count):
         selection = {}
         for group in groups:
-            keep = max(1, int(round(group.size * float(rng.choice(fractions)))))
+            fraction = float(rng.choice(fractions))
+            keep = group.size if fraction >= 1 else min(group.size, max(m, m * int(round(group.size * fraction / m))))
             selection[group.id] = np.arange(keep)
         out.append(surgery.extract(model, selection, graph=g, name=f"{prefix}_{i}", copy_weights=False))
     return out
@@ -648,6 +656,7 @@ def build_table(
     seed: int = 0,
     rounds: int = 2,
     progress: Callable[[str], None] | None = None,
+    channel_multiple: int = 1,
 ) -> LatencyTable:
     """Measures a table for ``model``'s width space on the host and evaluates it on held-out subnets."""
     from deploy.benchmark import schema
@@ -659,8 +668,9 @@ def build_table(
     rng = np.random.default_rng(seed)
     say = progress or (lambda message: None)
     started = time.time()
-    calibration = [model] + random_subnets(model, calibration_subnets - 1, rng, fractions, "calibration")
-    holdout = random_subnets(model, holdout_subnets, rng, fractions, "holdout")
+    calibration = [model] + random_subnets(model, calibration_subnets - 1, rng, fractions, "calibration",
+                                           channel_multiple)
+    holdout = random_subnets(model, holdout_subnets, rng, fractions, "holdout", channel_multiple)
     keys = {k for m in calibration for k in layer_keys(m)}
     say(f"{len(keys)} layer configurations in {len(calibration)} calibration subnets")
     entries = measure_keys(keys, quant, threads, rounds=rounds, progress=say)
@@ -681,6 +691,7 @@ def build_table(
             "model": model.name,
             "input_shape": [int(d) for d in model.inputs[0].shape[1:]],
             "fractions": list(fractions),
+            "channel_multiple": int(channel_multiple),
             "calibration_subnets": len(calibration),
             "holdout_subnets": len(holdout),
             "seed": seed,

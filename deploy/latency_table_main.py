@@ -31,6 +31,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("calibration_subnets", 6, "subnets (the full model included) whose layers are measured and fit the model")
     flags.DEFINE_integer("holdout_subnets", 8, "subnets only used to report the table's accuracy")
     flags.DEFINE_list("fractions", ["0.25", "0.5", "0.75", "1.0"], "channel fractions a group may keep in the sampled subnets")
+    flags.DEFINE_integer("channel_multiple", 1, "sampled widths rounded to multiples of it (or full), as the search's")
     flags.DEFINE_integer("rounds", 2, "interleaved measurement rounds (best of)")
     flags.DEFINE_integer("seed", 0, "subnet sampling seed")
     flags.DEFINE_string("out", None, "where to write the table (latency_table.json)")
@@ -64,6 +65,7 @@ def main() -> None:
     table = latency_table.build_table(
         _model(f), quant=f.quant, threads=f.threads, calibration_subnets=f.calibration_subnets,
         holdout_subnets=f.holdout_subnets, fractions=fractions, seed=f.seed, rounds=f.rounds,
+        channel_multiple=f.channel_multiple,
         progress=lambda m: print(f"latency_table: {m}", flush=True),
     )
     table.save(f.out)

@@ -12,6 +12,8 @@ import sys
 import keras
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import tensorflow as tf
 
 from cafe_tf import models
@@ -787,3 +789,86 @@ def test_soft_gates_and_temperature_schedule():
     np.testing.assert_allclose(cold, gates_from_logits(logits, "hard")[0].numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="'sharp' is not one of"):
         gates_from_logits(logits, "sharp")
+
+
+# -------------------------------------------------------------------------------------------------
+# channel_multiple: every kept width a multiple of it or the group's full width, MACs still in band.
+
+
+def _assert_multiples(graph, selection, m):
+    for g in graph.prunable_groups:
+        kept = len(selection[g.id])
+        assert kept % m == 0 or kept == g.size, (g.name, g.size, kept, m)
+
+
+@pytest.mark.parametrize("m", [3, 8])  # 3: every group has a remainder (16, 32, 64 channels)
+def test_exact_target_channel_multiple_on_resnet20(m):
+    _, graph, cost = _registry("resnet20")
+    rng = np.random.default_rng(m)
+    logits = {g.id: rng.normal(0, 2, g.size) for g in graph.prunable_groups}
+    for ratio in (0.3, 0.5, 0.7):
+        for method in ("dagger", "l1", "uniform"):
+            selection, info = select_channels(method, cost, ratio, logits=logits, channel_multiple=m)
+            _assert_multiples(graph, selection, m)
+            macs = cost.macs(cost.widths_of(selection))
+            assert macs == info["achieved_macs"] and info["channel_multiple"] == m
+            assert (1 - 0.01) * ratio * cost.macs() <= macs <= ratio * cost.macs(), (method, ratio, info)
+    # units of m are ranked by score: the kept channels of a group are its best-scored ones
+    selection, _ = exact_target(cost, logits, 0.5 * cost.macs(), channel_multiple=m)
+    for gid, idx in selection.items():
+        kept = np.sort(np.argsort(-logits[gid], kind="stable")[: len(idx)])
+        np.testing.assert_array_equal(idx, kept)
+
+
+@settings(max_examples=15, deadline=None)
+# the toy's groups have 4, 5, 6, 8 and 9 channels: most leave a remainder
+@given(m=st.sampled_from([2, 3, 4]), ratio=st.floats(0.35, 0.95), seed=st.integers(0, 2**16))
+def test_exact_target_channel_multiple_property_on_a_toy_model(m, ratio, seed):
+    graph, cost = _ZOO
+    rng = np.random.default_rng(seed)
+    logits = {g.id: rng.normal(0, 2, g.size) for g in graph.prunable_groups}
+    try:
+        selection, info = exact_target(cost, logits, ratio * cost.macs(), strict=False, channel_multiple=m)
+    except ValueError as e:  # one unit of m per group may already cost more than a low target
+        assert f"the smallest network that keeps min_channels=1 and min_keep_ratio=0.0 per group in units of " \
+               f"channel_multiple={m}; raise the target" in str(e)
+        assert cost.macs(cost.widths_of({g.id: np.arange(m) for g in graph.prunable_groups})) > ratio * cost.macs()
+        return
+    _assert_multiples(graph, selection, m)
+    assert info["achieved_macs"] == cost.macs(cost.widths_of(selection)) <= ratio * cost.macs()
+
+
+_ZOO_GRAPH = ChannelGraph.from_model(coupling_zoo())
+_ZOO = (_ZOO_GRAPH, CostModel(_ZOO_GRAPH))
+
+
+def test_channel_multiple_errors_name_the_value_and_the_group():
+    _, graph, cost = _registry("resnet20")
+    logits = {g.id: np.ones(g.size) for g in graph.prunable_groups}
+    with pytest.raises(ValueError, match=r"channel_multiple=0 is invalid; it must be an integer >= 1"):
+        exact_target(cost, logits, 0.5 * cost.macs(), channel_multiple=0)
+    with pytest.raises(ValueError, match=r"channel_multiple=32 is larger than prunable group '.*' \(16 channels\); "
+                                         r"use a multiple <= 16, or declare that layer a fixed-width boundary"):
+        select_channels("l1", cost, 0.5, channel_multiple=32)
+
+
+def test_prune_config_channel_multiple_checked_before_training():
+    import ml_collections
+
+    from cafe_tf.config import ConfigError
+    from cafe_tf.dagger.pipeline import _check_channel_multiple, prune_section, validate_prune
+
+    section = prune_section()
+    assert section.channel_multiple == 1
+    validate_prune(section)
+    for bad in (0, -8):
+        section.channel_multiple = bad
+        with pytest.raises(ConfigError, match=rf"config.prune.channel_multiple={bad} is invalid; it must be an integer >= 1"):
+            validate_prune(section)
+    model, graph, _ = _registry("resnet20")
+    config = ml_collections.ConfigDict(dict(prune=dict(channel_multiple=64)))
+    with pytest.raises(ConfigError, match=r"config.prune.channel_multiple=64 is larger than prunable group '.*' "
+                                          r"\(16 channels\).*boundaries=\[...\]"):
+        _check_channel_multiple(config, model, graph)
+    config.prune.channel_multiple = 16
+    _check_channel_multiple(config, model, graph)

@@ -362,3 +362,57 @@ def test_host_matches_litert_benchmark(tmp_path):
                     "--result_json", str(out)], check=True, capture_output=True, timeout=300)
     theirs = json.loads(out.read_text())["latency"]["median_ms"]
     assert 0.5 < ours / theirs < 2.0, (ours, theirs)
+
+
+# --------------------------------------------------------------------------------------------
+# CPU features in benchmark.json, and several models timed interleaved (issue 15, item 2)
+
+EPYC_AVX2 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 7B12
+flags\t\t: fpu vme sse sse2 ssse3 fma avx f16c avx2 bmi2
+processor\t: 1
+model name\t: AMD EPYC 7B12
+flags\t\t: fpu vme sse sse2 ssse3 fma avx f16c avx2 bmi2
+"""
+SAPPHIRE = "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: avx2 avx512f avx512_vnni avx_vnni amx_tile amx_int8\n"
+GRAVITON = "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd aes crc32 atomics asimddp sve i8mm\nCPU part\t: 0xd40\n"
+CORTEX_A53 = "processor\t: 0\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU part\t: 0xd03\n"
+
+
+@pytest.mark.parametrize("text, machine, cpu, features, dot", [
+    (EPYC_AVX2, "x86_64", "AMD EPYC 7B12",
+     {"avx2": True, "avx512f": False, "avx512_vnni": False, "avx_vnni": False, "amx_tile": False, "amx_int8": False},
+     False),
+    (SAPPHIRE, "x86_64", "Intel(R) Xeon(R) Platinum 8480+",
+     {"avx2": True, "avx512f": True, "avx512_vnni": True, "avx_vnni": True, "amx_tile": True, "amx_int8": True}, True),
+    (GRAVITON, "aarch64", "CPU part 0xd40", {"asimd": True, "asimddp": True, "i8mm": True, "sve": True}, True),
+    (CORTEX_A53, "aarch64", "CPU part 0xd03", {"asimd": True, "asimddp": False, "i8mm": False, "sve": False}, False),
+    ("", "x86_64", "", {"avx2": False, "avx512f": False, "avx512_vnni": False, "avx_vnni": False,
+                        "amx_tile": False, "amx_int8": False}, None),
+])
+def test_cpu_features_from_cpuinfo(text, machine, cpu, features, dot):
+    assert schema.cpu_info(text, machine) == {"cpu": cpu, "cpu_features": features, "int8_dot_product": dot}
+
+
+def test_host_environment_records_cpu_features(model_path):
+    env = host.benchmark_host(model_path, runs=2, warmup=1)["environment"]
+    assert set(env["cpu_features"]) == set(schema.CPU_FEATURES.get(env["machine"], ()))
+    assert isinstance(env["int8_dot_product"], bool) and env["cpu"]
+
+
+def test_program_times_several_models_interleaved(model_path, tmp_path):
+    fp32 = str(tmp_path / "net_fp32.tflite")
+    export.export_tflite(net(), "fp32", fp32)
+    outs = [tmp_path / "a.json", tmp_path / "b.json"]
+    ok = _program(["--target", "host", "--model", model_path, "--out", str(outs[0]), "--model", fp32,
+                   "--out", str(outs[1]), "--runs", "5", "--rounds", "2", "--warmup", "1"])
+    assert ok.returncode == 0, ok.stderr
+    a, b = (schema.read_benchmark(str(p)) for p in outs)
+    assert (a["model"]["name"], b["model"]["name"]) == ("net_int8.tflite", "net_fp32.tflite")
+    assert a["runs"] == b["runs"] == 5 and a["rounds"] == 2
+    assert a["interleaved_with"] == ["net_fp32.tflite"] and b["interleaved_with"] == ["net_int8.tflite"]
+    short = _program(["--target", "host", "--model", model_path, "--model", fp32, "--out", str(outs[0])])
+    assert short.returncode == 2 and "give one --out per --model: got 2 --model and 1 --out" in short.stderr
+    rounds = _program(["--target", "host", "--model", model_path, "--out", str(outs[0]), "--runs", "3", "--rounds", "4"])
+    assert rounds.returncode == 2 and "--rounds must be between 1 and --runs (3), got 4" in rounds.stderr

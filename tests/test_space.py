@@ -134,3 +134,53 @@ def test_space_on_coupled_model():
     g = ChannelGraph.from_model(coupling_zoo())
     s = SearchSpace(g)
     assert {x.name for x in s.groups} == {x.name for x in g.prunable_groups}
+
+
+# -------------------------------------------------------------------------------------------------
+# channel_multiple: every width the space can realise is a multiple of it, or the group's full width
+
+
+def _realisable_widths(space):
+    return [(g, np.asarray(g.bounds[1:])) for g in space.groups]
+
+
+@settings(max_examples=12, deadline=None)
+@given(m=st.sampled_from([1, 2, 3, 4, 8, 16]), granularity=st.sampled_from(["flops_sensitive", "uniform"]),
+       num_bins=st.integers(1, 40))
+def test_channel_multiple_bins_are_multiples(graph, m, granularity, num_bins):
+    s = SearchSpace(graph, granularity=granularity, num_bins=num_bins, channel_multiple=m)
+    for g, widths in _realisable_widths(s):
+        assert g.bounds[0] == 0 and g.bounds[-1] == g.size and np.all(np.diff(g.bounds) > 0)
+        assert np.all((widths % m == 0) | (widths == g.size)), (g.name, g.bounds)
+    # Zones are made of bins, so every candidate arrangement's channel count is a realisable width too.
+    rng = np.random.default_rng(m)
+    for widths in s.sample_widths(rng, 5):
+        counts = [len(c) for c in s.channels(s.sample_arrangement(widths, rng)).values()]
+        assert all(c % m == 0 or c == g.size for c, g in zip(counts, s.groups))
+    assert s.describe()["channel_multiple"] == m
+
+
+def test_channel_multiple_on_groups_not_divisible():
+    s = SearchSpace(ChannelGraph.from_model(coupling_zoo()), granularity="uniform", num_bins=50, channel_multiple=3)
+    for g, widths in _realisable_widths(s):
+        assert np.all((widths % 3 == 0) | (widths == g.size)), (g.name, g.size, g.bounds)
+    assert any(g.size % 3 for g in s.groups)  # the rule "or full width" is exercised
+
+
+def test_flops_sensitive_bins_rounded_up_to_the_multiple(graph, space):
+    s = SearchSpace(graph, channel_multiple=8)
+    for plain, rounded in zip(space.groups, s.groups):
+        step, step8 = plain.bounds[1] - plain.bounds[0], rounded.bounds[1] - rounded.bounds[0]
+        assert step8 == min(8 * math.ceil(step / 8), plain.size)  # powers of two: max(8, step)
+
+
+@pytest.mark.parametrize("m, match", [
+    (0, r"channel_multiple=0 is invalid; it must be an integer >= 1 \(1 = off\)"),
+    (-2, r"channel_multiple=-2 is invalid"),
+    (17, r"channel_multiple=17 is larger than prunable group '.*' \(16 channels\); use a multiple <= 16, or declare "
+         r"that layer a fixed-width boundary \(ChannelGraph.from_model\(model, boundaries=\[...\]\) or "
+         r"cafe_tf.graph.set_boundaries\)"),
+])
+def test_bad_channel_multiple_is_named(graph, m, match):
+    with pytest.raises(ValueError, match=match):
+        SearchSpace(graph, channel_multiple=m)

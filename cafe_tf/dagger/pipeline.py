@@ -48,10 +48,11 @@ from absl import logging
 from cafe_tf import data as data_lib
 from cafe_tf import io
 from cafe_tf import space as space_lib
-from cafe_tf.config import ConfigError, to_dict
+from cafe_tf.config import ConfigError, to_dict, validate_channel_multiple
 from cafe_tf.flops import CostModel
 from cafe_tf.graph import ChannelGraph
 from cafe_tf.models import source as source_lib
+from cafe_tf.space import check_channel_multiple
 from cafe_tf.slim import Supernet
 from cafe_tf.dagger import module as module_lib
 from cafe_tf.dagger import prune as prune_lib
@@ -78,6 +79,7 @@ def prune_section() -> ml_collections.ConfigDict:
         min_channels=1,  # floor per channel group
         min_keep_ratio=0.0,  # floor per group as a fraction of its width (held open in gate training too); 0 = off
         tolerance=0.01,  # the pruned MACs land in [(1 - tolerance) * target, target]
+        channel_multiple=1,  # every kept group width a multiple of it, or the full width (e.g. 8 for SIMD); 1 = off
         bn_calibration_batches=100,  # re-estimate the pruned model's BN statistics on N training batches; 0 = off
         evaluate_before_finetune=True,  # test accuracy of the pruned model before fine-tuning (one pass)
     ))
@@ -135,6 +137,7 @@ def validate_prune(section: ml_collections.ConfigDict) -> None:
                           "[0, 1) (a fraction of each group's width that is always kept; 0 = off)")
     if not 0 < section.tolerance < 1:
         raise ConfigError(f"config.prune.tolerance={section.tolerance!r} is invalid; it must be in (0, 1)")
+    validate_channel_multiple("prune", section.channel_multiple)
     if section.bn_calibration_batches < 0:
         raise ConfigError(f"config.prune.bn_calibration_batches={section.bn_calibration_batches!r} is invalid; "
                           "it must be >= 0 (0 = off)")
@@ -351,7 +354,19 @@ def _gate_settings(config: ml_collections.ConfigDict, source: str) -> dict[str, 
         settings["pretrained_sha256"] = source_lib.sha256_of(source)
     if config.prune.min_keep_ratio:  # recorded when set (artifacts written before the option stay valid)
         settings["min_keep_ratio"] = float(config.prune.min_keep_ratio)
+    if config.prune.channel_multiple != 1:  # likewise
+        settings["channel_multiple"] = int(config.prune.channel_multiple)
     return settings
+
+
+def _check_channel_multiple(config: ml_collections.ConfigDict, model: keras.Model,
+                            graph: ChannelGraph | None = None) -> None:
+    """Raises ConfigError when ``config.prune.channel_multiple`` is wider than a prunable group of ``model``."""
+    try:
+        check_channel_multiple(config.prune.channel_multiple, (graph or ChannelGraph.from_model(model)).prunable_groups,
+                               "config.prune.channel_multiple")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _built_in_scope(model: keras.Model, strategy: tf.distribute.Strategy) -> bool:
@@ -463,7 +478,8 @@ def stage_prune(config: ml_collections.ConfigDict, workdir: str, model: keras.Mo
     selection, info = prune_lib.select_channels(config.prune.method, cost, config.prune.target_macs_ratio,
                                                 logits=logits, min_channels=config.prune.min_channels,
                                                 min_keep_ratio=config.prune.min_keep_ratio,
-                                                tolerance=config.prune.tolerance)
+                                                tolerance=config.prune.tolerance,
+                                                channel_multiple=config.prune.channel_multiple)
     logging.info("stage prune: %s -> %d MACs for a target of %.0f (%+.3f%%)", config.prune.method,
                  info["achieved_macs"], info["target_macs"], 100 * info["relative_error"])
     pruned = prune_lib.prune_model(model, selection, graph)
@@ -516,8 +532,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data = standard.make_data_source(config.data, seed=config.train.seed, eval_splits=eval_splits,
                                      drop_eval_remainder=not distribute_lib.supports_partial_batches(strategy),
                                      input_scaling=config.model.input_scaling)
+    if not config.prune.pretrained:  # fail on a channel_multiple wider than a group before pretraining, not after
+        _check_channel_multiple(config, standard.model_factory(config.model, data.image_shape,
+                                                               data.info.num_classes)())
     model, source = stage_pretrain(config, workdir, data, strategy)
     graph = ChannelGraph.from_model(model)
+    _check_channel_multiple(config, model, graph)
     full_cost = CostModel(graph)
     split = _report_split(data)
     summary_path = os.path.join(workdir, "summary.json")

@@ -42,6 +42,7 @@ import numpy as np
 from cafe_tf import io, surgery
 from cafe_tf.flops import CostModel
 from cafe_tf.graph import ChannelGraph
+from cafe_tf.space import check_channel_multiple
 
 METHODS = ("dagger", "free", "l1", "uniform")
 
@@ -102,12 +103,18 @@ def exact_target(
     tolerance: float = 0.01,
     strict: bool = True,
     min_keep_ratio: float = 0.0,
+    channel_multiple: int = 1,
 ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
     """Channel selection {group id: sorted indices} with exact MACs in ``[(1 - tol) target, target]``.
 
     ``scores``: per-channel scores of each prunable group to rank by (higher = more important);
     ``initial``: boolean starting masks (default: ``score > 0``). Every group keeps at least
-    :func:`group_floor` filters (its best-scored). Returns (selection, info).
+    :func:`group_floor` filters (its best-scored). ``channel_multiple`` m > 1 ranks units of m
+    channels instead of single channels (a group's channels in score order, cut into runs of m; the
+    ``size % m`` weakest channels form a last unit that is added back only to a group whose other units
+    are all kept, and dropped from a group that lost one), so every kept width is a multiple of m or
+    the group's full width.
+    Returns (selection, info).
 
     Raises:
       ValueError: bad arguments, a target below the smallest reachable network, or (``strict``) a
@@ -131,29 +138,35 @@ def exact_target(
             raise ValueError(f"group {g.name!r} cannot be pruned ({g.reason}); give scores for prunable groups only")
         if np.shape(scores[gid]) != (g.size,):
             raise ValueError(f"scores of group {g.name!r} have shape {np.shape(scores[gid])}; expected ({g.size},)")
-    group_of = np.concatenate([np.full(graph.groups[gid].size, gid) for gid in gids])
-    channel = np.concatenate([np.arange(graph.groups[gid].size) for gid in gids])
-    score = np.concatenate([np.asarray(scores[gid], np.float64) for gid in gids])
-    if not np.all(np.isfinite(score)):
-        raise ValueError("scores contain NaN or infinite values")
+    m = check_channel_multiple(channel_multiple, [graph.groups[gid] for gid in gids])
+    for gid in gids:
+        if not np.all(np.isfinite(np.asarray(scores[gid], np.float64))):
+            raise ValueError("scores contain NaN or infinite values")
+    # The greedy steps below rank "units": single channels (m = 1), or runs of m channels in score order.
+    units = _units(graph, scores, gids, m)
+    group_of = np.asarray([u[0] for u in units])
+    channel = np.asarray([u[1] for u in units])  # a unit's position in its group: the tie-break
+    unit_channels = [u[2] for u in units]
+    size_of = np.asarray([len(u[2]) for u in units], np.int64)
+    remainder = size_of % m != 0  # a group's last, short unit (never for m = 1)
+    score = np.asarray([float(np.mean(np.asarray(scores[u[0]], np.float64)[u[2]])) for u in units])
     if initial is None:
         keep = score > 0
-    else:
-        keep = np.concatenate([np.asarray(initial[gid], bool) for gid in gids])
+    else:  # a unit starts kept when most of its channels do
+        keep = np.asarray([np.mean(np.asarray(initial[u[0]], bool)[u[2]]) >= 0.5 for u in units])
     protected = np.zeros_like(keep)
-    start = 0
     for gid in gids:
-        size = graph.groups[gid].size
-        s = score[start:start + size]
-        best = np.lexsort((np.arange(size), -s))[: group_floor(size, min_channels, min_keep_ratio)]
-        protected[start + best] = True
-        start += size
+        idx = np.flatnonzero(group_of == gid)
+        floor = group_floor(graph.groups[gid].size, min_channels, min_keep_ratio)
+        best = idx[np.lexsort((channel[idx], -score[idx]))]
+        # the best units until the floor's channels are covered
+        protected[best[: int(np.searchsorted(np.cumsum(size_of[best]), floor)) + 1]] = True
     keep |= protected
 
     def widths_of(mask: np.ndarray) -> np.ndarray:
         w = cost.full_widths.copy()
         w[gids] = 0
-        np.add.at(w, group_of[mask], 1)
+        np.add.at(w, group_of[mask], size_of[mask])
         return w
 
     full_macs = cost.macs()
@@ -162,21 +175,21 @@ def exact_target(
         raise ValueError(
             f"target of {target_macs:.0f} MACs ({target_macs / full_macs:.4f} of the full model) is below "
             f"{floor_macs} MACs ({floor_macs / full_macs:.4f}), the smallest network that keeps "
-            f"min_channels={min_channels} and min_keep_ratio={min_keep_ratio} per group; raise the target or "
-            "lower the floor"
+            f"min_channels={min_channels} and min_keep_ratio={min_keep_ratio} per group"
+            + (f" in units of channel_multiple={m}" if m > 1 else "") + "; raise the target or lower the floor"
         )
     w = widths_of(keep)
     initial_macs = macs = cost.macs(w)
     removed = added = 0
-    prunable_idx = np.asarray(gids)
-    eye = np.eye(cost.num_groups, dtype=np.int64)[prunable_idx]
-    big = np.iinfo(np.int64).max // 4
+    # Units of one group differ in size only by the remainder: one MACs step per (group, unit size).
+    pairs, pair_of = np.unique(np.stack([group_of, size_of], axis=1), axis=0, return_inverse=True)
+    pair_of = pair_of.reshape(-1)
+    pair_steps = np.zeros((len(pairs), cost.num_groups), np.int64)
+    pair_steps[np.arange(len(pairs)), pairs[:, 0]] = pairs[:, 1]
 
     def step_costs(widths: np.ndarray, sign: int) -> np.ndarray:
-        """MACs change of adding (+1) or the saving of removing (-1) one channel of each group."""
-        out = np.full(cost.num_groups, big)
-        out[prunable_idx] = sign * (cost.macs(widths[None, :] + sign * eye) - cost.macs(widths))
-        return out
+        """Per unit: the MACs added by adding it (+1) or saved by removing it (-1), at ``widths``."""
+        return (sign * (cost.macs(widths[None, :] + sign * pair_steps) - cost.macs(widths)))[pair_of]
 
     lower = (1 - tolerance) * target_macs
     start_keep = keep.copy()
@@ -184,7 +197,7 @@ def exact_target(
         cand = np.flatnonzero(keep & ~protected)
         cand = cand[np.lexsort((-channel[cand], score[cand]))]
         onehot = np.zeros((cand.size, cost.num_groups), np.int64)
-        onehot[np.arange(cand.size), group_of[cand]] = 1
+        onehot[np.arange(cand.size), group_of[cand]] = size_of[cand]
         trajectory = w[None, :] - np.cumsum(onehot, axis=0)
         trajectory_macs = cost.macs(trajectory)
         k = int(np.argmax(trajectory_macs <= target_macs))  # exists: floor_macs <= target
@@ -201,9 +214,9 @@ def exact_target(
             saving = step_costs(w, -1)
             for c in cand[k:]:
                 g = group_of[c]
-                if macs - saving[g] >= lower:
+                if macs - saving[c] >= lower:
                     keep[c] = False
-                    w[g] -= 1
+                    w[g] -= size_of[c]
                     macs = cost.macs(w)
                     saving = step_costs(w, -1)
                     if macs <= target_macs:
@@ -222,13 +235,15 @@ def exact_target(
         delta = step_costs(w, +1)
         for c in cand:
             slack = target_macs - macs
-            if slack < delta[prunable_idx].min():
+            if slack < delta[cand].min():
                 break
             g = group_of[c]
-            if delta[g] <= slack and c != banned:
+            if remainder[c] and np.any(~keep & ~remainder & (group_of == g)):
+                continue  # the short unit only completes a group to its full width
+            if delta[c] <= slack and c != banned:
                 keep[c] = True
-                w[g] += 1
-                macs += int(delta[g])
+                w[g] += size_of[c]
+                macs += int(delta[c])
                 n += 1
                 delta = step_costs(w, +1)
         return keep, w, macs, n
@@ -246,7 +261,7 @@ def exact_target(
             c = members[np.lexsort((-channel[members], score[members]))[0]]
             trial_keep, trial_w = keep.copy(), w.copy()
             trial_keep[c] = False
-            trial_w[gid] -= 1
+            trial_w[gid] -= size_of[c]
             trial = fill(trial_keep, trial_w, cost.macs(trial_w), banned=c)
             if trial[2] > macs and (best is None or trial[2] > best[2]):
                 best = trial
@@ -255,8 +270,18 @@ def exact_target(
         keep, w, macs, n = best
         added += n
         swaps += 1
+    selection = {}
+    for gid in gids:
+        kept = [unit_channels[i] for i in np.flatnonzero(keep & (group_of == gid))]
+        chosen = np.sort(np.concatenate(kept)) if kept else np.zeros(0, np.int64)
+        size = graph.groups[gid].size
+        if chosen.size != size and chosen.size % m:
+            # the remainder unit is kept without some other unit: drop the remainder's weakest channels
+            s = np.asarray(scores[gid], np.float64)[chosen]
+            chosen = np.sort(chosen[np.lexsort((-chosen, s))[chosen.size % m:]])
+            w[gid] = chosen.size
+        selection[gid] = chosen
     macs = cost.macs(w)  # recount exactly, never trust the running sum
-    selection = {gid: np.sort(channel[keep & (group_of == gid)]) for gid in gids}
     info = {
         "target_macs": float(target_macs),
         "achieved_macs": int(macs),
@@ -271,6 +296,7 @@ def exact_target(
         "restarted_from_full": False,
         "min_channels": int(min_channels),
         "min_keep_ratio": float(min_keep_ratio),
+        "channel_multiple": m,
         "params": int(cost.params(w)),
     }
     in_band = (1 - tolerance) * target_macs <= macs <= target_macs
@@ -278,7 +304,7 @@ def exact_target(
         # The starting mask led to a corner the greedy steps cannot leave: rank from the full network.
         everything = {gid: np.ones(graph.groups[gid].size, bool) for gid in gids}
         retry = exact_target(cost, scores, target_macs, everything, min_channels, tolerance, strict=False,
-                             min_keep_ratio=min_keep_ratio)
+                             min_keep_ratio=min_keep_ratio, channel_multiple=m)
         if (1 - tolerance) * target_macs <= retry[1]["achieved_macs"] <= target_macs:
             retry[1].update(initial_macs=int(initial_macs), restarted_from_full=True)
             return retry
@@ -286,8 +312,28 @@ def exact_target(
         raise ValueError(
             f"could not reach the target within {tolerance:.1%}: {macs} MACs for a target of {target_macs:.0f} "
             f"({info['relative_error']:+.2%}); the model's channel groups are too coarse for this target"
+            + (f" at channel_multiple={m} (a smaller multiple or a larger tolerance reaches closer)" if m > 1 else "")
         )
     return selection, info
+
+
+def _units(graph: ChannelGraph, scores: Mapping[int, np.ndarray], gids: Sequence[int], m: int
+           ) -> list[tuple[int, int, np.ndarray]]:
+    """(group id, position in group, channel indices) of every unit the exact-target step ranks.
+
+    m = 1: one unit per channel, in index order. m > 1: each group's channels by score (best first,
+    ties by index), cut into runs of m; the ``size % m`` weakest channels are the last, short run.
+    """
+    units = []
+    for gid in gids:
+        size = graph.groups[gid].size
+        if m == 1:
+            units += [(gid, c, np.array([c])) for c in range(size)]
+            continue
+        order = np.lexsort((np.arange(size), -np.asarray(scores[gid], np.float64)))
+        runs = [run for run in np.split(order, np.arange(m, size, m)) if run.size]
+        units += [(gid, i, run) for i, run in enumerate(runs)]
+    return units
 
 
 def method_scores(method: str, graph: ChannelGraph, logits: Mapping[int, np.ndarray] | None = None
@@ -308,13 +354,13 @@ def method_scores(method: str, graph: ChannelGraph, logits: Mapping[int, np.ndar
 
 def select_channels(method: str, cost: CostModel, target_macs_ratio: float,
                     logits: Mapping[int, np.ndarray] | None = None, min_channels: int = 1,
-                    tolerance: float = 0.01, min_keep_ratio: float = 0.0
+                    tolerance: float = 0.01, min_keep_ratio: float = 0.0, channel_multiple: int = 1
                     ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
     """The exact-target selection of ``method`` at ``target_macs_ratio`` of the full model's MACs."""
     ratio = check_target_ratio(target_macs_ratio)
     scores, initial = method_scores(method, cost.graph, logits)
     selection, info = exact_target(cost, scores, ratio * cost.macs(), initial, min_channels, tolerance,
-                                   min_keep_ratio=min_keep_ratio)
+                                   min_keep_ratio=min_keep_ratio, channel_multiple=channel_multiple)
     info["method"] = method
     return selection, info
 

@@ -136,6 +136,7 @@ def write_report(
         ("MACs of the open gates (before exact-target)", _fmt_int(info.get("initial_macs", 0))),
         ("filters removed / added by the exact-target step",
          f"{info.get('removed_by_greedy', 0)} / {info.get('added_by_greedy', 0)}"),
+        ("channel multiple (kept widths: multiples of it, or full)", str(info.get("channel_multiple", 1))),
     ]
     for k, v in (metrics or {}).items():
         summary.append((k, f"{v:.4f}" if isinstance(v, float) else str(v)))

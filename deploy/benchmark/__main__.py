@@ -3,12 +3,15 @@
 Usage::
 
     python -m deploy.benchmark --target host --model m.tflite --out bench.json [--threads 1 --runs 100 --warmup 10]
+    python -m deploy.benchmark --target host --model a.tflite --out a.json --model b.tflite --out b.json --rounds 5
     python -m deploy.benchmark --target android --model m.tflite --out bench.json \\
         --benchmark_binary android_aarch64_benchmark_model [--serial SERIAL --taskset f0 --threads 4] \\
         [--use_gpu | --use_nnapi | --nouse_xnnpack] [--noenable_op_profiling]
     python -m deploy.benchmark --target coral --model m_edgetpu.tflite --out bench.json
 
-host: LiteRT's interpreter with XNNPACK (``--nouse_xnnpack`` for the builtin kernels). android: the
+host: LiteRT's interpreter with XNNPACK (``--nouse_xnnpack`` for the builtin kernels); several
+``--model``/``--out`` pairs are timed in ``--rounds`` interleaved rounds (A B A B ...), so background
+load hits them alike, and each gets its own benchmark.json. android: the
 official TFLite benchmark_model binary (supplied with --benchmark_binary) pushed to /data/local/tmp
 and run over adb. coral: the Edge TPU delegate (libedgetpu) through LiteRT. The schema of
 benchmark.json is documented in deploy/benchmark/schema.py. Exit codes: 0 done, 1 the benchmark
@@ -27,8 +30,9 @@ from deploy.benchmark import schema
 def define_flags() -> None:
     """The program's flags."""
     flags.DEFINE_enum("target", None, list(schema.TARGETS), "where to run: host, android (adb) or coral (Edge TPU)")
-    flags.DEFINE_string("model", None, "the .tflite to benchmark")
-    flags.DEFINE_string("out", None, "where to write benchmark.json")
+    flags.DEFINE_multi_string("model", None, "the .tflite to benchmark (host: repeat to time several, interleaved)")
+    flags.DEFINE_multi_string("out", None, "where to write benchmark.json (one per --model, in the same order)")
+    flags.DEFINE_integer("rounds", 1, "host: interleaved rounds over the models (--runs are split over them)")
     flags.DEFINE_integer("threads", 1, "CPU threads (benchmark_model --num_threads on android)")
     flags.DEFINE_integer("runs", 100, "timed runs (benchmark_model --num_runs: a minimum, it runs for >= 1 s)")
     flags.DEFINE_integer("warmup", 10, "warm-up runs before timing")
@@ -55,9 +59,18 @@ def main() -> None:
     FLAGS = flags.FLAGS
     if FLAGS.target is None:
         raise UsageError(f"--target is required: one of {list(schema.TARGETS)}")
-    model = programs.require_file(FLAGS.model, "model")
+    if not FLAGS.model:
+        raise UsageError("--model is required: the .tflite to benchmark")
+    paths = [programs.require_file(m, "model") for m in FLAGS.model]
+    model = paths[0]
     if not FLAGS.out:
         raise UsageError("--out is required: where to write benchmark.json")
+    if len(FLAGS.out) != len(paths):
+        raise UsageError(f"give one --out per --model: got {len(paths)} --model and {len(FLAGS.out)} --out")
+    if len(paths) > 1 and FLAGS.target != "host":
+        raise UsageError(f"several --model are timed on --target host only (got --target {FLAGS.target})")
+    if FLAGS.rounds < 1 or FLAGS.rounds > FLAGS.runs:
+        raise UsageError(f"--rounds must be between 1 and --runs ({FLAGS.runs}), got {FLAGS.rounds}")
     if FLAGS.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {FLAGS.threads}")
     if FLAGS.runs < 1:
@@ -69,9 +82,10 @@ def main() -> None:
     if android_only:
         raise UsageError(f"--{', --'.join(android_only)} only apply to --target android (got --target {FLAGS.target})")
     if FLAGS.target == "host":
-        from deploy.benchmark.host import benchmark_host
+        from deploy.benchmark.host import benchmark_host_models
 
-        record = benchmark_host(model, threads=FLAGS.threads, runs=FLAGS.runs, warmup=FLAGS.warmup, use_xnnpack=FLAGS.use_xnnpack)
+        records = benchmark_host_models(paths, threads=FLAGS.threads, runs=FLAGS.runs, warmup=FLAGS.warmup,
+                                        rounds=FLAGS.rounds, use_xnnpack=FLAGS.use_xnnpack)
     elif FLAGS.target == "android":
         from deploy.benchmark.android import benchmark_android
 
@@ -101,6 +115,7 @@ def main() -> None:
             run_timeout_s=FLAGS.run_timeout,
             cleanup=FLAGS.cleanup,
         )
+        records = [record]
     else:
         from deploy.benchmark.coral import benchmark_coral
 
@@ -108,14 +123,17 @@ def main() -> None:
             model, threads=FLAGS.threads, runs=FLAGS.runs, warmup=FLAGS.warmup,
             library=FLAGS.edgetpu_library, device=FLAGS.edgetpu_device,
         )
-    schema.write_benchmark(FLAGS.out, record)
-    lat = record["latency_ms"]
-    p50 = "n/a" if lat["p50"] is None else f"{lat['p50']:.3f}"
-    memory = "" if record["peak_memory_mb"] is None else f", peak memory {record['peak_memory_mb']:.1f} MB"
-    print(
-        f"benchmark: {record['target']} ({record['delegate']}, {record['threads']} thread(s)): {record['model']['name']} "
-        f"mean {lat['mean']:.3f} ms, p50 {p50} ms over {record['runs']} runs{memory}\nbenchmark: wrote {FLAGS.out}"
-    )
+        records = [record]
+    for record, out in zip(records, FLAGS.out):
+        schema.write_benchmark(out, record)
+        lat = record["latency_ms"]
+        p50 = "n/a" if lat["p50"] is None else f"{lat['p50']:.3f}"
+        memory = "" if record["peak_memory_mb"] is None else f", peak memory {record['peak_memory_mb']:.1f} MB"
+        print(
+            f"benchmark: {record['target']} ({record['delegate']}, {record['threads']} thread(s)): "
+            f"{record['model']['name']} mean {lat['mean']:.3f} ms, p50 {p50} ms over {record['runs']} runs{memory}"
+            f"\nbenchmark: wrote {out}"
+        )
 
 
 if __name__ == "__main__":

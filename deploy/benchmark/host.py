@@ -8,6 +8,7 @@ process's peak resident set size (``getrusage``), which includes Python and Lite
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -87,27 +88,58 @@ def make_interpreter(
 
 def benchmark_host(model_path: str, threads: int = 1, runs: int = 100, warmup: int = 10, use_xnnpack: bool = True, seed: int = 0) -> dict[str, Any]:
     """Benchmarks ``model_path`` on this machine; returns the ``benchmark.json`` payload."""
+    return benchmark_host_models([model_path], threads, runs, warmup, 1, use_xnnpack, seed)[0]
+
+
+def benchmark_host_models(
+    model_paths: Sequence[str], threads: int = 1, runs: int = 100, warmup: int = 10, rounds: int = 1,
+    use_xnnpack: bool = True, seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Benchmarks several models in ``rounds`` interleaved rounds (A B A B ...), so background load
+    hits them alike; each gets ``runs`` timed runs in all. Returns one ``benchmark.json`` payload each."""
     from deploy import tflite_model
 
     if threads < 1:
         raise DeployError(f"threads must be >= 1, got {threads!r}")
-    data = tflite_model.read_model_bytes(model_path)
-    start = time.perf_counter_ns()
-    interpreter = make_interpreter(data, threads, use_xnnpack, name=model_path)
-    init_ms = (time.perf_counter_ns() - start) / 1e6
-    fill_inputs(interpreter, seed)
-    samples, first_ms = time_invokes(interpreter, runs, warmup)
-    return schema.make_record(
-        model_path,
-        target="host",
-        threads=threads,
-        delegate="xnnpack" if use_xnnpack else "none",
-        warmup=warmup,
-        runs=runs,
-        latency_ms=schema.latency_stats(samples),
-        environment=schema.host_environment(),
-        init_ms=init_ms,
-        first_inference_ms=first_ms,
-        peak_memory_mb=peak_rss_mb(),
-        memory_scope="peak RSS of the benchmarking process (includes Python and LiteRT)",
-    )
+    if rounds < 1:
+        raise DeployError(f"rounds must be >= 1, got {rounds!r}")
+    if runs < rounds:
+        raise DeployError(f"runs ({runs}) must be >= rounds ({rounds}): every round times each model at least once")
+    interpreters, init_ms = [], []
+    for path in model_paths:
+        data = tflite_model.read_model_bytes(path)
+        start = time.perf_counter_ns()
+        interpreters.append(make_interpreter(data, threads, use_xnnpack, name=path))
+        init_ms.append((time.perf_counter_ns() - start) / 1e6)
+        fill_inputs(interpreters[-1], seed)
+    samples: list[list[float]] = [[] for _ in model_paths]
+    first_ms: list[float] = [0.0] * len(model_paths)
+    for r in range(rounds):
+        per_round = runs // rounds + (r < runs % rounds)
+        for i, interpreter in enumerate(interpreters):
+            # later rounds: one untimed invoke re-warms the caches the other models evicted
+            timed, first = time_invokes(interpreter, per_round, warmup if r == 0 else 1)
+            samples[i] += timed
+            if r == 0:
+                first_ms[i] = first
+    environment = schema.host_environment()
+    names = [os.path.basename(p) for p in model_paths]
+    return [
+        schema.make_record(
+            path,
+            target="host",
+            threads=threads,
+            delegate="xnnpack" if use_xnnpack else "none",
+            warmup=warmup,
+            runs=runs,
+            latency_ms=schema.latency_stats(samples[i]),
+            environment=environment,
+            init_ms=init_ms[i],
+            first_inference_ms=first_ms[i],
+            peak_memory_mb=peak_rss_mb(),
+            memory_scope="peak RSS of the benchmarking process (includes Python and LiteRT)",
+            extra={"rounds": rounds, "interleaved_with": names[:i] + names[i + 1:]} if len(model_paths) > 1 or rounds > 1
+            else None,
+        )
+        for i, path in enumerate(model_paths)
+    ]

@@ -19,7 +19,10 @@ Schema ``benchmark`` version 1 (a versioned artifact of ``cafe_tf.io``)::
       "peak_memory_mb": float | null,
       "memory_scope": str | null,    # what peak_memory_mb measures
       "op_profile": list | null,     # Android with --enable_op_profiling: per-op and per-type times
-      "environment": {...},          # machine, OS, runtime versions / device properties
+      "environment": {...},          # machine, OS, runtime versions / device properties; on the
+                                     # host also cpu_features ({feature: bool} of CPU_FEATURES for
+                                     # the machine's architecture) and int8_dot_product (bool, or
+                                     # null when /proc/cpuinfo cannot be read)
       "created": ISO-8601 UTC time,
       "tool": "deploy.benchmark"
     }
@@ -42,6 +45,13 @@ VERSION = 1
 TARGETS = ("host", "android", "coral")
 DELEGATES = ("xnnpack", "none", "gpu", "nnapi", "edgetpu")
 LATENCY_KEYS = ("mean", "std", "min", "max", "p50", "p90", "p99")
+# SIMD and int8 dot-product features (as /proc/cpuinfo names them) that decide whether int8 beats fp32.
+CPU_FEATURES = {
+    "x86_64": ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8"),
+    "aarch64": ("asimd", "asimddp", "i8mm", "sve"),
+}
+# Of those, the ones that give int8 a dot-product instruction (x86 VNNI / AMX, Arm dotprod / i8mm).
+INT8_DOT_PRODUCT = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 REQUIRED = ("model", "target", "threads", "delegate", "warmup", "runs", "latency_ms", "environment", "created")
 
 
@@ -76,17 +86,39 @@ def model_record(path: str) -> dict[str, Any]:
     }
 
 
+def cpu_info(cpuinfo: str, machine: str) -> dict[str, Any]:
+    """CPU model, ``cpu_features`` and ``int8_dot_product`` from the text of /proc/cpuinfo.
+
+    x86 lists features on ``flags`` lines, Arm on ``Features`` lines (where ``asimddp`` is dotprod);
+    Arm kernels often print no model name, so the ``CPU part`` code stands in for it.
+    """
+    model, part, features = "", "", set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key == "cpu part" and not part:
+            part = f"CPU part {value.strip()}"
+        elif key in ("flags", "features"):
+            features |= set(value.split())
+    arch = "aarch64" if machine.lower() in ("aarch64", "arm64") else machine.lower().replace("amd64", "x86_64")
+    wanted = CPU_FEATURES.get(arch, ())
+    return {
+        "cpu": model or part,
+        "cpu_features": {name: name in features for name in wanted},
+        "int8_dot_product": any(name in features for name in INT8_DOT_PRODUCT) if features else None,
+    }
+
+
 def host_environment() -> dict[str, Any]:
-    """The machine and runtime a host / Coral benchmark ran on."""
-    cpu = platform.processor() or ""
+    """The machine and runtime a host / Coral benchmark ran on, with the CPU's SIMD features."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+            cpu = cpu_info(f.read(), platform.machine())
+    except OSError:  # not Linux: the model name only, features unknown
+        cpu = {"cpu": "", "cpu_features": {}, "int8_dot_product": None}
+    cpu["cpu"] = cpu["cpu"] or platform.processor() or ""
     try:
         from importlib import metadata
 
@@ -96,7 +128,7 @@ def host_environment() -> dict[str, Any]:
     return {
         "machine": platform.machine(),
         "system": f"{platform.system()} {platform.release()}",
-        "cpu": cpu,
+        **cpu,
         "cpu_count": os.cpu_count(),
         "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "python": platform.python_version(),
