@@ -194,6 +194,7 @@ class GateTrainer:
     def task_of(self, labels: tf.Tensor) -> tuple[str, bool]:
         """(task, whether the model outputs probabilities) for a batch's ``labels`` (at trace time)."""
         task = self.task or kernel.label_task(labels)
+        kernel.check_labels(task, labels)
         return task, kernel.outputs_probabilities(self.model, task)
 
     def per_example_loss(self, outputs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:

@@ -54,6 +54,8 @@ TASKS = ("classification", "multilabel")
 
 def label_task(labels) -> str:
     """The task a batch's labels encode: "multilabel" for [batch, attributes] 0/1 vectors, else "classification"."""
+    if labels.shape.rank is None:
+        raise ValueError("labels of unknown rank do not tell the task; pass task='classification' or 'multilabel'")
     return "multilabel" if len(labels.shape) == 2 else "classification"
 
 
@@ -119,6 +121,17 @@ def batch_sums(task: str, labels: tf.Tensor, outputs: tf.Tensor, from_logits: bo
     return tf.reduce_sum(loss), tf.reduce_sum(correct), tf.cast(tf.shape(labels)[0], tf.float32)
 
 
+def check_labels(task: str, labels) -> None:
+    """Raises ValueError when ``labels``' rank does not fit ``task`` (class ids [batch], 0/1 vectors [batch, n])."""
+    rank = len(labels.shape)
+    if task == "multilabel" and rank != 2:
+        raise ValueError(f"task='multilabel' needs labels of shape [batch, attributes] (0/1 vectors); got shape "
+                         f"{list(labels.shape)}: class ids are task='classification'")
+    if task == "classification" and rank != 1:
+        raise ValueError(f"task='classification' needs labels of shape [batch] (class ids); got shape "
+                         f"{list(labels.shape)}: [batch, attributes] 0/1 vectors are task='multilabel'")
+
+
 def check_task(task: str | None) -> None:
     """Raises ValueError unless ``task`` is None (read from the labels) or one of :data:`TASKS`."""
     if task is not None and task not in TASKS:
@@ -140,7 +153,9 @@ def make_eval_step(forward: Callable[..., tf.Tensor], task: str | None = None, f
     check_task(task)
 
     def replica_step(images, labels, *args):
-        return batch_sums(task or label_task(labels), labels, forward(images, *args), from_logits)
+        kind = task or label_task(labels)
+        check_labels(kind, labels)
+        return batch_sums(kind, labels, forward(images, *args), from_logits)
 
     @tf.function(reduce_retracing=True)
     def step(batch, *args):
@@ -333,7 +348,7 @@ class Checkpointer:
         latest = self.latest
         if latest is None:
             return None
-        saved = {name.split("/")[0] for name, _ in tf.train.list_variables(latest)}
+        saved = saved_keys(latest)
         objects = dict(self.objects)
         if RNG_KEY in objects and RNG_KEY not in saved:
             legacy = next((k for k in LEGACY_RNG_KEYS if k in saved), None)
@@ -373,6 +388,19 @@ class Checkpointer:
         """Removes a non-chief worker's scratch copy once the run is over (the chief keeps its checkpoints)."""
         if not distribute_lib.is_chief(self.strategy):
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def saved_keys(path: str) -> set[str]:
+    """The top-level keys of the checkpoint ``path`` (``model``, ``optimizer``, ...), from its object graph.
+
+    Read from the graph, not from the variable names: a variable is stored under the first path that
+    reaches it, which may run through another key (the optimizer tracks the model's variables).
+    """
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    return {child.local_name for child in graph.nodes[0].children}
 
 
 def _has_variables(obj: Any) -> bool:
