@@ -14,6 +14,7 @@ from cafe_tf.search import run as search_run
 from cafe_tf.slim import Supernet
 from cafe_tf.space import read_widths
 from cafe_tf.train import standard
+from cafe_tf.train import kernel
 from cafe_tf.train import supernet as S
 from supernet_helpers import cnn
 
@@ -79,9 +80,9 @@ def trained(tmp_path_factory):
 
 
 def test_label_task_reads_the_label_rank():
-    assert S.label_task(tf.zeros([8], tf.int64)) == "classification"
-    assert S.label_task(tf.zeros([8, 40], tf.int64)) == "multilabel"
-    assert S.label_task(np.zeros((8, 40))) == "multilabel"
+    assert kernel.label_task(tf.zeros([8], tf.int64)) == "classification"
+    assert kernel.label_task(tf.zeros([8, 40], tf.int64)) == "multilabel"
+    assert kernel.label_task(np.zeros((8, 40))) == "multilabel"
 
 
 def test_supernet_trains_on_a_multilabel_task_and_scores_per_attribute_accuracy(trained):

@@ -54,9 +54,10 @@ TASKS = ("classification", "multilabel")
 
 def label_task(labels) -> str:
     """The task a batch's labels encode: "multilabel" for [batch, attributes] 0/1 vectors, else "classification"."""
-    if labels.shape.rank is None:
+    rank = tf.TensorShape(labels.shape).rank
+    if rank is None:
         raise ValueError("labels of unknown rank do not tell the task; pass task='classification' or 'multilabel'")
-    return "multilabel" if len(labels.shape) == 2 else "classification"
+    return "multilabel" if rank == 2 else "classification"
 
 
 def outputs_probabilities(model: keras.Model, task: str = "classification") -> bool:
@@ -123,7 +124,9 @@ def batch_sums(task: str, labels: tf.Tensor, outputs: tf.Tensor, from_logits: bo
 
 def check_labels(task: str, labels) -> None:
     """Raises ValueError when ``labels``' rank does not fit ``task`` (class ids [batch], 0/1 vectors [batch, n])."""
-    rank = len(labels.shape)
+    rank = tf.TensorShape(labels.shape).rank
+    if rank is None:
+        return  # known only when the step runs; the loss then fails on its own
     if task == "multilabel" and rank != 2:
         raise ValueError(f"task='multilabel' needs labels of shape [batch, attributes] (0/1 vectors); got shape "
                          f"{list(labels.shape)}: class ids are task='classification'")
