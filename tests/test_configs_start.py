@@ -34,6 +34,25 @@ CONFIG_FILES = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(R
 # Reduced input sizes for the configs whose native input is large (the rest keep theirs).
 REDUCED_IMAGE_SIZE = {"imagenet2012": 32, "celeb_a": 64}
 
+# Seconds each took here (2 busy CPU cores); tracing the first step is most of it and does not shrink
+# with the data. The default suite keeps one config per program, model family and setting that no
+# other config has: the plain loop (cifar10_resnet20_train, fashion_mnist_cnn), the CafeNet supernet
+# (cifar10_resnet20), the prune program (fashion_mnist_resnet20_dagger) and bfloat16 mixed
+# precision with MirroredStrategy (imagenet_mobilenet_v2, the config family whose start failed). The others repeat those code paths with a larger model or
+# another length and run with `make test-slow`:
+SLOW = {
+    "configs/fashion_mnist_resnet20.py": 67,  # = cifar10_resnet20's program and model, on Fashion-MNIST
+    "configs/fashion_mnist_resnet20_full.py": 45,  # = fashion_mnist_resnet20, full length
+    "configs/cifar10_vgg16.py": 37,  # = cifar10_resnet20's recipe, VGG-16
+    "configs/cifar10_mobilenet_v2.py": 70,  # = cifar10_resnet20's recipe, MobileNetV2
+    "configs/cifar10_resnet56.py": 87,  # = cifar10_resnet20's recipe, ResNet-56
+    "configs/cifar10_resnet56_dagger.py": 118,  # = fashion_mnist_resnet20_dagger's program, ResNet-56
+    "configs/imagenet_resnet50.py": 164,  # = imagenet_mobilenet_v2's recipe, ResNet-50
+    "configs/imagenet_resnet50_dagger.py": 146,  # prune program, ResNet-50, bfloat16 pretraining and gates
+    "configs/imagenet_efficientnet_b0.py": 114,  # = imagenet_mobilenet_v2's recipe, EfficientNet-B0
+    "configs/celeba_mobilenet_v2.py": 77,  # imagenet_mobilenet_v2's model on CelebA (its pipeline: test_data)
+}
+
 # Runs in the child: mock data, the stop after the first checkpoint of the folder under test, the program.
 CHILD = r"""
 import json, os, runpy, sys
@@ -70,8 +89,9 @@ def program_of(config) -> tuple[str, str, list[str]]:
             "--config.train.epochs=1", "--config.train.warmup_epochs=0", "--config.train.checkpoint_every=0",
             "--config.train.log_every=1", "--config.dagger.checkpoint_every=1", "--config.dagger.log_every=1"]
     if "supernet" in config:
+        # log_every past the first step: logging runs a probe of the max and min nets, a second trace.
         return "cafe_tf.train_supernet", "checkpoints", [
-            "--config.supernet.checkpoint_every=1", "--config.supernet.log_every=1"]
+            "--config.supernet.checkpoint_every=1", "--config.supernet.log_every=1000"]
     return "cafe_tf.train", "checkpoints", ["--config.train.checkpoint_every=1", "--config.train.log_every=1"]
 
 
@@ -81,13 +101,14 @@ def loop_policy(config) -> str:
     return section.mixed_precision
 
 
-@pytest.mark.parametrize("path", CONFIG_FILES)
+@pytest.mark.parametrize("path", [pytest.param(p, marks=[pytest.mark.slow] if p in SLOW else []) for p in CONFIG_FILES])
 def test_config_starts_training(path, tmp_path):
     config, _ = load(path)
     module, stop_folder, overrides = program_of(config)
     overrides += [f"--config.data.data_dir={tmp_path / 'data'}", "--config.data.batch_size=4",
                   "--config.data.eval_batch_size=4", "--config.data.max_train_examples=8",
                   "--config.data.max_eval_examples=4", "--config.data.shuffle_buffer=8"]
+    assert not set(SLOW) - set(CONFIG_FILES), "SLOW names a config that no longer exists"
     if config.data.name in REDUCED_IMAGE_SIZE:
         overrides.append(f"--config.data.image_size={REDUCED_IMAGE_SIZE[config.data.name]}")
     load(path, *overrides)  # the overrides exist and type-check before a process is spent on them
