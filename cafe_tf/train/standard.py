@@ -14,6 +14,10 @@ config. The loop reads top to bottom:
    evaluation on ``eval_splits``;
 4. ``<workdir>/metrics.json`` (versioned artifact) and ``<workdir>/model.keras``, written atomically.
 
+Only the step function is this loop's own; checkpoints, history, progress, the L2 penalty, the
+losses and the evaluation come from :mod:`cafe_tf.train.kernel`, shared with the supernet and gate
+training loops.
+
 Recipe choices (documented here once):
 
 * **Weight decay** is L2 in the loss on conv / dense kernels only (not biases, not BN):
