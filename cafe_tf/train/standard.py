@@ -221,15 +221,7 @@ def fit(
             f"set config.model.num_classes={num_classes} (or 0)"
         )
 
-    schedule = learning_rate(train, spe)
-    with strategy.scope():
-        optimizer = make_optimizer(train, schedule)
-        optimizer.build(model.trainable_variables)  # slots exist before restore, so they are restored too
-        global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
-                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    ckpt = kernel.Checkpointer(strategy, workdir, "checkpoints", max_to_keep=train.keep_checkpoints,
-                               rng_models=[model], run_shape=(spe, batch), model=model, optimizer=optimizer,
-                               step=global_step)
+    schedule, optimizer, global_step, ckpt = training_state(train, model, strategy, workdir, spe, batch)
     resumed_from = ckpt.restore()
     start_step = int(global_step.numpy())
     history = kernel.History(workdir, write=chief)
@@ -331,6 +323,23 @@ def fit(
     for hook in hooks:
         hook.on_train_end(metrics)
     return metrics
+
+
+def training_state(train: ml_collections.ConfigDict, model: keras.Model, strategy: tf.distribute.Strategy,
+                   workdir: str, spe: int, batch: int
+                   ) -> tuple[LearningRate, keras.optimizers.Optimizer, tf.Variable, kernel.Checkpointer]:
+    """The ``train`` recipe's schedule, optimizer and global step under ``strategy``, and the
+    :class:`kernel.Checkpointer` of ``<workdir>/checkpoints`` that holds them with ``model``."""
+    schedule = learning_rate(train, spe)
+    with strategy.scope():
+        optimizer = make_optimizer(train, schedule)
+        optimizer.build(model.trainable_variables)  # slots exist before restore, so they are restored too
+        global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
+                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    ckpt = kernel.Checkpointer(strategy, workdir, "checkpoints", max_to_keep=train.keep_checkpoints,
+                               rng_models=[model], run_shape=(spe, batch), model=model, optimizer=optimizer,
+                               step=global_step)
+    return schedule, optimizer, global_step, ckpt
 
 
 def steps_per_epoch(data: DataSource, strategy: tf.distribute.Strategy) -> int:

@@ -416,15 +416,7 @@ def train(
         supernet = Supernet(model)
     space = space_from_section(supernet.graph, section)
     options = _options(section)
-    schedule = standard.learning_rate(section, spe)
-    with strategy.scope():
-        optimizer = standard.make_optimizer(section, schedule)
-        optimizer.build(model.trainable_variables)  # slots exist before restore, so they are restored too
-        global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
-                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    ckpt = kernel.Checkpointer(strategy, workdir, "checkpoints", max_to_keep=section.keep_checkpoints,
-                               rng_models=[model], run_shape=(spe, batch), model=model, optimizer=optimizer,
-                               step=global_step)
+    schedule, optimizer, global_step, ckpt = standard.training_state(section, model, strategy, workdir, spe, batch)
     settings = settings_of(section)
     settings_path = os.path.join(workdir, "supernet_settings.json")
     if ckpt.latest and os.path.isfile(settings_path):
