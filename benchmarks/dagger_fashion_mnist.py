@@ -175,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from absl import logging
 
+    from cafe_tf import data as data_lib
     from cafe_tf import io
     from cafe_tf.config import validate
     from cafe_tf.dagger import pipeline
-    from cafe_tf.train import standard
 
     logging.set_verbosity(logging.WARNING)
     rows = []
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         base = _config(args, pre_seed, arm=False)
         validate(base, extra_validators=pipeline.extra_validators())
         seed_dir = os.path.join(workdir, f"seed{seed}")
-        data = standard.make_data_source(base.data, seed=pre_seed, eval_splits=("test",))
+        data = data_lib.make_data_source(base.data, seed=pre_seed, eval_splits=("test",))
         t0 = time.time()
         _, pretrained = pipeline.stage_pretrain(base, os.path.join(workdir, f"seed{pre_seed}"), data)
         print(f"seed {seed}: pretrained {pretrained} ({time.time() - t0:.0f} s)", flush=True)

@@ -36,19 +36,19 @@ import tensorflow as tf
 from cafe_tf import models
 from cafe_tf.slim import Supernet
 from cafe_tf.space import SearchSpace
-from cafe_tf.train import standard
+from cafe_tf.train import kernel
 from cafe_tf.train.supernet import MinMinOptions, MinMinTrainer, Slot, plan_step, step_rng
 
 
 def plain_step_fn(model: keras.Model, optimizer, num_classes: int, weight_decay: float):
     """The standard loop's step (cross-entropy + L2 on kernels), without a strategy."""
-    decayed = [v for v in model.trainable_variables if standard.is_decayed(v)]
+    decayed = [v for v in model.trainable_variables if kernel.is_decayed(v)]
 
     @tf.function
     def step(images, labels):
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
-            loss = tf.reduce_mean(standard.per_example_loss("classification", labels, logits, num_classes))
+            loss = tf.reduce_mean(kernel.per_example_loss("classification", labels, logits, num_classes))
             loss += 0.5 * weight_decay * tf.add_n([tf.reduce_sum(tf.square(v)) for v in decayed])
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))

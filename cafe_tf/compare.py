@@ -165,15 +165,15 @@ def bins_in(space, record) -> list[int]:
 def score_nets(config, workdir: str, arm: str, records: dict[str, dict], data=None) -> dict[str, float]:
     """Scores of ``records`` (name -> widths.json record) by ``arm``'s supernet, cached in ranking/scores_<arm>.json.
 
-    ``data`` (a ``standard.DataSource``) replaces the one ``config.data`` describes.
+    ``data`` (a ``cafe_tf.data.DataSource``) replaces the one ``config.data`` describes.
     """
+    from cafe_tf import data as data_lib
     from cafe_tf.search import run as search_run
     from cafe_tf.search.evaluator import ScoreCache
-    from cafe_tf.train import standard
 
     path, _, _, supernet, space = search_run.load_supernet(supernet_path(workdir, arm))
     if data is None:
-        data = standard.make_data_source(config.data, seed=config.search.seed, eval_splits=("validation",),
+        data = data_lib.make_data_source(config.data, seed=config.search.seed, eval_splits=("validation",),
                                          input_scaling=config.model.input_scaling)
     evaluator, fingerprint = search_run.make_evaluator(config, supernet, space, path, data)
     cache = ScoreCache(evaluator, os.path.join(workdir, "ranking", f"scores_{arm}.json"), fingerprint)

@@ -34,6 +34,8 @@ import ml_collections
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant", "step")
+# Every training loop runs each of these (cafe_tf.train.kernel builds the model under the policy and
+# scales the loss for float16), so validating against this list refuses exactly what they refuse.
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 

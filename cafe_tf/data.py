@@ -45,7 +45,7 @@ import shutil
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -650,3 +650,107 @@ def _inception_crop_jpeg(jpeg: tf.Tensor, size: tuple[int, int], seed: tf.Tensor
     crop = tf.io.decode_and_crop_jpeg(jpeg, window, channels=3)
     crop = tf.image.resize(crop, size, method="bilinear", antialias=False)
     return tf.cast(tf.clip_by_value(tf.round(crop), 0, 255), tf.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Data sources: what a training loop, the search and the programs read from a ``data`` section
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """What a loop trains and evaluates on.
+
+    ``make_train(epoch, skip_batches, input_context)`` returns epoch ``epoch``'s batches (one pass,
+    per-replica batch size, ``skip_batches`` global steps already done); ``make_eval[split]
+    (input_context)`` an eval split's batches. Both are called by
+    ``strategy.distribute_datasets_from_function``.
+    """
+
+    info: DatasetInfo
+    image_shape: tuple[int, int, int]
+    train_examples: int
+    global_batch: int
+    make_train: Callable[[int, int, tf.distribute.InputContext | None], tf.data.Dataset]
+    make_eval: Mapping[str, Callable[[tf.distribute.InputContext | None], tf.data.Dataset]]
+
+
+def _num_examples(ds: tf.data.Dataset, info: DatasetInfo, split: str) -> int:
+    if split in info.split_sizes:
+        return int(info.split_sizes[split])
+    n = int(ds.cardinality())  # known for mocked data, unknown (-2) for some sources
+    if n < 0:
+        raise DatasetError(f"cannot tell how many examples split {split!r} of {info.name!r} has")
+    return n
+
+
+def make_data_source(data: Any, seed: int, eval_splits: Sequence[str] = ("validation", "test"),
+                     drop_eval_remainder: bool = False, input_scaling: str = "mean_std") -> DataSource:
+    """Builds the :class:`DataSource` the ``data`` config section describes (see cafe_tf.config), its
+    images scaled as ``input_scaling`` (``config.model.input_scaling``) says."""
+    load_kwargs = dict(
+        data_dir=data.data_dir or None,
+        download=data.download,
+        validation_size=None if data.validation_size < 0 else data.validation_size,
+        attribute=data.attribute or None,
+    )
+    train_ds, info = load(data.name, "train", **load_kwargs)
+    info = dataclasses.replace(info, input_scaling=input_scaling)  # the pipelines read it from info
+    n_train = _num_examples(train_ds, info, "train")
+    if data.max_train_examples:
+        n_train = min(n_train, data.max_train_examples)
+        train_ds = train_ds.take(n_train)
+    if data.cache:
+        train_ds = train_ds.cache()  # one cache shared by every epoch's pipeline
+    image_size = data.image_size or None
+    image_shape = resolve_image_size(info, image_size)
+    eval_batch = data.eval_batch_size or data.batch_size
+
+    def make_train(epoch: int, skip_batches: int, ctx: tf.distribute.InputContext | None) -> tf.data.Dataset:
+        return input_pipeline(
+            train_ds, info, True, data.batch_size, image_size=image_size, augment=data.augment,
+            shuffle_buffer=data.shuffle_buffer, seed=seed, epoch=epoch, skip_batches=skip_batches,
+            drop_remainder=True, input_context=ctx,
+        )
+
+    def eval_maker(split: str):
+        ds, _ = load(data.name, split, **load_kwargs)
+        if data.max_eval_examples:
+            ds = ds.take(data.max_eval_examples)
+        if data.cache:
+            ds = ds.cache()
+
+        def make_eval(ctx: tf.distribute.InputContext | None) -> tf.data.Dataset:
+            return input_pipeline(ds, info, False, eval_batch, image_size=image_size,
+                                  drop_remainder=drop_eval_remainder, input_context=ctx)
+
+        return make_eval
+
+    return DataSource(info=info, image_shape=image_shape, train_examples=n_train, global_batch=data.batch_size,
+                      make_train=make_train, make_eval={split: eval_maker(split) for split in eval_splits})
+
+
+def calibration_batches(data: DataSource, num_examples: int) -> list[tuple[tf.Tensor, tf.Tensor]]:
+    """The first ``num_examples`` examples of epoch 0's seeded training pipeline, for BN recalibration.
+
+    Augmented training images, as AutoSlim and CafeNet recalibrate on the training distribution;
+    the pipeline's order depends only on the seed, so every candidate sees the same images.
+    """
+    if num_examples < 1:
+        raise ValueError(f"num_examples={num_examples!r} is invalid; BN recalibration needs >= 1 training image")
+    return take_batches(lambda ctx: data.make_train(0, 0, ctx), num_examples)
+
+
+def take_batches(make: Callable[[Any], tf.data.Dataset], max_examples: int) -> list[tuple[tf.Tensor, tf.Tensor]]:
+    """The first ``max_examples`` examples (0 = all) of a pipeline ``make(None)``, as in-memory batches."""
+    out, seen = [], 0
+    for images, labels in make(None):
+        if max_examples and seen >= max_examples:
+            break
+        if max_examples and seen + int(images.shape[0]) > max_examples:
+            keep = max_examples - seen
+            images, labels = images[:keep], labels[:keep]
+        out.append((images, labels))
+        seen += int(images.shape[0])
+    if not out:
+        raise DatasetError("the pipeline yielded no examples; check the split and max_eval_examples")
+    return out

@@ -323,3 +323,30 @@ def selection_from_record(graph: ChannelGraph, record: Mapping[str, Any]) -> dic
             raise ValueError(f"group {g['name']!r} has {group.size} channels in the model but {g['size']} in widths.json")
         selection[group.id] = np.asarray(g["channels"], dtype=np.int64)
     return graph.validate_selection(selection)
+
+
+# -------------------------------------------------------------------------------------------------
+# A space from a config section, and the supernet record that names one
+
+
+SUPERNET_SCHEMA = "cafe_tf.supernet"
+SUPERNET_VERSION = 1
+
+
+def space_from_section(graph: ChannelGraph, section: Any) -> SearchSpace:
+    """The search space a ``supernet`` config section (or a recorded ``space`` dict) describes."""
+    return SearchSpace(graph, granularity=section["granularity"], sharing=section["sharing"], r=int(section["r"]),
+                       num_bins=int(section["num_bins"]), max_bin=int(section["max_bin"]))
+
+
+def read_supernet(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads and validates ``supernet.json`` (model, space, settings); raises ``io.ArtifactError`` naming the problem."""
+    def check(obj):
+        for key in ("name", "input_shape", "num_classes", "width_mult"):
+            if key not in obj["model"]:
+                raise ValueError(f"'model' lacks {key!r}")
+        for key in ("granularity", "sharing", "r", "num_bins", "max_bin"):
+            if key not in obj["space"]:
+                raise ValueError(f"'space' lacks {key!r}")
+
+    return io.read_artifact(path, SUPERNET_SCHEMA, (SUPERNET_VERSION,), ("model", "space", "settings"), check)

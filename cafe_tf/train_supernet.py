@@ -28,10 +28,10 @@ _CONFIG, _WORKDIR = programs.define_config_flags()
 
 
 def main(config, workdir: str) -> None:
+    from cafe_tf import data as data_lib
     from cafe_tf import distribute as distribute_lib
     from cafe_tf.config import ConfigError, to_dict
     from cafe_tf.models import source as source_lib
-    from cafe_tf.train import standard
     from cafe_tf.train import supernet as supernet_lib
 
     if "supernet" not in config:
@@ -39,7 +39,7 @@ def main(config, workdir: str) -> None:
                           "(see configs/fashion_mnist_resnet20.py)")
     section = config.supernet
     strategy = distribute_lib.strategy_from_config(config.distribute)
-    data = standard.make_data_source(
+    data = data_lib.make_data_source(
         config.data, seed=section.seed, eval_splits=tuple(section.eval_splits),
         drop_eval_remainder=not distribute_lib.supports_partial_batches(strategy),
         input_scaling=config.model.input_scaling)

@@ -55,7 +55,7 @@ def separable_source(n=192, batch=16, shape=(12, 12, 1), classes=3, seed=0, n_va
     def make_eval(ctx):
         return data.input_pipeline(val_ds, info, False, batch, input_context=ctx)
 
-    return standard.DataSource(info, shape, n, batch, make_train, {"validation": make_eval})
+    return data.DataSource(info, shape, n, batch, make_train, {"validation": make_eval})
 
 
 def cnn(shape=(12, 12, 1), classes=3):

@@ -13,7 +13,7 @@ from cafe_tf.search import SupernetEvaluator
 from cafe_tf.search import run as search_run
 from cafe_tf.slim import Supernet
 from cafe_tf.space import read_widths
-from cafe_tf.train import standard
+from cafe_tf.train import kernel
 from cafe_tf.train import supernet as S
 from supernet_helpers import cnn
 
@@ -48,7 +48,7 @@ def multilabel_source(n=192, batch=16, shape=(12, 12, 1), seed=0, n_val=96):
     def make_eval(ctx):
         return data.input_pipeline(val_ds, info, False, batch, input_context=ctx)
 
-    return standard.DataSource(info, shape, n, batch, make_train, {"validation": make_eval})
+    return data.DataSource(info, shape, n, batch, make_train, {"validation": make_eval})
 
 
 def model():
@@ -79,9 +79,9 @@ def trained(tmp_path_factory):
 
 
 def test_label_task_reads_the_label_rank():
-    assert S.label_task(tf.zeros([8], tf.int64)) == "classification"
-    assert S.label_task(tf.zeros([8, 40], tf.int64)) == "multilabel"
-    assert S.label_task(np.zeros((8, 40))) == "multilabel"
+    assert kernel.label_task(tf.zeros([8], tf.int64)) == "classification"
+    assert kernel.label_task(tf.zeros([8, 40], tf.int64)) == "multilabel"
+    assert kernel.label_task(np.zeros((8, 40))) == "multilabel"
 
 
 def test_supernet_trains_on_a_multilabel_task_and_scores_per_attribute_accuracy(trained):

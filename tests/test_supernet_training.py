@@ -184,6 +184,14 @@ def test_config_section_errors_name_the_key():
     s.eval_splits = ("validation", "test")
     with pytest.raises(ConfigError, match="must not contain 'test'"):
         S.validate_supernet(s)
+    # What the min-min loop runs (test_kernel trains in both) is what the validator accepts, and no more.
+    for policy in ("none", "mixed_float16", "mixed_bfloat16"):
+        S.validate_supernet(section(mixed_precision=policy))
+    s = S.supernet_section()
+    s.mixed_precision = "float16"
+    with pytest.raises(ConfigError, match=r"config.supernet.mixed_precision='float16' is invalid; valid values: "
+                                          r"\['none', 'mixed_float16', 'mixed_bfloat16'\]"):
+        S.validate_supernet(s)
 
 
 def test_default_config_validates():

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from cafe_tf import config as cfg
 from cafe_tf import data, io
-from cafe_tf.train import standard
+from cafe_tf.train import kernel, standard
 from supernet_helpers import HangAfterFirstCheckpoint, free_ports, kill_after_first_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ def synthetic_source(n=64, batch=8, shape=(8, 8, 1), classes=3, task="classifica
     def make_eval(ctx):
         return data.input_pipeline(base, info, False, batch, input_context=ctx)
 
-    return standard.DataSource(info, shape, n, batch, make_train, {"validation": make_eval})
+    return data.DataSource(info, shape, n, batch, make_train, {"validation": make_eval})
 
 
 def tiny_model(shape=(8, 8, 1), classes=3, batchnorm=True):
@@ -120,15 +120,15 @@ def test_learning_rate_schedules():
 def test_losses_with_label_smoothing():
     logits = tf.constant([[2.0, 0.0, -1.0]])
     p = tf.nn.softmax(logits).numpy()[0]
-    plain = standard.per_example_loss("classification", tf.constant([0]), logits, 3)
+    plain = kernel.per_example_loss("classification", tf.constant([0]), logits, 3)
     assert float(plain[0]) == pytest.approx(-math.log(p[0]), rel=1e-6)
-    smooth = standard.per_example_loss("classification", tf.constant([0]), logits, 3, smoothing=0.3)
+    smooth = kernel.per_example_loss("classification", tf.constant([0]), logits, 3, smoothing=0.3)
     target = np.array([0.8, 0.1, 0.1])
     assert float(smooth[0]) == pytest.approx(-(target * np.log(p)).sum(), rel=1e-6)
     ml_logits = tf.constant([[3.0, -3.0]])
-    acc = standard.per_example_accuracy("multilabel", tf.constant([[1, 1]]), ml_logits)
+    acc = kernel.per_example_accuracy("multilabel", tf.constant([[1, 1]]), ml_logits)
     assert float(acc[0]) == 0.5
-    ml_loss = standard.per_example_loss("multilabel", tf.constant([[1, 0]]), ml_logits, 2)
+    ml_loss = kernel.per_example_loss("multilabel", tf.constant([[1, 0]]), ml_logits, 2)
     assert float(ml_loss[0]) == pytest.approx(math.log1p(math.exp(-3.0)), rel=1e-6)
 
 
@@ -153,34 +153,34 @@ def _with_head(model, head):
 def test_softmax_model_has_the_logits_models_loss(head):
     logits_model = tiny_model()
     probs_model = _with_head(logits_model, head)
-    assert standard.outputs_probabilities(probs_model) and not standard.outputs_probabilities(logits_model)
+    assert kernel.outputs_probabilities(probs_model) and not kernel.outputs_probabilities(logits_model)
     x = tf.random.stateless_normal((6, 8, 8, 1), seed=(1, 2)) * 3.0
     labels = tf.constant([0, 1, 2, 2, 1, 0])
     logits, probs = logits_model(x), probs_model(x)
     for smoothing in (0.0, 0.1):
         np.testing.assert_allclose(
-            standard.per_example_loss("classification", labels, probs, 3, smoothing, from_logits=False),
-            standard.per_example_loss("classification", labels, logits, 3, smoothing), rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(standard.per_example_accuracy("classification", labels, probs, from_logits=False),
-                                  standard.per_example_accuracy("classification", labels, logits))
+            kernel.per_example_loss("classification", labels, probs, 3, smoothing, from_logits=False),
+            kernel.per_example_loss("classification", labels, logits, 3, smoothing), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(kernel.per_example_accuracy("classification", labels, probs, from_logits=False),
+                                  kernel.per_example_accuracy("classification", labels, logits))
 
 
 def test_sigmoid_model_has_the_logits_models_multilabel_loss():
     logits_model = tiny_model(classes=4)
     probs_model = _with_head(logits_model, "sigmoid_activation")
-    assert standard.outputs_probabilities(probs_model, "multilabel")
+    assert kernel.outputs_probabilities(probs_model, "multilabel")
     with pytest.raises(cfg.ConfigError, match="ends in a sigmoid but a classification task needs logits or a softmax"):
-        standard.outputs_probabilities(probs_model, "classification")
+        kernel.outputs_probabilities(probs_model, "classification")
     with pytest.raises(cfg.ConfigError, match="ends in a softmax but a multilabel task"):
-        standard.outputs_probabilities(_with_head(logits_model, "softmax_layer"), "multilabel")
+        kernel.outputs_probabilities(_with_head(logits_model, "softmax_layer"), "multilabel")
     x = tf.random.stateless_normal((6, 8, 8, 1), seed=(3, 4)) * 3.0
     labels = tf.constant(np.random.default_rng(0).integers(0, 2, (6, 4)))
     logits, probs = logits_model(x), probs_model(x)
     np.testing.assert_allclose(
-        standard.per_example_loss("multilabel", labels, probs, 4, 0.1, from_logits=False),
-        standard.per_example_loss("multilabel", labels, logits, 4, 0.1), rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(standard.per_example_accuracy("multilabel", labels, probs, from_logits=False),
-                                  standard.per_example_accuracy("multilabel", labels, logits))
+        kernel.per_example_loss("multilabel", labels, probs, 4, 0.1, from_logits=False),
+        kernel.per_example_loss("multilabel", labels, logits, 4, 0.1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(kernel.per_example_accuracy("multilabel", labels, probs, from_logits=False),
+                                  kernel.per_example_accuracy("multilabel", labels, logits))
 
 
 def test_fit_trains_a_softmax_model_as_its_logits_model(tmp_path):
@@ -201,7 +201,7 @@ def test_weight_decay_covers_kernels_only():
     from cafe_tf import models
 
     model = models.build("cnn_small")
-    decayed = sorted(v.path for v in model.trainable_variables if standard.is_decayed(v))
+    decayed = sorted(v.path for v in model.trainable_variables if kernel.is_decayed(v))
     assert decayed == ["conv1/kernel", "conv2/kernel", "conv3/kernel", "fc/kernel", "logits/kernel"]
 
 
@@ -216,7 +216,7 @@ def test_weight_decay_gradient_is_coupled_decay(tmp_path):
     info = data.DatasetInfo("zeros", "classification", 3, (4,), {"train": n}, (0.0,), (1.0,), "none", None,
                             ("a", "b", "c"), "", 0)
     ds = tf.data.Dataset.from_tensor_slices((np.zeros((n, 4), np.float32), np.zeros(n, np.int64))).batch(n)
-    source = standard.DataSource(info, (4,), n, n, lambda e, s, ctx: ds, {})
+    source = data.DataSource(info, (4,), n, n, lambda e, s, ctx: ds, {})
     standard.fit(model, source, train_config(epochs=1, lr=0.1, momentum=0.0, weight_decay=0.01, schedule="constant",
                                              eval_splits=()), str(tmp_path))
     np.testing.assert_allclose(model.get_layer("logits").kernel.numpy(), w0 * (1 - 0.1 * 0.01), rtol=1e-6)

@@ -529,7 +529,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     chief = distribute_lib.is_chief(strategy)
     workdir = distribute_lib.worker_root(strategy, workdir)
     eval_splits = tuple(config.finetune.eval_splits)
-    data = standard.make_data_source(config.data, seed=config.train.seed, eval_splits=eval_splits,
+    data = data_lib.make_data_source(config.data, seed=config.train.seed, eval_splits=eval_splits,
                                      drop_eval_remainder=not distribute_lib.supports_partial_batches(strategy),
                                      input_scaling=config.model.input_scaling)
     if not config.prune.pretrained:  # fail on a channel_multiple wider than a group before pretraining, not after

@@ -20,25 +20,31 @@ share of the global batch, the cross-entropy is summed and divided by the *globa
 and the batch-independent terms (FLOPs regulariser, L2) go through ``scale_regularization_loss``,
 so after the optimizers' all-reduce (sum) they count once, not once per replica: the gradients
 equal those of one device on the whole batch. BN batch statistics are per replica, as in the
-standard loop (use ``BatchNormalization(synchronized=True)`` for global ones). The trainer sets no
-mixed-precision policy: the model runs in its own dtype policy (float32 for ours), without loss
-scaling; losses and gates are float32.
+standard loop (use ``BatchNormalization(synchronized=True)`` for global ones).
 
-Checkpoints (``tf.train.CheckpointManager``: main network, gate module, both optimizers, step) go
-to ``<workdir>/ckpt`` every ``checkpoint_every`` steps and at the end (TensorBoard scalars to
-``<workdir>/tensorboard``, the logged history to ``history.json``); a new trainer on the same
-workdir resumes from the latest one, under any strategy. Given a function of the first step instead
+Mixed precision: the main network runs in the dtype policy it was built (or saved) with, as the
+standard loop built it; under ``mixed_float16`` both optimizers scale the loss (Keras's dynamic
+``LossScaleOptimizer``), ``mixed_bfloat16`` needs no scaling. Losses, gates, the FLOPs regulariser
+and the L2 penalty are float32.
+
+Task: single-label data (softmax cross-entropy, top-1) or multi-label data (mean sigmoid
+cross-entropy over the attributes, per-attribute accuracy), as ``task`` says or, by default, as
+the labels' rank says ([batch] class ids or [batch, attributes] 0/1 vectors).
+
+Everything around the step comes from ``cafe_tf.train.kernel``: checkpoints (main network, gate
+module, both optimizers, step, random-seed states) in ``<workdir>/ckpt`` every ``checkpoint_every``
+steps and at the end (``distribute.worker_root``: the other workers of a multi-worker cluster save
+to their scratch folder, as saving is collective); the versioned ``history.json``; TensorBoard
+scalars in ``<workdir>/tensorboard``; the progress display. A new trainer on the same workdir
+resumes from the latest checkpoint, under any strategy. Given a function of the first step instead
 of a fixed iterable, the input pipeline continues exactly where the checkpoint left it (the program
-uses the standard loop's seeded per-epoch pipelines for that). Under multi-worker training only the
-chief writes them (the others save to a scratch folder: saving is collective).
+uses the standard loop's seeded per-epoch pipelines for that).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -53,7 +59,7 @@ from cafe_tf import io
 from cafe_tf.flops import CostModel
 from cafe_tf.graph import ChannelGraph
 from cafe_tf.slim import Supernet
-from cafe_tf.train.standard import is_decayed, outputs_probabilities, write_scalar
+from cafe_tf.train import kernel
 from cafe_tf.dagger.module import GATE_MODES, GateModule, gate_masks, gates_from_logits
 from cafe_tf.dagger.regularizer import FlopsRegularizer
 
@@ -110,6 +116,7 @@ class GateTrainer:
         checkpoint_every: int = 200,
         max_to_keep: int = 2,
         strategy: tf.distribute.Strategy | None = None,
+        task: str | None = None,
     ):
         """``main_optimizer``: the main network's optimizer in joint mode (default SGD, lr 1e-3, momentum 0.9;
         the program builds it with ``cafe_tf.train.standard.make_optimizer``). ``target_ramp``: the fraction of
@@ -118,7 +125,8 @@ class GateTrainer:
         of its highest-logit gates stay open (the exact-target floor, ``prune.group_floor``; default none).
         ``weight_decay``: L2 on the main network's kernels in the loss, the convention of
         ``cafe_tf.train.standard``. ``strategy``
-        (default: the current one): ``model``, ``module`` and ``main_optimizer`` must be built in its scope."""
+        (default: the current one): ``model``, ``module`` and ``main_optimizer`` must be built in its scope.
+        ``task``: "classification" or "multilabel"; None (default) reads it from the labels' rank."""
         if gate_mode not in GATE_MODES:
             raise ValueError(f"gate_mode {gate_mode!r} is not one of {GATE_MODES}")
         if main not in MAIN_MODES:
@@ -151,49 +159,48 @@ class GateTrainer:
                 raise ValueError(f"min_open={min_open} must give one count in [0, size] per group; sizes "
                                  f"{list(module.group_sizes)}")
         self.min_open = min_open
+        kernel.check_task(task)
+        self.task = task
         self.chief = distribute_lib.is_chief(self.strategy)
-        self.probabilities = outputs_probabilities(model)
+        self.policy = kernel.policy_of(model)
+        kernel.keep_bn_statistics_float32(self.supernet)  # frozen_batch_stats normalises with given statistics
         self.main_vars = list(model.trainable_variables) if main == "joint" else []
         # Kernels only (not biases, not BN): the L2 convention of cafe_tf.train.standard.
-        self.decayed = [v for v in self.main_vars if is_decayed(v)]
+        self.decayed = kernel.decayed(self.main_vars)
         self.weight_decay = float(weight_decay)
         with self.strategy.scope():  # optimizer slots and the step are mirrored like the weights
-            self.gate_opt = keras.optimizers.Adam(gate_lr)
+            self.gate_opt = kernel.loss_scaled(keras.optimizers.Adam(gate_lr), self.policy)
             self.gate_opt.build(module.trainable_variables)
-            self.main_opt = main_optimizer or keras.optimizers.SGD(1e-3, momentum=0.9)
+            self.main_opt = kernel.loss_scaled(main_optimizer or keras.optimizers.SGD(1e-3, momentum=0.9),
+                                               self.policy)
             if self.main_vars:
                 self.main_opt.build(self.main_vars)  # slots exist before restore, so they are restored too
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        self.ckpt = tf.train.Checkpoint(model=model, module=module, gate_opt=self.gate_opt, main_opt=self.main_opt,
-                                        step=self.step)
-        ckpt_dir = os.path.join(workdir, "ckpt")
-        if not self.chief:  # saving is collective: the others write a scratch copy
-            ckpt_dir = os.path.join(workdir, f".scratch_{distribute_lib.worker_id(self.strategy)}", "ckpt")
-        self.manager = tf.train.CheckpointManager(self.ckpt, ckpt_dir, max_to_keep=max_to_keep)
+        self.checkpointer = kernel.Checkpointer(
+            self.strategy, workdir, "ckpt", max_to_keep=max_to_keep, rng_models=[model, module], model=model,
+            module=module, gate_opt=self.gate_opt, main_opt=self.main_opt, step=self.step)
+        self.manager = self.checkpointer.manager
         self._step_fn = tf.function(self._distributed_step)
 
     # ----------------------------------------------------------------------------------------
     def restore(self) -> int:
         """Restores the latest checkpoint in the workdir, if any; returns the step reached."""
-        latest = self.manager.latest_checkpoint
+        latest = self.checkpointer.restore()
         if latest:
-            try:
-                self.ckpt.restore(latest).assert_existing_objects_matched()
-            except (AssertionError, ValueError, tf.errors.OpError) as e:
-                raise ValueError(
-                    f"gate checkpoint {latest} does not match this model / gate module ({type(e).__name__}: "
-                    f"{str(e).splitlines()[0] if str(e) else ''}); use a new workdir or remove "
-                    f"{os.path.dirname(latest)}"
-                ) from None
-            logging.info("gate training: resumed from %s at step %d", self.manager.latest_checkpoint,
-                         int(self.step.numpy()))
+            logging.info("gate training: resumed from %s at step %d", latest, int(self.step.numpy()))
         return int(self.step.numpy())
 
+    def task_of(self, labels: tf.Tensor) -> tuple[str, bool]:
+        """(task, whether the model outputs probabilities) for a batch's ``labels`` (at trace time)."""
+        task = self.task or kernel.label_task(labels)
+        kernel.check_labels(task, labels)
+        return task, kernel.outputs_probabilities(self.model, task)
+
     def per_example_loss(self, outputs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-        """Sparse cross-entropy per example (the model's outputs are logits or softmax probabilities)."""
-        return keras.losses.sparse_categorical_crossentropy(
-            labels, tf.cast(outputs, tf.float32), from_logits=not self.probabilities)
+        """Cross-entropy per example (float32) of the task, from logits or a probability head."""
+        task, probabilities = self.task_of(labels)
+        return kernel.per_example_loss(task, labels, outputs, from_logits=not probabilities)
 
     def _replica_step(self, images, labels, temperature, target_macs):
         gate_vars = self.module.trainable_variables
@@ -201,7 +208,8 @@ class GateTrainer:
         count = tf.cast(tf.shape(labels)[0], tf.float32)
         # The global batch's size, so each replica's share of the mean is exact (also for an uneven batch).
         global_count = tf.stop_gradient(ctx.all_reduce(tf.distribute.ReduceOp.SUM, count))
-        with tf.GradientTape() as tape:
+        # Persistent only when two loss scales need two gradients of it (float16 with both optimizers).
+        with tf.GradientTape(persistent=self.policy == "mixed_float16" and bool(self.main_vars)) as tape:
             gates = gates_from_logits(self.module.logits(), self.gate_mode, temperature, self.min_open)
             masks, widths = gate_masks(self.graph, self.module.group_ids, gates)
             if self.main == "frozen_batch_stats":
@@ -211,19 +219,26 @@ class GateTrainer:
             per_example = self.per_example_loss(outputs, labels)
             task_sum = tf.reduce_sum(per_example)
             reg, macs = self.regularizer(widths, target_macs)
-            penalty = reg
-            if self.decayed and self.weight_decay:
-                penalty += 0.5 * self.weight_decay * tf.add_n([tf.reduce_sum(tf.square(v)) for v in self.decayed])
+            penalty = reg + kernel.l2_penalty(self.decayed, self.weight_decay)
             # Every replica adds the batch-independent penalty: scaled by 1/replicas, it counts once in the sum.
             loss = task_sum / global_count + tf.nn.scale_regularization_loss(penalty)
-        grads = tape.gradient(loss, list(gate_vars) + self.main_vars)
-        # The optimizers all-reduce (sum) the gradients across replicas before applying them.
-        self.gate_opt.apply_gradients(zip(grads[: len(gate_vars)], gate_vars))
+            # Each optimizer scales the loss its own way (identity unless float16 needs loss scaling).
+            scaled_gate = self.gate_opt.scale_loss(loss)
+            scaled_main = self.main_opt.scale_loss(loss) if self.main_vars else None
+        # The optimizers all-reduce (sum) the gradients across replicas, unscale them and apply them.
+        if scaled_main is None or scaled_main is scaled_gate:
+            grads = tape.gradient(scaled_gate, list(gate_vars) + self.main_vars)
+            gate_grads, main_grads = grads[: len(gate_vars)], grads[len(gate_vars):]
+        else:  # two loss scales: two gradients of one tape
+            gate_grads = tape.gradient(scaled_gate, gate_vars)
+            main_grads = tape.gradient(scaled_main, self.main_vars)
+        self.gate_opt.apply_gradients(zip(gate_grads, gate_vars))
         if self.main_vars:
-            self.main_opt.apply_gradients(zip(grads[len(gate_vars):], self.main_vars))
-        correct = tf.equal(tf.argmax(outputs, -1, output_type=tf.int32), tf.cast(tf.reshape(labels, [-1]), tf.int32))
+            self.main_opt.apply_gradients(zip(main_grads, self.main_vars))
+        task, probabilities = self.task_of(labels)
+        correct = kernel.per_example_accuracy(task, labels, tf.cast(outputs, tf.float32), not probabilities)
         open_gates = tf.add_n([tf.reduce_sum(tf.cast(g > 0.5, tf.float32)) for g in gates])
-        return {"task_sum": task_sum, "correct": tf.reduce_sum(tf.cast(correct, tf.float32)), "count": count,
+        return {"task_sum": task_sum, "correct": tf.reduce_sum(correct), "count": count,
                 "penalty": penalty, "reg": reg, "macs": macs, "open_gates": open_gates}
 
     def _distributed_step(self, images, labels, temperature, target_macs):
@@ -276,18 +291,16 @@ class GateTrainer:
         the checkpoint left it. See :meth:`distribute` for how they reach the replicas.
         """
         start = self.restore()
-        history = self._load_history()
+        history = kernel.History(self.workdir, write=self.chief)
+        history.load(start)
         if start >= self.total_steps:
-            return history
+            return history.entries
         if callable(batches):
             batches = batches(start)
-        # A progress bar on a terminal; log lines (every log_every steps) otherwise, as the standard loop.
-        bar = (keras.utils.Progbar(self.total_steps, stateful_metrics=["macs_ratio", "open"], unit_name="step")
-               if progress and self.chief and sys.stdout.isatty() else None)
-        if bar is not None and start:
-            bar.update(start)
-        writer = (tf.summary.create_file_writer(os.path.join(self.workdir, "tensorboard")) if self.chief
-                  else tf.summary.create_noop_writer())
+        progress = kernel.Progress(1, self.total_steps, log_every, enabled=progress and self.chief,
+                                   what="gate training")
+        progress.start_epoch(0, start)
+        writer = kernel.summary_writer(os.path.join(self.workdir, "tensorboard"), self.chief)
         full_macs = float(self.regularizer.cost.macs())
         sums: dict[str, float] = {}
         count, t0, step = 0, time.time(), start
@@ -310,9 +323,9 @@ class GateTrainer:
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
-            if bar is not None:
-                bar.update(step + 1, [("loss", values["loss"]), ("acc", values["accuracy"]),
-                                      ("macs_ratio", values["macs"] / full_macs), ("open", values["open_gates"])])
+            progress.update(step + 1, {"loss": values["loss"], "task": values["task"], "reg": values["reg"],
+                                       "acc": values["accuracy"], "macs_ratio": values["macs"] / full_macs,
+                                       "open": values["open_gates"]})
             last = step + 1 == self.total_steps
             if (step + 1) % log_every == 0 or last:
                 record = {k: v / count for k, v in sums.items()}
@@ -320,30 +333,18 @@ class GateTrainer:
                               target_ratio=target / full_macs,
                               macs=values["macs"], open_gates=values["open_gates"],
                               seconds=time.time() - t0)
-                history.append(record)
+                history.append(record, save=False)  # written with the next checkpoint, so the two agree
                 with writer.as_default():
                     for k, v in record.items():
-                        write_scalar(f"gates/{k}", v, step + 1)
-                if self.chief:
-                    logging.info("gate training step %d/%d: loss %.4f task %.4f reg %.4f acc %.3f MACs %.3f of full",
-                                 step + 1, self.total_steps, record["loss"], record["task"], record["reg"],
-                                 record["accuracy"], record["macs_ratio"])
+                        kernel.write_scalar(f"gates/{k}", v, step + 1)
                 if on_log is not None:
                     on_log(record)
                 sums, count = {}, 0
             if (step + 1) % self.checkpoint_every == 0 or last:
-                self.manager.save(checkpoint_number=step + 1)
-                if self.chief:
-                    io.write_json(os.path.join(self.workdir, "history.json"), history)
+                self.checkpointer.save(step + 1)
+                history.save()
         writer.flush()
-        return history
-
-    def _load_history(self) -> list[dict]:
-        path = os.path.join(self.workdir, "history.json")
-        if not os.path.isfile(path):
-            return []
-        with open(path, encoding="utf-8") as f:
-            return [h for h in json.load(f) if h["step"] <= int(self.step.numpy())]
+        return history.entries
 
     # ----------------------------------------------------------------------------------------
     def logits(self) -> list[np.ndarray]:
@@ -351,26 +352,19 @@ class GateTrainer:
         return [l.numpy() for l in self.module.logits()]
 
     def evaluate(self, batches: Iterable, max_batches: int | None = None) -> float:
-        """Top-1 accuracy of the hard-gated network (BN in inference mode) on ``batches``."""
+        """Accuracy of the hard-gated network (BN in inference mode) on ``batches``, as the task defines it."""
         masks, _ = gate_masks(self.graph, self.module.group_ids,
                               gates_from_logits(self.module.logits(), "hard", min_open=self.min_open))
-        fn = tf.function(lambda x: self.supernet(x, masks=masks, training=False))
-        return accuracy(fn, batches, max_batches)
+        return accuracy(lambda x: self.supernet(x, masks=masks, training=False), batches, max_batches, self.task)
 
 
-def accuracy(predict: Callable[[tf.Tensor], tf.Tensor], batches: Iterable, max_batches: int | None = None) -> float:
-    """Top-1 accuracy of ``predict`` (images -> scores) over ``(images, labels)`` batches."""
-    correct = total = 0
-    for i, (images, labels) in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
-            break
-        pred = np.argmax(np.asarray(predict(images)), axis=-1)
-        labels = np.asarray(labels).reshape(-1)
-        correct += int((pred == labels).sum())
-        total += labels.size
-    if total == 0:
-        raise ValueError("accuracy got no batches")
-    return correct / total
+def accuracy(predict: Callable[[tf.Tensor], tf.Tensor], batches: Iterable, max_batches: int | None = None,
+             task: str | None = None) -> float:
+    """Accuracy of ``predict`` (images -> scores) over ``(images, labels)`` batches (:func:`kernel.evaluate`).
+
+    Top-1 for class ids, per-attribute accuracy for multi-label 0/1 vectors (``task`` None: read from the labels).
+    """
+    return kernel.evaluate(kernel.make_eval_step(predict, task), batches, max_batches=max_batches)["accuracy"]
 
 
 # -------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from absl import logging
 from cafe_tf import io
 from cafe_tf.slim import Supernet
 from cafe_tf.space import SearchSpace
+from cafe_tf.train import kernel
 
 CACHE_SCHEMA = "cafe_tf.search_cache"
 CACHE_VERSION = 1
@@ -143,13 +144,13 @@ class SupernetEvaluator:
             raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
         if not calibration or not validation:
             raise ValueError("the evaluator needs calibration images and validation batches; got none")
-        from cafe_tf.train.supernet import label_task, make_eval_fn
-
         self.supernet, self.space = supernet, space
         self.calibration, self.validation = list(calibration), list(validation)
         self.num_candidates, self.seed = int(num_candidates), int(seed)
-        self.task = task or label_task(self.validation[0][1])
-        self._eval_fn = make_eval_fn(supernet, self.task)
+        self.task = task or kernel.label_task(self.validation[0][1])
+        # The kernel's evaluation: the loss and accuracy every training loop reports, here at one width.
+        self._eval_step = kernel.make_eval_step(
+            lambda images, selection: supernet(images, selection=selection, training=False), self.task)
         self.evaluations = 0  # arrangements scored (each: one calibration + one validation pass)
 
     def arrangements(self, widths: Sequence[int]) -> list[tuple[tuple[int, ...], ...]]:
@@ -174,12 +175,11 @@ class SupernetEvaluator:
 
     def score_arrangement(self, arrangement: Sequence[Sequence[int]]) -> tuple[float, float]:
         """(validation accuracy, mean loss) of one arrangement after recalibrating its BN statistics."""
-        from cafe_tf.train.supernet import accuracy_of
-
         selection = self.supernet.trace_selection(self.space.channels(arrangement))
         self.supernet.calibrate_bn(selection, self.calibration)
         self.evaluations += 1
-        return accuracy_of(self.supernet, selection, self.validation, self._eval_fn)
+        result = kernel.evaluate(self._eval_step, self.validation, selection)
+        return result["accuracy"], result["loss"]
 
     def __call__(self, widths: Sequence[int]) -> dict[str, Any]:
         """{"score": best accuracy, "loss", "arrangement" (bins per group), "candidates": accuracies of all K}."""

@@ -20,12 +20,13 @@ import keras
 import ml_collections
 from absl import logging
 
+from cafe_tf import data as data_lib
 from cafe_tf.config import ConfigError, to_dict
 from cafe_tf.search import baselines
 from cafe_tf.search.budget import Budget, BudgetChecker, LatencyPredictor
 from cafe_tf.search.evaluator import ScoreCache, SupernetEvaluator, file_sha256
 from cafe_tf.search.evolution import EvolutionSettings, SearchResult, evaluated_table, evolve, pareto_front
-from cafe_tf.space import SearchSpace, write_widths
+from cafe_tf.space import SearchSpace, read_supernet, space_from_section, write_widths
 
 METHODS = ("evolution", "random", "greedy", "uniform")
 
@@ -141,16 +142,17 @@ def run_search(method: str, checker: BudgetChecker, cache: ScoreCache, section: 
 def load_supernet(path: str) -> tuple[str, dict[str, Any], keras.Model, Any, SearchSpace]:
     """(absolute path, supernet.json record, Keras model, Supernet, SearchSpace) of a trained supernet.keras."""
     from cafe_tf.slim import Supernet
-    from cafe_tf.train import supernet as supernet_lib
+    from cafe_tf.train import kernel
 
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isfile(path):
         raise ValueError(f"supernet {path!r} does not exist; train one with "
                          "`python -m cafe_tf.train_supernet` or set config.search.supernet")
-    record = supernet_lib.read_supernet(os.path.join(os.path.dirname(path), "supernet.json"))
+    record = read_supernet(os.path.join(os.path.dirname(path), "supernet.json"))
     model = keras.models.load_model(path, compile=False)
     supernet = Supernet(model)
-    return path, record, model, supernet, supernet_lib.space_from_section(supernet.graph, record["space"])
+    kernel.keep_bn_statistics_float32(supernet)  # a mixed-precision supernet recalibrates BN in float32
+    return path, record, model, supernet, space_from_section(supernet.graph, record["space"])
 
 
 def check_input_shape(model: keras.Model, data: Any) -> None:
@@ -164,12 +166,10 @@ def check_input_shape(model: keras.Model, data: Any) -> None:
 def make_evaluator(config: ml_collections.ConfigDict, supernet: Any, space: SearchSpace, supernet_path: str,
                    data: Any) -> tuple[SupernetEvaluator, dict[str, Any]]:
     """The supernet evaluator ``config.search`` describes on ``data``'s validation split, and its cache fingerprint."""
-    from cafe_tf.train import supernet as supernet_lib
-
     section = config.search
     check_input_shape(supernet.model, data)
-    calibration = [x for x, _ in supernet_lib.calibration_batches(data, section.calibration_examples)]
-    validation = supernet_lib.take_batches(data.make_eval["validation"], section.eval_examples)
+    calibration = [x for x, _ in data_lib.calibration_batches(data, section.calibration_examples)]
+    validation = data_lib.take_batches(data.make_eval["validation"], section.eval_examples)
     evaluator = SupernetEvaluator(supernet, space, calibration, validation, section.num_candidates, seed=section.seed)
     fingerprint = {
         "supernet_sha256": file_sha256(supernet_path), "space": space.describe(),
@@ -206,12 +206,10 @@ def run(
 ) -> dict[str, Any]:
     """Searches widths under ``config.search``'s budget; writes and returns ``<workdir>/widths.json``'s record.
 
-    ``data`` (a ``standard.DataSource``) replaces the one ``config.data`` describes;
+    ``data`` (a ``cafe_tf.data.DataSource``) replaces the one ``config.data`` describes;
     ``evaluator_factory(supernet, space, data)`` replaces the supernet evaluator; ``latency``
     replaces the predictor loaded from ``search.latency_table``.
     """
-    from cafe_tf.train import standard
-
     section = config.search
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -226,7 +224,7 @@ def run(
                  record["model"]["name"], supernet_path, budget.bounds(), space.size_log10)
 
     if data is None:
-        data = standard.make_data_source(config.data, seed=section.seed, eval_splits=("validation",),
+        data = data_lib.make_data_source(config.data, seed=section.seed, eval_splits=("validation",),
                                          input_scaling=config.model.input_scaling)
     if evaluator_factory is not None:
         check_input_shape(model, data)

@@ -14,6 +14,10 @@ config. The loop reads top to bottom:
    evaluation on ``eval_splits``;
 4. ``<workdir>/metrics.json`` (versioned artifact) and ``<workdir>/model.keras``, written atomically.
 
+Only the step function is this loop's own; checkpoints, history, progress, the L2 penalty, the
+losses and the evaluation come from :mod:`cafe_tf.train.kernel`, shared with the supernet and gate
+training loops.
+
 Recipe choices (documented here once):
 
 * **Weight decay** is L2 in the loss on conv / dense kernels only (not biases, not BN):
@@ -43,8 +47,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -59,17 +61,17 @@ from cafe_tf import data as data_lib
 from cafe_tf import distribute as distribute_lib
 from cafe_tf import io
 from cafe_tf.config import ConfigError, to_dict
+from cafe_tf.data import DataSource
+from cafe_tf.train import kernel
 
 METRICS_SCHEMA = "metrics"
 METRICS_VERSION = 1
-HISTORY_SCHEMA = "train_history"
-HISTORY_VERSION = 1
 
 ModelFactory = Callable[[], keras.Model]
 
 
 # --------------------------------------------------------------------------------------------
-# Hooks and data
+# Hooks
 
 
 class Hook:
@@ -92,92 +94,6 @@ class Hook:
 
     def on_train_end(self, metrics: Mapping[str, Any]) -> None:
         """After metrics.json and model.keras were written."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSource:
-    """What the loop trains and evaluates on.
-
-    ``make_train(epoch, skip_batches, input_context)`` returns epoch ``epoch``'s batches (one pass,
-    per-replica batch size, ``skip_batches`` global steps already done); ``make_eval[split]
-    (input_context)`` an eval split's batches. Both are called by
-    ``strategy.distribute_datasets_from_function``.
-    """
-
-    info: data_lib.DatasetInfo
-    image_shape: tuple[int, int, int]
-    train_examples: int
-    global_batch: int
-    make_train: Callable[[int, int, tf.distribute.InputContext | None], tf.data.Dataset]
-    make_eval: Mapping[str, Callable[[tf.distribute.InputContext | None], tf.data.Dataset]]
-
-
-def _num_examples(ds: tf.data.Dataset, info: data_lib.DatasetInfo, split: str) -> int:
-    if split in info.split_sizes:
-        return int(info.split_sizes[split])
-    n = int(ds.cardinality())  # known for mocked data, unknown (-2) for some sources
-    if n < 0:
-        raise data_lib.DatasetError(f"cannot tell how many examples split {split!r} of {info.name!r} has")
-    return n
-
-
-def make_data_source(
-    data: ml_collections.ConfigDict,
-    seed: int,
-    eval_splits: Sequence[str] = ("validation", "test"),
-    drop_eval_remainder: bool = False,
-    input_scaling: str = "mean_std",
-) -> DataSource:
-    """Builds the :class:`DataSource` the ``data`` config section describes (see cafe_tf.config), its
-    images scaled as ``input_scaling`` (``config.model.input_scaling``) says."""
-    load_kwargs = dict(
-        data_dir=data.data_dir or None,
-        download=data.download,
-        validation_size=None if data.validation_size < 0 else data.validation_size,
-        attribute=data.attribute or None,
-    )
-    train_ds, info = data_lib.load(data.name, "train", **load_kwargs)
-    info = dataclasses.replace(info, input_scaling=input_scaling)  # the pipelines read it from info
-    n_train = _num_examples(train_ds, info, "train")
-    if data.max_train_examples:
-        n_train = min(n_train, data.max_train_examples)
-        train_ds = train_ds.take(n_train)
-    if data.cache:
-        train_ds = train_ds.cache()  # one cache shared by every epoch's pipeline
-    image_size = data.image_size or None
-    image_shape = data_lib.resolve_image_size(info, image_size)
-    eval_batch = data.eval_batch_size or data.batch_size
-
-    def make_train(epoch: int, skip_batches: int, ctx: tf.distribute.InputContext | None) -> tf.data.Dataset:
-        return data_lib.input_pipeline(
-            train_ds, info, True, data.batch_size, image_size=image_size, augment=data.augment,
-            shuffle_buffer=data.shuffle_buffer, seed=seed, epoch=epoch, skip_batches=skip_batches,
-            drop_remainder=True, input_context=ctx,
-        )
-
-    def eval_maker(split: str):
-        ds, _ = data_lib.load(data.name, split, **load_kwargs)
-        if data.max_eval_examples:
-            ds = ds.take(data.max_eval_examples)
-        if data.cache:
-            ds = ds.cache()
-
-        def make_eval(ctx: tf.distribute.InputContext | None) -> tf.data.Dataset:
-            return data_lib.input_pipeline(
-                ds, info, False, eval_batch, image_size=image_size, drop_remainder=drop_eval_remainder,
-                input_context=ctx,
-            )
-
-        return make_eval
-
-    return DataSource(
-        info=info,
-        image_shape=image_shape,
-        train_examples=n_train,
-        global_batch=data.batch_size,
-        make_train=make_train,
-        make_eval={split: eval_maker(split) for split in eval_splits},
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,123 +160,7 @@ def make_optimizer(train: ml_collections.ConfigDict, schedule: LearningRate) -> 
         opt = keras.optimizers.Adam(learning_rate=schedule)
     else:
         raise ConfigError(f"config.train.optimizer={train.optimizer!r} is invalid; valid values: ['sgd', 'adam']")
-    if train.mixed_precision == "mixed_float16":
-        opt = keras.optimizers.LossScaleOptimizer(opt)
-    return opt
-
-
-def is_decayed(variable) -> bool:
-    """Whether weight decay applies to ``variable``: conv / dense / depthwise kernels, not biases or BatchNorm."""
-    return getattr(variable, "path", variable.name).split("/")[-1].split(":")[0].endswith("kernel")
-
-
-def outputs_probabilities(model: keras.Model, task: str = "classification") -> bool:
-    """True if ``model`` ends in the task's probability head (softmax; sigmoid for multilabel), False for logits.
-
-    The head is the operation making the first output: a ``Softmax`` layer or op, or any layer whose
-    ``activation`` is softmax / sigmoid (``Activation``, ``Dense``, ...). A model without symbolic
-    outputs (a subclassed model) is taken to output logits.
-    """
-    try:
-        head = model.outputs[0]._keras_history.operation
-    except (AttributeError, IndexError, TypeError, ValueError):
-        return False
-    kind = type(head).__name__.lower()  # keras.layers.Softmax and the keras.ops Softmax / Sigmoid nodes
-    if kind not in ("softmax", "sigmoid"):
-        kind = getattr(getattr(head, "activation", None), "__name__", "")
-    expected = "sigmoid" if task == "multilabel" else "softmax"
-    if kind in ("softmax", "sigmoid") and kind != expected:
-        raise ConfigError(f"model {model.name!r} ends in a {kind} but a {task} task needs logits or a {expected}")
-    return kind == expected
-
-
-def _logits(task: str, outputs: tf.Tensor, from_logits: bool) -> tf.Tensor:
-    """float32 logits of a model's outputs; probabilities are clipped as Keras's crossentropies clip them."""
-    outputs = tf.cast(outputs, tf.float32)
-    if from_logits:
-        return outputs
-    eps = keras.config.epsilon()
-    probs = tf.clip_by_value(outputs, eps, 1.0 - eps)
-    # log p is a logit vector of softmax(.) = p; for a sigmoid, log(p / (1 - p)) is the logit itself.
-    return tf.math.log(probs) - (tf.math.log1p(-probs) if task == "multilabel" else 0.0)
-
-
-def per_example_loss(task: str, labels: tf.Tensor, logits: tf.Tensor, num_classes: int, smoothing: float = 0.0,
-                     from_logits: bool = True):
-    """Cross-entropy per example: softmax for classification, mean sigmoid over labels for multilabel.
-
-    ``from_logits=False``: ``logits`` are the probabilities of a softmax (sigmoid) head instead.
-    """
-    logits = _logits(task, logits, from_logits)
-    if task == "multilabel":
-        targets = tf.cast(labels, tf.float32) * (1.0 - smoothing) + 0.5 * smoothing
-        return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits), axis=-1)
-    targets = tf.one_hot(labels, num_classes) * (1.0 - smoothing) + smoothing / num_classes
-    return tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-
-
-def per_example_accuracy(task: str, labels: tf.Tensor, logits: tf.Tensor, from_logits: bool = True) -> tf.Tensor:
-    """1/0 per example (classification) or the fraction of correct labels (multilabel); see :func:`per_example_loss`."""
-    if task == "multilabel":
-        hits = tf.equal(tf.cast(logits > (0 if from_logits else 0.5), tf.int64), tf.cast(labels, tf.int64))
-        return tf.reduce_mean(tf.cast(hits, tf.float32), axis=-1)
-    return tf.cast(tf.equal(tf.argmax(logits, axis=-1), tf.cast(labels, tf.int64)), tf.float32)
-
-
-# --------------------------------------------------------------------------------------------
-# TensorBoard and progress
-
-
-def _scalar_metadata():
-    from tensorflow.core.framework import summary_pb2
-
-    return summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-
-
-def write_scalar(name: str, value: float, step: int) -> None:
-    """Writes a TensorBoard scalar to the default summary writer.
-
-    TensorFlow 2.21 moved ``tf.summary.scalar`` into the ``tensorboard`` package, which we do not
-    depend on; this writes the same event (a float32 scalar tagged for the "scalars" plugin) with
-    TensorFlow alone. Viewing the curves needs ``pip install tensorboard``.
-    """
-    tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=_scalar_metadata())
-
-
-class Progress:
-    """A Progbar (steps/epoch, loss, acc, ETA) on a terminal; a log line every ``log_every`` steps otherwise."""
-
-    def __init__(self, epochs: int, steps_per_epoch: int, log_every: int, enabled: bool):
-        self.epochs, self.spe, self.log_every, self.enabled = epochs, steps_per_epoch, log_every, enabled
-        self.tty = enabled and sys.stdout.isatty()
-        self.bar: keras.utils.Progbar | None = None
-
-    def start_epoch(self, epoch: int, first_step: int) -> None:
-        self.epoch, self.first_step, self.t0 = epoch, first_step, time.time()
-        if self.tty:
-            print(f"Epoch {epoch + 1}/{self.epochs}", flush=True)
-            self.bar = keras.utils.Progbar(self.spe, stateful_metrics=["loss", "acc", "lr"], unit_name="step")
-            if first_step:
-                self.bar.update(first_step)
-
-    def update(self, step_in_epoch: int, loss: float, acc: float, lr: float) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(step_in_epoch, [("loss", loss), ("acc", acc), ("lr", lr)])
-        elif step_in_epoch % self.log_every == 0 or step_in_epoch == self.spe:
-            done = step_in_epoch - self.first_step
-            rate = done / max(time.time() - self.t0, 1e-9)
-            eta = (self.spe - step_in_epoch) / max(rate, 1e-9)
-            logging.info(
-                "epoch %d/%d step %d/%d loss %.4f acc %.4f lr %.4g (%.1f steps/s, epoch ETA %s)",
-                self.epoch + 1, self.epochs, step_in_epoch, self.spe, loss, acc, lr, rate, _duration(eta),
-            )
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+    return kernel.loss_scaled(opt, train.mixed_precision)
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,28 +182,6 @@ class TrainContext:
     is_chief: bool
 
 
-def _build_model(model: keras.Model | ModelFactory, strategy: tf.distribute.Strategy, policy: str) -> keras.Model:
-    if isinstance(model, keras.Model):
-        if policy != "none" and model.dtype_policy.name != policy:
-            raise ConfigError(
-                f"config.train.mixed_precision={policy!r} but the given model was built with dtype policy "
-                f"{model.dtype_policy.name!r}; pass a model factory instead, so fit() builds it under the policy"
-            )
-        if strategy is not tf.distribute.get_strategy() and model.weights:
-            v = model.weights[0]
-            if not strategy.extended.variable_created_in_scope(getattr(v, "value", v)):
-                raise ValueError(
-                    f"the given model was not built under {type(strategy).__name__}.scope(); pass a model "
-                    "factory instead (fit() calls it inside the scope)"
-                )
-        return model
-    with strategy.scope():
-        built = model()
-    if not isinstance(built, keras.Model):
-        raise TypeError(f"the model factory must return a keras.Model, got {type(built).__name__}")
-    return built
-
-
 def fit(
     model: keras.Model | ModelFactory,
     data: DataSource,
@@ -422,34 +200,15 @@ def fit(
     strategy = strategy or tf.distribute.get_strategy()
     workdir = os.path.abspath(workdir)
     chief = distribute_lib.is_chief(strategy)
-    pipelines = distribute_lib.num_input_pipelines(strategy)
     replicas = strategy.num_replicas_in_sync
     info, batch = data.info, data.global_batch
-    if batch % replicas:
-        raise ConfigError(
-            f"config.data.batch_size={batch} must be divisible by the {replicas} replicas; use a multiple of {replicas}"
-        )
-    spe = data_lib.steps_per_epoch(data.train_examples, batch, pipelines)
-    if spe < 1:
-        raise ConfigError(
-            f"config.data.batch_size={batch} is larger than the {data.train_examples} training examples; "
-            "use a smaller batch or more data"
-        )
+    spe = steps_per_epoch(data, strategy)
     total_steps = train.epochs * spe
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not chief:  # saving is collective: the others write a scratch copy, removed at the end
-        ckpt_dir = os.path.join(workdir, f".scratch_{distribute_lib.worker_id(strategy)}", "checkpoints")
 
     keras.utils.set_random_seed(train.seed)
     if train.deterministic:
         tf.config.experimental.enable_op_determinism()
-    previous_policy = keras.mixed_precision.dtype_policy()
-    if train.mixed_precision != "none":
-        keras.mixed_precision.set_dtype_policy(train.mixed_precision)
-    try:
-        model = _build_model(model, strategy, train.mixed_precision)
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous_policy)
+    model = kernel.build_model(model, strategy, train.mixed_precision)
     num_classes = info.num_classes
     out_dim = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None
     if out_dim is not None and out_dim != num_classes:
@@ -458,31 +217,17 @@ def fit(
             f"set config.model.num_classes={num_classes} (or 0)"
         )
 
-    schedule = learning_rate(train, spe)
-    with strategy.scope():
-        optimizer = make_optimizer(train, schedule)
-        optimizer.build(model.trainable_variables)  # slots exist before restore, so they are restored too
-        global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
-                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        run_shape = tf.Variable([spe, batch], dtype=tf.int64, trainable=False, name="run_shape",
-                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    # Keras's random-seed states (dropout and other random layers) are not TF trackables, so the
-    # model alone does not save them; without them a resumed run would draw other dropout masks.
-    rng_states = [v.value for v in model.variables if v.name == "seed_generator_state"]
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=global_step, run_shape=run_shape,
-                                     rng=rng_states)
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=train.keep_checkpoints)
-    resumed_from = restore_checkpoint(checkpoint, manager, run_shape, spe, batch)
+    schedule, optimizer, global_step, ckpt = training_state(train, model, strategy, workdir, spe, batch)
+    resumed_from = ckpt.restore()
     start_step = int(global_step.numpy())
-    history = _load_history(workdir, start_step) if resumed_from is not None else []
+    history = kernel.History(workdir, write=chief)
+    if resumed_from is not None:
+        history.load(start_step)
 
     tb_dir = os.path.join(workdir, "tensorboard")
-    writers = {
-        name: tf.summary.create_file_writer(os.path.join(tb_dir, name)) if chief else tf.summary.create_noop_writer()
-        for name in ("train", *data.make_eval)
-    }
+    writers = {name: kernel.summary_writer(os.path.join(tb_dir, name), chief) for name in ("train", *data.make_eval)}
     if chief:
-        logging.info("checkpoints: %s", ckpt_dir)
+        logging.info("checkpoints: %s", ckpt.directory)
         logging.info("TensorBoard: tensorboard --logdir %s", tb_dir)
         logging.info("%s, %d steps/epoch x %d epochs, global batch %d, %s", info.name, spe, train.epochs, batch,
                      distribute_lib.describe(strategy))
@@ -490,14 +235,14 @@ def fit(
             logging.info("resuming from checkpoint %s at step %d (epoch %d, step %d of it)",
                          resumed_from, start_step, start_step // spe + 1, start_step % spe)
 
-    from_logits = not outputs_probabilities(model, info.task)
+    from_logits = not kernel.outputs_probabilities(model, info.task)
     train_step = _train_step_fn(model, optimizer, strategy, info, train, batch, global_step, from_logits)
     eval_step = make_eval_step(model, strategy, info, from_logits)
     context = TrainContext(model, optimizer, strategy, data, workdir, spe, total_steps, start_step, chief)
     for hook in hooks:
         hook.on_train_begin(context)
 
-    progress = Progress(train.epochs, spe, train.log_every, enabled=chief)
+    progress = kernel.Progress(train.epochs, spe, train.log_every, enabled=chief)
     t_start = time.time()
     step = start_step
     last_saved = start_step if resumed_from is not None else -1
@@ -516,17 +261,17 @@ def fit(
             window += (loss_sum, correct, count)
             lr = float(schedule(step - 1))
             logs = {"loss": loss_sum / count, "accuracy": correct / count, "lr": lr}
-            progress.update(step_in_epoch, sums[0] / sums[2], sums[1] / sums[2], lr)
+            progress.update(step_in_epoch, {"loss": sums[0] / sums[2], "acc": sums[1] / sums[2], "lr": lr})
             if step % train.log_every == 0 or step_in_epoch == spe:
                 with writers["train"].as_default():
-                    write_scalar("loss", window[0] / window[2], step)
-                    write_scalar("accuracy", window[1] / window[2], step)
-                    write_scalar("learning_rate", lr, step)
+                    kernel.write_scalar("loss", window[0] / window[2], step)
+                    kernel.write_scalar("accuracy", window[1] / window[2], step)
+                    kernel.write_scalar("learning_rate", lr, step)
                 window[:] = 0
             for hook in hooks:
                 hook.on_step_end(step, logs)
             if train.checkpoint_every and step % train.checkpoint_every == 0 and step < total_steps:
-                last_saved = save_checkpoint(manager, step, hooks)
+                last_saved = save_checkpoint(ckpt, step, hooks)
         epoch_logs: dict[str, Any] = {"epoch": epoch + 1, "step": step}
         if sums[2]:
             epoch_logs["train"] = {"loss": sums[0] / sums[2], "accuracy": sums[1] / sums[2]}
@@ -534,16 +279,14 @@ def fit(
             epoch_logs["eval"] = _evaluate_all(eval_step, strategy, data, writers, step)
             _log_eval(epoch + 1, epoch_logs["eval"], chief)
         history.append(epoch_logs)
-        if chief:
-            io.write_artifact(os.path.join(workdir, "history.json"), HISTORY_SCHEMA, HISTORY_VERSION,
-                              {"entries": history})
         if last_saved != step:
-            last_saved = save_checkpoint(manager, step, hooks)
+            last_saved = save_checkpoint(ckpt, step, hooks)
         for hook in hooks:
             hook.on_epoch_end(epoch + 1, epoch_logs)
     train_seconds = time.time() - t_start
 
-    final = history[-1].get("eval") if history and history[-1]["step"] == step else None
+    entries = history.entries
+    final = entries[-1].get("eval") if entries and entries[-1]["step"] == step else None
     if final is None:  # nothing left to train (a finished run restarted): evaluate the restored model
         final = _evaluate_all(eval_step, strategy, data, writers, step)
     for writer in writers.values():
@@ -564,7 +307,7 @@ def fit(
         "resumed_from_step": start_step if resumed_from is not None else None,
         "train_seconds_this_run": round(train_seconds, 3),
         "final": final,
-        "history": history,
+        "history": entries,
         "paths": {"model": "model.keras", "checkpoints": "checkpoints", "tensorboard": "tensorboard"},
         "config": dict(config_record) if config_record is not None else None,
     }
@@ -572,46 +315,49 @@ def fit(
         with io.atomic_path(os.path.join(workdir, "model.keras")) as tmp:
             model.save(tmp)
         io.write_artifact(os.path.join(workdir, "metrics.json"), METRICS_SCHEMA, METRICS_VERSION, metrics)
-    else:
-        shutil.rmtree(os.path.dirname(ckpt_dir), ignore_errors=True)
+    ckpt.discard_scratch()
     for hook in hooks:
         hook.on_train_end(metrics)
     return metrics
 
 
-def restore_checkpoint(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager, run_shape: tf.Variable,
-                       spe: int, batch: int) -> str | None:
-    """Restores the latest checkpoint (None if there is none); refuses one of another model or data shape."""
-    latest = manager.latest_checkpoint
-    if latest is None:
-        return None
-    try:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as e:
-        raise ValueError(
-            f"checkpoint {latest} does not match this model / optimizer ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); use a new --workdir or remove {os.path.dirname(latest)}"
-        ) from None
-    saved_spe, saved_batch = (int(v) for v in run_shape.numpy())
-    if (saved_spe, saved_batch) != (spe, batch):
+def training_state(train: ml_collections.ConfigDict, model: keras.Model, strategy: tf.distribute.Strategy,
+                   workdir: str, spe: int, batch: int
+                   ) -> tuple[LearningRate, keras.optimizers.Optimizer, tf.Variable, kernel.Checkpointer]:
+    """The ``train`` recipe's schedule, optimizer and global step under ``strategy``, and the
+    :class:`kernel.Checkpointer` of ``<workdir>/checkpoints`` that holds them with ``model``."""
+    schedule = learning_rate(train, spe)
+    with strategy.scope():
+        optimizer = make_optimizer(train, schedule)
+        optimizer.build(model.trainable_variables)  # slots exist before restore, so they are restored too
+        global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
+                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    ckpt = kernel.Checkpointer(strategy, workdir, "checkpoints", max_to_keep=train.keep_checkpoints,
+                               rng_models=[model], run_shape=(spe, batch), model=model, optimizer=optimizer,
+                               step=global_step)
+    return schedule, optimizer, global_step, ckpt
+
+
+def steps_per_epoch(data: DataSource, strategy: tf.distribute.Strategy) -> int:
+    """Global steps per epoch of ``data`` under ``strategy``; ConfigError when the batch does not fit."""
+    replicas = strategy.num_replicas_in_sync
+    batch = data.global_batch
+    if batch % replicas:
         raise ConfigError(
-            f"checkpoint {latest} was written with {saved_spe} steps/epoch at global batch {saved_batch}; this run has "
-            f"{spe} steps/epoch at batch {batch}. Resume with the same data and batch settings, or use a new --workdir"
+            f"config.data.batch_size={batch} must be divisible by the {replicas} replicas; use a multiple of {replicas}"
         )
-    return latest
+    spe = data_lib.steps_per_epoch(data.train_examples, batch, distribute_lib.num_input_pipelines(strategy))
+    if spe < 1:
+        raise ConfigError(
+            f"config.data.batch_size={batch} is larger than the {data.train_examples} training examples; "
+            "use a smaller batch or more data"
+        )
+    return spe
 
 
-def _load_history(workdir: str, start_step: int) -> list[dict[str, Any]]:
-    path = os.path.join(workdir, "history.json")
-    if not os.path.exists(path):
-        return []
-    entries = io.read_artifact(path, HISTORY_SCHEMA, (HISTORY_VERSION,), required=("entries",))["entries"]
-    return [e for e in entries if e.get("step", 0) <= start_step]
-
-
-def save_checkpoint(manager: tf.train.CheckpointManager, step: int, hooks: Sequence[Hook]) -> int:
-    """Writes checkpoint number ``step`` with ``manager``, tells each hook's ``on_checkpoint``; returns ``step``."""
-    path = manager.save(checkpoint_number=step)
+def save_checkpoint(ckpt: kernel.Checkpointer, step: int, hooks: Sequence[Hook]) -> int:
+    """Writes checkpoint number ``step``, tells each hook's ``on_checkpoint``; returns ``step``."""
+    path = ckpt.save(step)
     for hook in hooks:
         hook.on_checkpoint(step, path)
     return step
@@ -620,23 +366,22 @@ def save_checkpoint(manager: tf.train.CheckpointManager, step: int, hooks: Seque
 def _train_step_fn(model, optimizer, strategy, info, train, global_batch: int, global_step, from_logits: bool):
     task, num_classes = info.task, info.num_classes
     smoothing, weight_decay = float(train.label_smoothing), float(train.weight_decay)
-    decayed = [v for v in model.trainable_variables if is_decayed(v)]
+    decayed = kernel.decayed(model.trainable_variables)
 
     def replica_step(images, labels):
         with tf.GradientTape() as tape:
             logits = tf.cast(model(images, training=True), tf.float32)
-            per_example = per_example_loss(task, labels, logits, num_classes, smoothing, from_logits)
+            per_example = kernel.per_example_loss(task, labels, logits, num_classes, smoothing, from_logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             regularization = [tf.cast(l, tf.float32) for l in model.losses]
             if weight_decay and decayed:
-                regularization.append(
-                    0.5 * weight_decay * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in decayed]))
+                regularization.append(kernel.l2_penalty(decayed, weight_decay))
             if regularization:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(regularization))
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        correct = per_example_accuracy(task, labels, logits, from_logits)
+        correct = kernel.per_example_accuracy(task, labels, logits, from_logits)
         return tf.reduce_sum(per_example), tf.reduce_sum(correct), tf.cast(tf.shape(labels)[0], tf.float32)
 
     @tf.function
@@ -650,41 +395,20 @@ def _train_step_fn(model, optimizer, strategy, info, train, global_batch: int, g
 
 def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy, info: data_lib.DatasetInfo,
                    from_logits: bool | None = None) -> Callable:
-    """A ``tf.function`` evaluating one distributed batch: summed loss, correct and example count.
+    """The kernel's eval step for ``model`` on distributed batches of ``info``'s task (:func:`kernel.make_eval_step`).
 
-    ``from_logits=None`` asks :func:`outputs_probabilities` whether the model ends in a softmax.
+    ``from_logits=None`` asks :func:`kernel.outputs_probabilities` whether the model ends in a softmax.
     """
-    task, num_classes = info.task, info.num_classes
     if from_logits is None:
-        from_logits = not outputs_probabilities(model, task)
-
-    def replica_step(images, labels):
-        logits = tf.cast(model(images, training=False), tf.float32)
-        loss = per_example_loss(task, labels, logits, num_classes, from_logits=from_logits)
-        correct = per_example_accuracy(task, labels, logits, from_logits)
-        return tf.reduce_sum(loss), tf.reduce_sum(correct), tf.cast(tf.shape(labels)[0], tf.float32)
-
-    @tf.function
-    def eval_step(batch):
-        per_replica = strategy.run(replica_step, args=batch)
-        return [strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in per_replica]
-
-    return eval_step
+        from_logits = not kernel.outputs_probabilities(model, info.task)
+    return kernel.make_eval_step(lambda images: model(images, training=False), info.task, from_logits, strategy)
 
 
 def evaluate(
     eval_step: Callable, strategy: tf.distribute.Strategy, make_dataset: Callable[[Any], tf.data.Dataset]
 ) -> dict[str, float]:
-    """Mean loss and accuracy of one pass over ``make_dataset`` (a distribute_datasets_from_function fn).
-
-    ``eval_step`` comes from :func:`make_eval_step` (build it once: each new one traces again).
-    """
-    sums = np.zeros(3)
-    for batch in strategy.distribute_datasets_from_function(make_dataset):
-        sums += [float(t) for t in eval_step(batch)]
-    if not sums[2]:
-        raise data_lib.DatasetError("the evaluation split yielded no examples")
-    return {"loss": sums[0] / sums[2], "accuracy": sums[1] / sums[2], "examples": int(sums[2])}
+    """Mean loss and accuracy of one pass over ``make_dataset`` (a distribute_datasets_from_function fn)."""
+    return kernel.evaluate(eval_step, strategy.distribute_datasets_from_function(make_dataset))
 
 
 def _evaluate_all(eval_step, strategy, data: DataSource, writers, step: int) -> dict[str, dict[str, float]]:
@@ -692,8 +416,8 @@ def _evaluate_all(eval_step, strategy, data: DataSource, writers, step: int) -> 
     for split, make in data.make_eval.items():
         results[split] = evaluate(eval_step, strategy, make)
         with writers[split].as_default():
-            write_scalar("loss", results[split]["loss"], step)
-            write_scalar("accuracy", results[split]["accuracy"], step)
+            kernel.write_scalar("loss", results[split]["loss"], step)
+            kernel.write_scalar("accuracy", results[split]["accuracy"], step)
     return results
 
 
@@ -725,7 +449,7 @@ def run(
 ) -> dict[str, Any]:
     """Trains what ``config`` describes in ``workdir``; ``model_fn`` replaces the registry model (searched widths)."""
     strategy = strategy or distribute_lib.strategy_from_config(config.distribute)
-    data = make_data_source(
+    data = data_lib.make_data_source(
         config.data, seed=config.train.seed, eval_splits=tuple(config.train.eval_splits),
         drop_eval_remainder=not distribute_lib.supports_partial_batches(strategy),
         input_scaling=config.model.input_scaling,

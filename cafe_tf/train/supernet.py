@@ -25,10 +25,14 @@ One step (read :meth:`MinMinTrainer.train_step` top to bottom):
 Cost per step ~ K cheap forward passes + one forward/backward per slot (``benchmarks/minmin_cost.py``
 measures the ratio to a plain step of the max net).
 
-The recipe (optimizer, schedule, epochs, weight decay, checkpoints, seed) is a ``train``-shaped
-config section (:func:`supernet_section`), built with ``cafe_tf.train.standard``'s helpers, so the
-supernet and the plain models share one learning-rate schedule, one optimizer builder, one progress
-bar and one checkpoint/resume scheme (``<workdir>/checkpoints``, resumed exactly mid-epoch).
+The recipe (optimizer, schedule, epochs, weight decay, mixed precision, checkpoints, seed) is a
+``train``-shaped config section (:func:`supernet_section`), built with ``cafe_tf.train.standard``'s
+helpers, and everything around the step comes from ``cafe_tf.train.kernel``, so the supernet and the
+plain models share one learning-rate schedule, one optimizer builder (with loss scaling under
+``mixed_float16``), one progress display, one history and one checkpoint/resume scheme
+(``<workdir>/checkpoints``, resumed exactly mid-epoch). Under ``mixed_bfloat16`` /
+``mixed_float16`` the supernet computes in half precision; losses, the L2 penalty and the selection
+are float32.
 :func:`train` ends by writing ``<workdir>/supernet.keras`` (the plain full model holding every
 shared weight) and ``<workdir>/supernet.json`` (model, space, settings, summary), both atomically.
 """
@@ -38,7 +42,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -49,16 +52,15 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cafe_tf import data as data_lib
 from cafe_tf import distribute as distribute_lib
 from cafe_tf import io
 from cafe_tf.config import ConfigError, validate_train
 from cafe_tf.slim import Supernet
-from cafe_tf.space import GRANULARITIES, SHARINGS, SearchSpace
-from cafe_tf.train import standard
+from cafe_tf.data import DataSource, calibration_batches, take_batches
+from cafe_tf.space import (GRANULARITIES, SHARINGS, SUPERNET_SCHEMA, SUPERNET_VERSION,  # noqa: F401 - re-exported
+                           SearchSpace, read_supernet, space_from_section)
+from cafe_tf.train import kernel, standard
 
-SUPERNET_SCHEMA = "cafe_tf.supernet"
-SUPERNET_VERSION = 1
 SELECTION_BN = ("batch", "moving")
 
 
@@ -115,12 +117,6 @@ def validate_supernet(section: ml_collections.ConfigDict) -> None:
     if "test" in section.eval_splits:
         raise ConfigError("config.supernet.eval_splits must not contain 'test': the search reads the supernet, "
                           "so its scores stay off the test split; use ('validation',)")
-
-
-def space_from_section(graph, section: ml_collections.ConfigDict | Mapping[str, Any]) -> SearchSpace:
-    """The search space a ``supernet`` section (or a recorded ``space`` dict) describes."""
-    return SearchSpace(graph, granularity=section["granularity"], sharing=section["sharing"], r=int(section["r"]),
-                       num_bins=int(section["num_bins"]), max_bin=int(section["max_bin"]))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -212,17 +208,6 @@ class CandidateEncoder:
 # The traced step
 
 
-class _BatchStats(dict):
-    """``bn_stats`` view that normalises every BN with the moments just collected for its own batch."""
-
-    def __init__(self, collected: dict):
-        super().__init__()
-        self._collected = collected
-
-    def get(self, key, default=None):
-        return self._collected.get(key, default)
-
-
 class MinMinTrainer:
     """The min-min step of a supernet under a strategy; the loop around it is :func:`train`."""
 
@@ -246,7 +231,8 @@ class MinMinTrainer:
         self.weight_decay, self.label_smoothing = float(weight_decay), float(label_smoothing)
         self.strategy = strategy or tf.distribute.get_strategy()
         self.variables = list(supernet.model.trainable_variables)
-        self.decayed = [v for v in self.variables if standard.is_decayed(v)]
+        self.decayed = kernel.decayed(self.variables)
+        kernel.keep_bn_statistics_float32(supernet)
         self.traces = 0  # how many times the step was traced (tests: once for every width)
         self._step_fn = tf.function(self._distributed_step)
         self._probe_fn = tf.function(self._distributed_probe)
@@ -254,14 +240,9 @@ class MinMinTrainer:
     # ----------------------------------------------------------------------------------------
     def _candidate_loss(self, images, labels, selection) -> tf.Tensor:
         """Summed cross-entropy of one candidate, no tape, no BN statistics updated."""
-        if self.options.selection_bn == "batch":
-            collected: dict = {}
-            # .call, not __call__: Keras' __call__ rebuilds dict arguments, which would drop the view.
-            logits = self.supernet.call(images, selection=selection, training=False,
-                                        bn_stats=_BatchStats(collected), collect_bn=collected)
-        else:
-            logits = self.supernet(images, selection=selection, training=False)
-        per_example = standard.per_example_loss(self.task, labels, logits, self.num_classes, self.label_smoothing)
+        bn_stats = "batch" if self.options.selection_bn == "batch" else None
+        logits = self.supernet(images, selection=selection, training=False, bn_stats=bn_stats)
+        per_example = kernel.per_example_loss(self.task, labels, logits, self.num_classes, self.label_smoothing)
         return tf.reduce_sum(per_example)
 
     def _replica_step(self, images, labels, slots):
@@ -293,15 +274,13 @@ class MinMinTrainer:
             slot_loss, slot_correct = [], []
             for selection in chosen:
                 logits = tf.cast(self.supernet(images, selection=selection, training=True), tf.float32)
-                per_example = standard.per_example_loss(self.task, labels, logits, self.num_classes,
-                                                        self.label_smoothing)
+                per_example = kernel.per_example_loss(self.task, labels, logits, self.num_classes,
+                                                      self.label_smoothing)
                 total += tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
                 slot_loss.append(tf.reduce_sum(per_example))
-                slot_correct.append(tf.reduce_sum(standard.per_example_accuracy(self.task, labels, logits)))
+                slot_correct.append(tf.reduce_sum(kernel.per_example_accuracy(self.task, labels, logits)))
             if self.weight_decay and self.decayed:
-                l2 = 0.5 * self.weight_decay * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32)))
-                                                         for v in self.decayed])
-                total += tf.nn.scale_regularization_loss(l2)
+                total += tf.nn.scale_regularization_loss(kernel.l2_penalty(self.decayed, self.weight_decay))
             scaled = self.optimizer.scale_loss(total)
         grads = tape.gradient(scaled, self.variables)
         self.optimizer.apply_gradients(zip(grads, self.variables))
@@ -372,62 +351,21 @@ class MinMinTrainer:
 # Scoring a width on validation (also used by the search's evaluator)
 
 
-def label_task(labels) -> str:
-    """The task a batch's labels encode: "multilabel" for [batch, attributes] 0/1 vectors, else "classification"."""
-    return "multilabel" if len(labels.shape) == 2 else "classification"
+def make_eval_fn(supernet: Supernet, task: str | None = None) -> Callable:
+    """The kernel's eval step of ``supernet`` at a width: ``step((images, labels), selection)``.
+
+    One trace serves every width (``Supernet.trace_selection``). ``task`` None reads it from the
+    labels' rank at trace time (:func:`kernel.label_task`).
+    """
+    return kernel.make_eval_step(lambda images, selection: supernet(images, selection=selection, training=False),
+                                 task)
 
 
 def accuracy_of(supernet: Supernet, selection: Sequence, batches: Sequence[tuple[tf.Tensor, tf.Tensor]],
                 eval_fn: Callable | None = None, task: str | None = None) -> tuple[float, float]:
-    """(accuracy, mean loss) of ``selection`` (BN in inference mode) over in-memory batches.
-
-    Accuracy and loss follow ``task`` as the standard loop scores it (top-1 and softmax
-    cross-entropy; multi-label: mean per-attribute accuracy and sigmoid cross-entropy); ``None``
-    reads the task from the labels' rank (:func:`label_task`). ``eval_fn``, when given, decides.
-    """
-    fn = eval_fn or make_eval_fn(supernet, task)
-    correct = loss = count = 0.0
-    for images, labels in batches:
-        c, l, n = (float(t) for t in fn(images, labels, list(selection)))
-        correct, loss, count = correct + c, loss + l, count + n
-    if not count:
-        raise ValueError("accuracy_of got no batches")
-    return correct / count, loss / count
-
-
-def make_eval_fn(supernet: Supernet, task: str | None = None) -> Callable:
-    """A traced (images, labels, selection) -> (correct, loss sum, count) serving every width with one trace.
-
-    ``task``: "classification" or "multilabel" (the dataset's ``info.task``); ``None`` reads it
-    from the labels' rank at trace time (:func:`label_task`).
-    """
-    num_classes = int(supernet.model.outputs[0].shape[-1])
-
-    @tf.function(reduce_retracing=True)
-    def fn(images, labels, selection):
-        kind = task or label_task(labels)
-        logits = tf.cast(supernet(images, selection=selection, training=False), tf.float32)
-        loss = standard.per_example_loss(kind, labels, logits, num_classes)
-        correct = standard.per_example_accuracy(kind, labels, logits)
-        return tf.reduce_sum(correct), tf.reduce_sum(loss), tf.cast(tf.shape(labels)[0], tf.float32)
-
-    return fn
-
-
-def take_batches(make: Callable[[Any], tf.data.Dataset], max_examples: int) -> list[tuple[tf.Tensor, tf.Tensor]]:
-    """The first ``max_examples`` examples (0 = all) of an eval pipeline, as in-memory batches."""
-    out, seen = [], 0
-    for images, labels in make(None):
-        if max_examples and seen >= max_examples:
-            break
-        if max_examples and seen + int(images.shape[0]) > max_examples:
-            keep = max_examples - seen
-            images, labels = images[:keep], labels[:keep]
-        out.append((images, labels))
-        seen += int(images.shape[0])
-    if not out:
-        raise ValueError("the evaluation pipeline yielded no examples")
-    return out
+    """(accuracy, mean loss) of ``selection`` (BN in inference mode) over in-memory batches (:func:`kernel.evaluate`)."""
+    result = kernel.evaluate(eval_fn or make_eval_fn(supernet, task), batches, list(selection))
+    return result["accuracy"], result["loss"]
 
 
 # -------------------------------------------------------------------------------------------------
@@ -448,7 +386,7 @@ def settings_of(section: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def train(
     model_fn: Callable[[], keras.Model],
-    data: standard.DataSource,
+    data: DataSource,
     section: ml_collections.ConfigDict,
     workdir: str,
     *,
@@ -467,55 +405,35 @@ def train(
     chief = distribute_lib.is_chief(strategy)
     replicas = strategy.num_replicas_in_sync
     batch = data.global_batch
-    if batch % replicas:
-        raise ConfigError(f"config.data.batch_size={batch} must be divisible by the {replicas} replicas")
-    spe = data_lib.steps_per_epoch(data.train_examples, batch, distribute_lib.num_input_pipelines(strategy))
-    if spe < 1:
-        raise ConfigError(f"config.data.batch_size={batch} is larger than the {data.train_examples} training examples")
-    if section.mixed_precision != "none":
-        raise ConfigError(f"config.supernet.mixed_precision={section.mixed_precision!r} is not supported by the "
-                          "min-min loop yet; valid values: ['none']")
+    spe = standard.steps_per_epoch(data, strategy)
     total_steps = int(section.epochs) * spe
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not chief:  # saving is collective: the others write a scratch copy, removed at the end
-        ckpt_dir = os.path.join(workdir, f".scratch_{distribute_lib.worker_id(strategy)}", "checkpoints")
 
     keras.utils.set_random_seed(int(section.seed))
     if section.deterministic:
         tf.config.experimental.enable_op_determinism()
+    model = kernel.build_model(model_fn, strategy, section.mixed_precision, key="config.supernet.mixed_precision")
     with strategy.scope():
-        model = model_fn()
         supernet = Supernet(model)
     space = space_from_section(supernet.graph, section)
     options = _options(section)
-    schedule = standard.learning_rate(section, spe)
-    with strategy.scope():
-        optimizer = standard.make_optimizer(section, schedule)
-        optimizer.build(model.trainable_variables)  # slots exist before restore, so they are restored too
-        global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
-                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        run_shape = tf.Variable([spe, batch], dtype=tf.int64, trainable=False, name="run_shape",
-                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    # Dropout's random state lives in Keras SeedGenerator variables that tf.train.Checkpoint(model=...)
-    # does not reach; without them a resumed run would draw other dropout masks than an unbroken one.
-    seed_states = [v.value for v in model.variables if v.path.endswith("seed_generator_state")]
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=global_step, run_shape=run_shape,
-                                     seed_states=seed_states)
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=section.keep_checkpoints)
+    schedule, optimizer, global_step, ckpt = standard.training_state(section, model, strategy, workdir, spe, batch)
     settings = settings_of(section)
     settings_path = os.path.join(workdir, "supernet_settings.json")
-    if manager.latest_checkpoint and os.path.isfile(settings_path):
+    if ckpt.latest and os.path.isfile(settings_path):
         stored = io.read_artifact(settings_path, "cafe_tf.supernet_settings", (1,))["settings"]
         diff = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
         if diff:
             raise ConfigError(
-                f"{ckpt_dir} holds a supernet trained with other settings ("
+                f"{ckpt.directory} holds a supernet trained with other settings ("
                 + ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
                 + "); use a new --workdir or delete it")
-    resumed_from = standard.restore_checkpoint(checkpoint, manager, run_shape, spe, batch)
+    resumed_from = ckpt.restore()
     if chief:
         io.write_artifact(settings_path, "cafe_tf.supernet_settings", 1, {"settings": settings})
     start_step = int(global_step.numpy())
+    history = kernel.History(workdir, write=chief)
+    if resumed_from is not None:
+        history.load(start_step)
 
     trainer = MinMinTrainer(
         supernet, space, optimizer, options, num_classes=data.info.num_classes, global_batch=batch,
@@ -524,19 +442,18 @@ def train(
     slot_names = (["max", "min"] if options.sandwich else []) + [
         "sampled" if options.num_sampled == 1 else f"sampled{i}" for i in range(options.num_sampled)]
     tb_dir = os.path.join(workdir, "tensorboard")
-    writer = (tf.summary.create_file_writer(os.path.join(tb_dir, "supernet")) if chief
-              else tf.summary.create_noop_writer())
+    writer = kernel.summary_writer(os.path.join(tb_dir, "supernet"), chief)
     if chief:
         logging.info("supernet: %d prunable groups, 10^%.1f width assignments (%s bins, %s sharing, r=%d), K=%d%s",
                      len(space.groups), space.size_log10, space.granularity, space.sharing, space.r,
                      candidates_per_slot(space, options), ", sandwich" if options.sandwich else "")
-        logging.info("%s, %d steps/epoch x %d epochs, global batch %d, %s; checkpoints %s; tensorboard --logdir %s",
-                     data.info.name, spe, section.epochs, batch, distribute_lib.describe(strategy), ckpt_dir, tb_dir)
+        logging.info("%s, %d steps/epoch x %d epochs, global batch %d, %s, %s; checkpoints %s; tensorboard --logdir %s",
+                     data.info.name, spe, section.epochs, batch, distribute_lib.describe(strategy),
+                     model.dtype_policy.name, ckpt.directory, tb_dir)
         if resumed_from is not None:
             logging.info("resuming from %s at step %d", resumed_from, start_step)
 
-    progress = standard.Progress(int(section.epochs), spe, section.log_every, enabled=chief)
-    history: list[dict[str, Any]] = []
+    progress = kernel.Progress(int(section.epochs), spe, section.log_every, enabled=chief)
     window: dict[str, float] = {}
     window_count = 0
     step = start_step
@@ -560,7 +477,7 @@ def train(
             epoch_sum += (loss, float(out["accuracy"][-1]))
             epoch_n += 1
             lr = float(schedule(step - 1))
-            progress.update(step_in_epoch, epoch_sum[0] / epoch_n, epoch_sum[1] / epoch_n, lr)
+            progress.update(step_in_epoch, {"loss": epoch_sum[0] / epoch_n, "acc": epoch_sum[1] / epoch_n, "lr": lr})
             for name, l, a in zip(slot_names, out["loss"], out["accuracy"]):
                 window[f"loss/{name}"] = window.get(f"loss/{name}", 0.0) + float(l)
                 window[f"accuracy/{name}"] = window.get(f"accuracy/{name}", 0.0) + float(a)
@@ -576,16 +493,18 @@ def train(
                 if not options.sandwich:  # max / min losses come from a cheap probe on this batch
                     record["loss/max_probe"], record["loss/min_probe"] = trainer.probe_max_min(batch_value)
                 record.update(step=step, lr=lr)
-                history.append(record)
+                history.append(record, save=False)  # written with the next checkpoint, so the two agree
                 with writer.as_default():
                     for k, v in record.items():
                         if k != "step":
-                            standard.write_scalar(k, v, step)
+                            kernel.write_scalar(k, v, step)
                 window, window_count = {}, 0
             if section.checkpoint_every and step % section.checkpoint_every == 0 and step < total_steps:
-                last_saved = standard.save_checkpoint(manager, step, hooks)
+                last_saved = standard.save_checkpoint(ckpt, step, hooks)
+                history.save()
         if last_saved != step:
-            last_saved = standard.save_checkpoint(manager, step, hooks)
+            last_saved = standard.save_checkpoint(ckpt, step, hooks)
+        history.save()
     writer.flush()
     train_seconds = time.time() - t0
 
@@ -601,7 +520,7 @@ def train(
         "resumed_from_step": start_step if resumed_from is not None else None,
         "full_macs": int(space.cost.macs()),
         "full_params": int(space.cost.params()),
-        "history": history,
+        "history": history.entries,
         "paths": {"model": "supernet.keras", "checkpoints": "checkpoints", "tensorboard": "tensorboard"},
         "config": dict(config_record) if config_record is not None else None,
     }
@@ -614,12 +533,11 @@ def train(
         # Last: supernet.keras is the stage's artifact, so it must not exist before supernet.json does.
         with io.atomic_path(os.path.join(workdir, "supernet.keras")) as tmp:
             model.save(tmp)
-    else:
-        shutil.rmtree(os.path.dirname(ckpt_dir), ignore_errors=True)
+    ckpt.discard_scratch()
     return {"schema": SUPERNET_SCHEMA, "schema_version": SUPERNET_VERSION, **summary}
 
 
-def score_widths(supernet: Supernet, space: SearchSpace, data: standard.DataSource,
+def score_widths(supernet: Supernet, space: SearchSpace, data: DataSource,
                  section: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     """Validation accuracy of uniform widths (and the min net) after BN recalibration, leftmost channels.
 
@@ -642,34 +560,3 @@ def score_widths(supernet: Supernet, space: SearchSpace, data: standard.DataSour
                     "accuracy": acc, "loss": loss})
         logging.info("supernet %s (%d MACs): validation accuracy %.4f loss %.4f", name, out[-1]["macs"], acc, loss)
     return out
-
-
-def calibration_batches(data: standard.DataSource, num_examples: int) -> list[tuple[tf.Tensor, tf.Tensor]]:
-    """The first ``num_examples`` images of epoch 0's seeded training pipeline, for BN recalibration.
-
-    Augmented training images, as AutoSlim and CafeNet recalibrate on the training distribution;
-    the pipeline's order depends only on the seed, so every candidate sees the same images.
-    """
-    batches, seen = [], 0
-    for images, labels in data.make_train(0, 0, None):
-        if seen >= num_examples:
-            break
-        keep = min(int(images.shape[0]), num_examples - seen)
-        batches.append((images[:keep], labels[:keep]))
-        seen += keep
-    if not batches:
-        raise ValueError("no training images for BN recalibration")
-    return batches
-
-
-def read_supernet(path: str) -> dict[str, Any]:
-    """Reads and validates ``supernet.json``; raises ``io.ArtifactError`` naming the problem."""
-    def check(obj):
-        for key in ("name", "input_shape", "num_classes", "width_mult"):
-            if key not in obj["model"]:
-                raise ValueError(f"'model' lacks {key!r}")
-        for key in ("granularity", "sharing", "r", "num_bins", "max_bin"):
-            if key not in obj["space"]:
-                raise ValueError(f"'space' lacks {key!r}")
-
-    return io.read_artifact(path, SUPERNET_SCHEMA, (SUPERNET_VERSION,), ("model", "space", "settings"), check)
