@@ -336,7 +336,8 @@ SUPERNET_VERSION = 1
 def space_from_section(graph: ChannelGraph, section: Any) -> SearchSpace:
     """The search space a ``supernet`` config section (or a recorded ``space`` dict) describes."""
     return SearchSpace(graph, granularity=section["granularity"], sharing=section["sharing"], r=int(section["r"]),
-                       num_bins=int(section["num_bins"]), max_bin=int(section["max_bin"]))
+                       num_bins=int(section["num_bins"]), max_bin=int(section["max_bin"]),
+                       channel_multiple=int(section.get("channel_multiple", 1)))
 
 
 def read_supernet(path: str | os.PathLike) -> dict[str, Any]:

@@ -54,7 +54,7 @@ from absl import logging
 
 from cafe_tf import distribute as distribute_lib
 from cafe_tf import io
-from cafe_tf.config import ConfigError, validate_train
+from cafe_tf.config import ConfigError, validate_channel_multiple, validate_train
 from cafe_tf.slim import Supernet
 from cafe_tf.data import DataSource, calibration_batches, take_batches
 from cafe_tf.space import (GRANULARITIES, SHARINGS, SUPERNET_SCHEMA, SUPERNET_VERSION,  # noqa: F401 - re-exported
@@ -80,6 +80,7 @@ def supernet_section() -> ml_collections.ConfigDict:
         r=1,  # local-zone offset, in bins (0 = fixed pattern)
         num_bins=20,  # uniform granularity only: bins per group
         max_bin=32,  # flops_sensitive: the largest bin, in channels
+        channel_multiple=1,  # bins and zones on multiples of it, or the full width (e.g. 8 for SIMD kernels); 1 = off
         num_candidates=2,  # K free-channel arrangements per sampled width; the min-loss one is trained
         sandwich=False,  # also train the max and min nets every step
         num_sampled=1,  # random widths per step
@@ -107,6 +108,7 @@ def validate_supernet(section: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.supernet.{key}={section[key]!r} is invalid; it must be >= 1")
     if section.r < 0:
         raise ConfigError(f"config.supernet.r={section.r!r} is invalid; it must be >= 0 (bins)")
+    validate_channel_multiple("supernet", section.get("channel_multiple", 1))
     if section.eval_examples < 0:
         raise ConfigError(f"config.supernet.eval_examples={section.eval_examples!r} is invalid; "
                           "it must be >= 0 (0 = all)")
