@@ -106,6 +106,6 @@ def check(model: keras.Model, boundaries: Iterable[Any] = (), seed: int = 0) -> 
 
 
 if __name__ == "__main__":  # the command line lives in cafe_tf/cli/check.py
-    from cafe_tf.cli.check import run
+    import runpy
 
-    run()
+    runpy.run_module("cafe_tf.cli.check", run_name="__main__", alter_sys=True)

@@ -156,6 +156,6 @@ def count_keras_model(model: keras.Model) -> dict[str, int]:
 
 
 if __name__ == "__main__":  # the command line lives in cafe_tf/cli/flops.py
-    from cafe_tf.cli.flops import run
+    import runpy
 
-    run()
+    runpy.run_module("cafe_tf.cli.flops", run_name="__main__", alter_sys=True)

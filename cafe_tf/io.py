@@ -9,6 +9,7 @@ target (``os.replace`` is atomic on POSIX).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -113,3 +114,12 @@ def read_artifact(
         except (ValueError, TypeError, KeyError) as e:
             raise ArtifactError(f"{kind} file {path!r} is invalid: {e}") from None
     return obj
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (fingerprints a supernet, a .keras model, a benchmarked .tflite)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

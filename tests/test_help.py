@@ -35,7 +35,8 @@ def _source(module: str) -> str:
     # The program's own file: deploy/export_main.py for `python -m deploy.export` (deploy/export.py is
     # the library, which forwards to it), a package's __main__.py, or the module itself.
     path = os.path.join(ROOT, *module.split("."))
-    for candidate in (path + "_main.py", os.path.join(path, "__main__.py"), path + ".py"):
+    cli = os.path.join(ROOT, module.split(".")[0], "cli", module.split(".")[-1] + ".py")  # cafe_tf.flops's
+    for candidate in (path + "_main.py", cli, os.path.join(path, "__main__.py"), path + ".py"):
         if os.path.isfile(candidate):
             return candidate
     raise FileNotFoundError(f"no program file for {module}")

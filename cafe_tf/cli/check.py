@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from absl import flags
 
-flags.disclaim_key_flags()
 
 
 def define_flags() -> None:
@@ -76,3 +75,7 @@ def run() -> None:
 
     define_flags()
     programs.run_tool(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -21,9 +21,6 @@ from typing import Any
 
 from absl import flags
 
-# Flags this module defines belong to the program that runs it (python -m cafe_tf.flops), so they
-# show in its --help.
-flags.disclaim_key_flags()
 
 # Input shape and classes of an application counted without --input_size / --num_classes (ImageNet).
 APPLICATION_DEFAULT = ((224, 224, 3), 1000)
@@ -118,3 +115,7 @@ def run() -> None:
 
     define_flags()
     programs.run_tool(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -59,9 +59,9 @@ def application_names() -> list[str]:
 
 def kind_of(name: str) -> str:
     """``builtin``, ``keras_file`` or ``application`` for a ``config.model.name`` value; raises naming the valid forms."""
-    from cafe_tf import models
+    from cafe_tf.models import registry
 
-    if name in models.names():
+    if name in registry.names():
         return "builtin"
     if name.endswith(".keras"):
         return "keras_file"
@@ -71,13 +71,13 @@ def kind_of(name: str) -> str:
             raise ModelSourceError(f"model {name!r}: keras.applications has no model {app!r}; valid names: "
                                    f"{[APPLICATION_PREFIX + n for n in application_names()]}")
         return "application"
-    raise ModelSourceError(f"unknown model {name!r}; give a registry name {models.names()}, a path ending in "
+    raise ModelSourceError(f"unknown model {name!r}; give a registry name {registry.names()}, a path ending in "
                            "'.keras', or 'keras.applications.<Name>' (e.g. 'keras.applications.MobileNetV2')")
 
 
 def sha256_of(path: str) -> str:
-    """Hex SHA-256 of a file's bytes (the search's supernet fingerprint; imported late: search imports models)."""
-    from cafe_tf.search.evaluator import file_sha256
+    """Hex SHA-256 of a model file's bytes."""
+    from cafe_tf.io import file_sha256
 
     return file_sha256(path)
 
@@ -157,12 +157,12 @@ class ModelSource:
         return set_boundaries(self._build(), self.boundaries)
 
     def _build(self) -> keras.Model:
-        from cafe_tf import models
+        from cafe_tf.models import registry
 
         if self.kind == "builtin":
             if self.input_scaling == "model":
                 raise _needs_scaling_layers(f"registry model {self.name!r}")
-            return models.build(self.name, input_shape=self.input_shape, num_classes=self.num_classes,
+            return registry.build_builtin(self.name, input_shape=self.input_shape, num_classes=self.num_classes,
                                 width_mult=self.width_mult)
         if self.kind == "keras_file":
             check_unchanged(self.name, self.sha256)
@@ -238,7 +238,7 @@ def _resolve(name: str, input_shape: Sequence[int] | None, num_classes: int | No
     A registry model falls back on its own default shape and classes; a ``.keras`` file on the
     file's (and when given, they must match it); an application needs both.
     """
-    from cafe_tf import models
+    from cafe_tf.models import registry
 
     if input_scaling not in INPUT_SCALINGS:
         raise ModelSourceError(f"input_scaling {input_scaling!r} is invalid; valid values: {list(INPUT_SCALINGS)}")
@@ -247,7 +247,7 @@ def _resolve(name: str, input_shape: Sequence[int] | None, num_classes: int | No
     if kind == "builtin":
         if input_scaling == "model":
             raise _needs_scaling_layers(f"registry model {name!r}")
-        default_shape, default_classes = models.DEFAULT_INPUT[name]
+        default_shape, default_classes = registry.DEFAULT_INPUT[name]
         return ModelSource(kind, name, shape or default_shape, int(num_classes or default_classes),
                            float(width_mult), input_scaling)
     if kind == "keras_file":

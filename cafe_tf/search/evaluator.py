@@ -20,7 +20,6 @@ scores (supernet file hash, evaluator settings); a cache with another fingerprin
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -43,15 +42,6 @@ Scorer = Callable[[np.ndarray], "float | Mapping[str, Any]"]
 def widths_key(widths: Sequence[int]) -> str:
     """The cache key of a width assignment ("3,1,8,...")."""
     return ",".join(str(int(w)) for w in widths)
-
-
-def file_sha256(path: str) -> str:
-    """SHA-256 of a file (fingerprints the supernet a cache was scored with)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ScoreCache:

@@ -24,7 +24,8 @@ from cafe_tf import data as data_lib
 from cafe_tf.config import ConfigError, to_dict
 from cafe_tf.search import baselines
 from cafe_tf.search.budget import Budget, BudgetChecker, LatencyPredictor
-from cafe_tf.search.evaluator import ScoreCache, SupernetEvaluator, file_sha256
+from cafe_tf.io import file_sha256
+from cafe_tf.search.evaluator import ScoreCache, SupernetEvaluator
 from cafe_tf.search.evolution import EvolutionSettings, SearchResult, evaluated_table, evolve, pareto_front
 from cafe_tf.space import SearchSpace, read_supernet, space_from_section, write_widths
 

@@ -31,7 +31,6 @@ Schema ``benchmark`` version 1 (a versioned artifact of ``cafe_tf.io``)::
 from __future__ import annotations
 
 import datetime
-import hashlib
 import math
 import os
 import platform
@@ -74,15 +73,13 @@ def latency_stats(samples_ms: Sequence[float]) -> dict[str, float]:
 
 def model_record(path: str) -> dict[str, Any]:
     """Path, file name, size and SHA-256 of the benchmarked model file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    from cafe_tf.io import file_sha256
+
     return {
         "path": os.path.abspath(path),
         "name": os.path.basename(path),
         "size_bytes": os.path.getsize(path),
-        "sha256": digest.hexdigest(),
+        "sha256": file_sha256(path),
     }
 
 
