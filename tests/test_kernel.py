@@ -180,18 +180,26 @@ def _minmin_losses(policy, weights, num_candidates, steps=4):
     return losses, candidates
 
 
-@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
-def test_minmin_steps_in_mixed_precision_match_float32(policy):
+@pytest.fixture(scope="module")
+def float32_runs(tmp_path_factory):
+    """The float32 references, run once for both policies: the weights, the losses they give."""
+    keras.utils.set_random_seed(0)
     weights = plain_cnn().get_weights()
+    return {"weights": weights, "minmin": _minmin_losses("none", weights, 1)[0],
+            "selection": _minmin_losses("none", weights, 2, steps=1)[1],
+            "gates": _gate_losses("none", weights, tmp_path_factory.mktemp("float32"))}
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_minmin_steps_in_mixed_precision_match_float32(policy, float32_runs):
+    weights, reference = float32_runs["weights"], float32_runs["minmin"]
     # K = 1: the trained losses of a few steps. (With K = 2 a near tie between the candidates may go
     # the other way in half precision and the runs part; the selection pass is compared on its own.)
-    reference, _ = _minmin_losses("none", weights, 1)
     mixed, _ = _minmin_losses(policy, weights, 1)
     np.testing.assert_allclose(mixed, reference, rtol=TOLERANCE["minmin"][policy])
     assert reference[-1] < reference[0]  # the steps train: the comparison is of a moving loss
-    _, reference = _minmin_losses("none", weights, 2, steps=1)
     _, mixed = _minmin_losses(policy, weights, 2, steps=1)
-    np.testing.assert_allclose(mixed[0], reference[0], rtol=TOLERANCE["selection"][policy])
+    np.testing.assert_allclose(mixed[0], float32_runs["selection"][0], rtol=TOLERANCE["selection"][policy])
 
 
 def test_supernet_training_runs_in_mixed_float16(tmp_path):
@@ -222,11 +230,9 @@ def _gate_losses(policy, weights, tmp_path, steps=4):
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
-def test_gate_training_in_mixed_precision_matches_float32(policy, tmp_path):
-    weights = plain_cnn().get_weights()
-    reference = _gate_losses("none", weights, tmp_path)
-    mixed = _gate_losses(policy, weights, tmp_path)
-    np.testing.assert_allclose(mixed, reference, rtol=TOLERANCE["gates"][policy])
+def test_gate_training_in_mixed_precision_matches_float32(policy, tmp_path, float32_runs):
+    mixed = _gate_losses(policy, float32_runs["weights"], tmp_path)
+    np.testing.assert_allclose(mixed, float32_runs["gates"], rtol=TOLERANCE["gates"][policy])
 
 
 # ---------------------------------------------------------------------------- multi-label gate training
