@@ -597,13 +597,15 @@ class BatchNorm(LayerRule):
         layer = node.layer
         x = run.input(node)
         index = run.out_index(node)
-        gamma = TF.take(layer.gamma, index, 0) if layer.scale else None
-        beta = TF.take(layer.beta, index, 0) if layer.center else None
+        # Normalisation in float32 under mixed precision: given statistics may arrive cast to the
+        # compute dtype, while gamma, beta and the moving statistics stay float32.
+        gamma = tf.cast(TF.take(layer.gamma, index, 0), tf.float32) if layer.scale else None
+        beta = tf.cast(TF.take(layer.beta, index, 0), tf.float32) if layer.center else None
         if run.collect_bn is not None:
             run.collect_bn[node.name] = batch_moments(x)
         stats = None if run.bn_stats is None else run.bn_stats.get(node.name)
         if stats is not None:
-            mean, var = stats
+            mean, var = (tf.cast(t, tf.float32) for t in stats)
         elif run.training:
             mean, var = batch_moments(x)
             m = layer.momentum

@@ -163,7 +163,6 @@ class GateTrainer:
         self.task = task
         self.chief = distribute_lib.is_chief(self.strategy)
         self.policy = kernel.policy_of(model)
-        kernel.keep_bn_statistics_float32(self.supernet)  # frozen_batch_stats normalises with given statistics
         self.main_vars = list(model.trainable_variables) if main == "joint" else []
         # Kernels only (not biases, not BN): the L2 convention of cafe_tf.train.standard.
         self.decayed = kernel.decayed(self.main_vars)

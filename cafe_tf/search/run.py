@@ -143,7 +143,6 @@ def run_search(method: str, checker: BudgetChecker, cache: ScoreCache, section: 
 def load_supernet(path: str) -> tuple[str, dict[str, Any], keras.Model, Any, SearchSpace]:
     """(absolute path, supernet.json record, Keras model, Supernet, SearchSpace) of a trained supernet.keras."""
     from cafe_tf.slim import Supernet
-    from cafe_tf.train import kernel
 
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isfile(path):
@@ -152,7 +151,6 @@ def load_supernet(path: str) -> tuple[str, dict[str, Any], keras.Model, Any, Sea
     record = read_supernet(os.path.join(os.path.dirname(path), "supernet.json"))
     model = keras.models.load_model(path, compile=False)
     supernet = Supernet(model)
-    kernel.keep_bn_statistics_float32(supernet)  # a mixed-precision supernet recalibrates BN in float32
     return path, record, model, supernet, space_from_section(supernet.graph, record["space"])
 
 

@@ -265,22 +265,6 @@ def loss_scaled(optimizer: keras.optimizers.Optimizer, policy: str) -> keras.opt
     return optimizer
 
 
-def keep_bn_statistics_float32(supernet) -> None:
-    """Lets a mixed-precision ``Supernet`` normalise with given BN statistics (``bn_stats``, ``"batch"``).
-
-    The slim BN wrappers take the statistics as a call argument, which Keras casts to the layer's
-    compute dtype (bfloat16 / float16) while gamma and beta stay float32, so the normalisation fails
-    with a dtype error. Turning the wrappers' autocast off keeps the float32 statistics; their input
-    already arrives in the compute dtype from the layer before. (A cast to float32 inside
-    ``SlimBatchNormalization.call`` would make this unnecessary.)
-    """
-    from cafe_tf.slim.layers import SlimBatchNormalization
-
-    for wrapper in supernet._slim.values():
-        if isinstance(wrapper, SlimBatchNormalization) and wrapper.compute_dtype != "float32":
-            wrapper.autocast = False
-
-
 def policy_of(model: keras.Model) -> str:
     """The mixed-precision policy ``model``'s layers compute in (``mixed_float16`` / ``mixed_bfloat16``), else "none".
 

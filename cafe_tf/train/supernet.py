@@ -234,7 +234,6 @@ class MinMinTrainer:
         self.strategy = strategy or tf.distribute.get_strategy()
         self.variables = list(supernet.model.trainable_variables)
         self.decayed = kernel.decayed(self.variables)
-        kernel.keep_bn_statistics_float32(supernet)
         self.traces = 0  # how many times the step was traced (tests: once for every width)
         self._step_fn = tf.function(self._distributed_step)
         self._probe_fn = tf.function(self._distributed_probe)
