@@ -72,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
             num_classes=0,  # 0 = the dataset's
             input_scaling="mean_std",  # mean_std | unit ([0, 1]) | raw (0..255) | model (its own Rescaling)
             boundaries=(),  # layer names whose channels are kept whole (fixed-width boundaries)
+            bn_momentum=0.0,  # > 0: set every BatchNormalization's momentum (keras.applications use 0.999)
         )
     )
     c.train = ml_collections.ConfigDict(
@@ -194,6 +195,8 @@ def validate_model(model: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.model.name={model.name!r} is invalid: no such .keras file")
     _choice("model.input_scaling", model.get("input_scaling", "mean_std"), source.INPUT_SCALINGS)
     _check("model.width_mult", model.width_mult, model.width_mult > 0, "> 0")
+    _check("model.bn_momentum", model.get("bn_momentum", 0.0), 0.0 <= model.get("bn_momentum", 0.0) < 1.0,
+           "in [0, 1) (0 keeps the model's own)")
     boundaries = tuple(model.get("boundaries", ()))
     _check("model.boundaries", boundaries, all(isinstance(b, str) and b for b in boundaries),
            "a tuple of layer names, e.g. ('head_conv', 'se_reduce')")

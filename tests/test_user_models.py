@@ -341,3 +341,15 @@ def test_config_boundaries_reach_the_graph_and_the_widths_record(user_file, tmp_
     assert not ChannelGraph.from_model(rebuilt).group_by_name["conv1"].prunable
     with pytest.raises(ConfigError, match="model.boundaries"):
         cfg.validate_model(model_section(name=user_file, boundaries=(3,)))
+
+
+def test_config_bn_momentum_is_applied_and_recorded():
+    section = model_section(name=MOBILENET, width_mult=0.35, bn_momentum=0.9)
+    cfg.validate_model(section)
+    src = source_lib.from_config(section, (32, 32, 1), 10)
+    bns = [l for l in src.build().layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert bns and all(l.momentum == 0.9 for l in bns)
+    rebuilt = source_lib.from_record(src.record()).build()  # what train --widths rebuilds
+    assert all(l.momentum == 0.9 for l in rebuilt.layers if isinstance(l, keras.layers.BatchNormalization))
+    with pytest.raises(ConfigError, match="model.bn_momentum"):
+        cfg.validate_model(model_section(name=MOBILENET, bn_momentum=1.0))

@@ -219,7 +219,7 @@ def model_source(config: ml_collections.ConfigDict, image_shape, num_classes: in
                          "give a Keras 3 .keras file")
     return source_lib.ModelSource("keras_file", path, tuple(image_shape), int(num_classes), 1.0,
                                   config.model.input_scaling, source_lib.sha256_of(path),
-                                  tuple(config.model.boundaries))
+                                  tuple(config.model.boundaries), float(config.model.bn_momentum))
 
 
 def model_info(model: keras.Model, config: ml_collections.ConfigDict) -> dict[str, Any]:

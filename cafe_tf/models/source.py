@@ -122,6 +122,7 @@ class ModelSource:
     input_scaling: str = "mean_std"
     sha256: str = ""
     boundaries: tuple[str, ...] = ()  # layer names kept whole (config.model.boundaries)
+    bn_momentum: float = 0.0  # > 0: every BatchNormalization's momentum (config.model.bn_momentum)
 
     @property
     def spec(self) -> str:
@@ -154,7 +155,14 @@ class ModelSource:
         with its fixed-width boundaries recorded on it (``cafe_tf.graph.set_boundaries``)."""
         from cafe_tf.graph import set_boundaries
 
-        return set_boundaries(self._build(), self.boundaries)
+        model = set_boundaries(self._build(), self.boundaries)
+        if self.bn_momentum:
+            # keras.applications use 0.999 (tuned for long ImageNet runs): after a few epochs their
+            # moving statistics are still far from the data's, so a short run evaluates at chance.
+            for layer in model.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.momentum = float(self.bn_momentum)
+        return model
 
     def _build(self) -> keras.Model:
         from cafe_tf.models import registry
@@ -191,7 +199,8 @@ class ModelSource:
                    "args": {"input_shape": list(self.input_shape), "num_classes": int(self.num_classes),
                             "width_mult": float(self.width_mult)}}
         return {**out, "input_scaling": self.input_scaling,
-                **({"boundaries": list(self.boundaries)} if self.boundaries else {})}
+                **({"boundaries": list(self.boundaries)} if self.boundaries else {}),
+                **({"bn_momentum": float(self.bn_momentum)} if self.bn_momentum else {})}
 
     def model_info(self) -> dict[str, Any]:
         """The ``model_info`` of ``space.write_widths`` / ``supernet.json``, provenance included."""
@@ -225,10 +234,11 @@ def _check_file_model(model: keras.Model, source: ModelSource) -> None:
 
 
 def resolve(name: str, input_shape: Sequence[int] | None = None, num_classes: int | None = None,
-            width_mult: float = 1.0, input_scaling: str = "mean_std", boundaries: Sequence[str] = ()) -> ModelSource:
-    """The :class:`ModelSource` of a ``config.model.name`` value (with ``boundaries``)."""
+            width_mult: float = 1.0, input_scaling: str = "mean_std", boundaries: Sequence[str] = (),
+            bn_momentum: float = 0.0) -> ModelSource:
+    """The :class:`ModelSource` of a ``config.model.name`` value (with ``boundaries`` and ``bn_momentum``)."""
     return dataclasses.replace(_resolve(name, input_shape, num_classes, width_mult, input_scaling),
-                               boundaries=tuple(boundaries))
+                               boundaries=tuple(boundaries), bn_momentum=float(bn_momentum))
 
 
 def _resolve(name: str, input_shape: Sequence[int] | None, num_classes: int | None, width_mult: float,
@@ -272,7 +282,8 @@ def _resolve(name: str, input_shape: Sequence[int] | None, num_classes: int | No
 def from_config(model: Any, image_shape: Sequence[int], num_classes: int) -> ModelSource:
     """The :class:`ModelSource` ``config.model`` describes for the pipeline's images and classes."""
     return resolve(model.name, tuple(model.input_shape) or tuple(image_shape), model.num_classes or num_classes,
-                   model.width_mult, model.input_scaling, tuple(model.get("boundaries", ())))
+                   model.width_mult, model.input_scaling, tuple(model.get("boundaries", ())),
+                   float(model.get("bn_momentum", 0.0)))
 
 
 def check_record(record: Mapping[str, Any], input_scaling: str | None = None) -> None:
@@ -296,7 +307,8 @@ def check_record(record: Mapping[str, Any], input_scaling: str | None = None) ->
 def from_record(record: Mapping[str, Any]) -> ModelSource:
     """The :class:`ModelSource` of a ``model_source`` record, checked by :func:`check_record` first."""
     check_record(record)
-    return dataclasses.replace(_from_record(record), boundaries=tuple(record.get("boundaries", ())))
+    return dataclasses.replace(_from_record(record), boundaries=tuple(record.get("boundaries", ())),
+                               bn_momentum=float(record.get("bn_momentum", 0.0)))
 
 
 def _from_record(record: Mapping[str, Any]) -> ModelSource:
