@@ -4,6 +4,7 @@ The distributed checks (MirroredStrategy on 2 logical CPUs) need fresh processes
 fixed at start-up), so they run this module's ``_child_*`` functions in subprocesses.
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -824,7 +825,7 @@ def test_exact_target_channel_multiple_on_resnet20(m):
 # the toy's groups have 4, 5, 6, 8 and 9 channels: most leave a remainder
 @given(m=st.sampled_from([2, 3, 4]), ratio=st.floats(0.35, 0.95), seed=st.integers(0, 2**16))
 def test_exact_target_channel_multiple_property_on_a_toy_model(m, ratio, seed):
-    graph, cost = _ZOO
+    graph, cost = _zoo()
     rng = np.random.default_rng(seed)
     logits = {g.id: rng.normal(0, 2, g.size) for g in graph.prunable_groups}
     try:
@@ -838,8 +839,12 @@ def test_exact_target_channel_multiple_property_on_a_toy_model(m, ratio, seed):
     assert info["achieved_macs"] == cost.macs(cost.widths_of(selection)) <= ratio * cost.macs()
 
 
-_ZOO_GRAPH = ChannelGraph.from_model(coupling_zoo())
-_ZOO = (_ZOO_GRAPH, CostModel(_ZOO_GRAPH))
+@functools.cache
+def _zoo() -> tuple[ChannelGraph, CostModel]:
+    """Built on first use, not at import: a subprocess that imports this module first sets up its
+    logical CPUs, which TensorFlow refuses once a model exists."""
+    graph = ChannelGraph.from_model(coupling_zoo())
+    return graph, CostModel(graph)
 
 
 def test_channel_multiple_errors_name_the_value_and_the_group():

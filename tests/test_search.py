@@ -401,22 +401,33 @@ def test_latency_widths_path_and_model_path_search_alike(space):
     assert user.calls == calls  # every candidate the slow search judged was one model, predicted once
 
 
+class UserDense(keras.layers.Dense):
+    """A user's dense layer, registered with a rule that keys its latency by its config (units)."""
+
+
 def test_latency_checker_falls_back_to_models_when_widths_cannot_be_followed():
-    from cafe_tf import surgery
+    from cafe_tf import layers, surgery
+
+    class ConfigKeyedDense(layers.DenseRule):
+        latency_key = layers.LayerRule.latency_key  # "LAYER:UserDense" + its config, which holds its width
 
     L = keras.layers
-    x = inputs = keras.Input((8, 8, 3), name="image")
-    x = L.Conv2D(8, 3, padding="same", name="c1")(x)
-    x = L.Dense(6, activation="relu", name="pointwise")(x)  # keyed by its config (units) in the table
-    x = L.GlobalAveragePooling2D(name="gap")(x)
-    model = keras.Model(inputs, L.Dense(4, name="logits")(x))
-    space = SearchSpace(ChannelGraph.from_model(model))
-    table = _wiggly_latency_table(space)
-    checker = BudgetChecker(space, Budget(max_latency_ms=float(table.predict_ms(model))), latency=table)
-    assert checker.latency_path == "model"
-    widths = np.ones_like(space.num_bins)
-    sub = surgery.extract(model, space.channels(space.fixed(widths)), graph=space.graph, copy_weights=False)
-    assert checker.latency_batch(widths[None]).tolist() == [table.predict_ms(sub)]
+    layers.register(UserDense, ConfigKeyedDense())
+    try:
+        x = inputs = keras.Input((8, 8, 3), name="image")
+        x = L.Conv2D(8, 3, padding="same", name="c1")(x)
+        x = UserDense(6, activation="relu", name="pointwise")(x)
+        x = L.GlobalAveragePooling2D(name="gap")(x)
+        model = keras.Model(inputs, L.Dense(4, name="logits")(x))
+        space = SearchSpace(ChannelGraph.from_model(model))
+        table = _wiggly_latency_table(space)
+        checker = BudgetChecker(space, Budget(max_latency_ms=float(table.predict_ms(model))), latency=table)
+        assert checker.latency_path == "model"
+        widths = np.ones_like(space.num_bins)
+        sub = surgery.extract(model, space.channels(space.fixed(widths)), graph=space.graph, copy_weights=False)
+        assert checker.latency_batch(widths[None]).tolist() == [table.predict_ms(sub)]
+    finally:
+        layers.unregister(UserDense)
 
 
 def test_retraining_flags_of_the_train_program(fashion_mnist_dir, tmp_path):
