@@ -344,7 +344,8 @@ def _load_model(config: ml_collections.ConfigDict, path: str) -> keras.Model:
     """A stage's saved model, with config.model.boundaries recorded on it (every graph of it keeps them)."""
     from cafe_tf.graph import set_boundaries
 
-    return set_boundaries(prune_lib.load_model(path), tuple(config.model.boundaries))
+    boundaries = tuple(config.model.get("boundaries", ())) if "model" in config else ()
+    return set_boundaries(prune_lib.load_model(path), boundaries)
 
 
 def _gate_settings(config: ml_collections.ConfigDict, source: str) -> dict[str, Any]:
