@@ -185,7 +185,10 @@ def build_stages(config, workdir: str, config_args: list[str] | None = None) -> 
             ["-m", "deploy.verify", f"--model={w('retrain', 'model.keras')}",
              f"--tflite={w('deploy', f'model_{quant}.tflite')}", f"--dataset={config.data.name}",
              f"--out={w('deploy', f'verify_{quant}.json')}", f"--batch_size={min(VERIFY_BATCH, deploy.verify_examples)}",
-             f"--num_batches={batches}", *data_dir],
+             f"--num_batches={batches}", f"--input_scaling={config.model.input_scaling}",
+             # a quantized format below the agreement criterion is reported, and its accuracy drop
+             # decides (config.deploy.max_accuracy_drop); fp32 must match Keras or the export is wrong
+             *([] if quant == "fp32" else ["--report_only"]), *data_dir],
             w("deploy", f"verify_{quant}.json"), read_json))
     # One process times every format in interleaved rounds, so background load hits them alike.
     pairs = [(w("deploy", f"model_{q}.tflite"), w("deploy", f"benchmark_{q}.json")) for q in formats]

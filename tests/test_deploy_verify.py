@@ -107,3 +107,23 @@ def test_programs_export_int8_then_verify_on_fashion_mnist(fashion_mnist_dir, tm
     assert report["keras_accuracy"] is not None and report["accuracy_drop_pt"] is not None
     assert checked.returncode == (0 if report["passed"] else 1), checked.stderr
     assert ("PASS" if report["passed"] else "FAIL") in checked.stdout
+
+
+def test_report_only_writes_a_failing_report_and_exits_zero(tmp_path):
+    """deploy.verify --report_only (the pipeline's quantized formats): the report says FAIL, the exit code is 0."""
+    keras_path, tflite_path = str(tmp_path / "m.keras"), str(tmp_path / "m.tflite")
+    inp = keras.Input((28, 28, 1))
+    model = keras.Model(inp, keras.layers.Dense(10)(keras.layers.Flatten()(inp)))
+    model.save(keras_path)
+    export.export_tflite(model, "fp32", tflite_path)
+    model.layers[-1].set_weights([w + 1.0 for w in model.layers[-1].get_weights()])  # Keras and TFLite now differ
+    model.save(keras_path)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    base = [sys.executable, "-m", "deploy.verify", f"--model={keras_path}", f"--tflite={tflite_path}",
+            "--num_batches=1", "--batch_size=8"]
+    strict = subprocess.run(base + [f"--out={tmp_path / 'a.json'}"], capture_output=True, text=True, env=env)
+    lenient = subprocess.run(base + [f"--out={tmp_path / 'b.json'}", "--report_only"], capture_output=True, text=True,
+                             env=env)
+    assert strict.returncode == 1 and "parity check failed" in strict.stderr
+    assert lenient.returncode == 0 and "verify: FAIL" in lenient.stdout, lenient.stderr
+    assert json.loads((tmp_path / "b.json").read_text())["passed"] is False

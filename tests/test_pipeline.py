@@ -52,6 +52,9 @@ def test_stages_of_the_demo_config(tmp_path):
                                           f"--model={tmp_path / 'deploy' / 'model_fp32.tflite'}"]
     assert f"--out={tmp_path / 'deploy' / 'benchmark_int8.json'}" in s["benchmark"].command
     assert "--num_batches=10" in s["verify_int8"].command and "--batch_size=100" in s["verify_int8"].command
+    # a quantized format's parity is reported, not fatal (its accuracy drop decides); fp32's is fatal
+    assert "--report_only" in s["verify_int8"].command and "--report_only" not in s["verify_fp32"].command
+    assert "--input_scaling=mean_std" in s["verify_int8"].command and "--input_scaling=mean_std" in s["export_int8"].command
     assert s["retrain"].artifact == str(tmp_path / "retrain" / "model.keras")
 
 
