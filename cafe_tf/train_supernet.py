@@ -22,7 +22,7 @@ import os
 # Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from cafe_tf import programs  # noqa: E402
+from cafe_tf import programs
 
 _CONFIG, _WORKDIR = programs.define_config_flags()
 

@@ -141,7 +141,7 @@ class GateTrainer:
         self.strategy = strategy or tf.distribute.get_strategy()
         _check_built_in_scope(self.strategy, model.weights, f"the main network {model.name!r}", "model")
         _check_built_in_scope(self.strategy, module.weights, f"the gate module {module.name!r}", "gate module")
-        if main_optimizer is not None and getattr(main_optimizer, "_distribution_strategy",  # noqa: SLF001
+        if main_optimizer is not None and getattr(main_optimizer, "_distribution_strategy",
                                                   self.strategy) is not self.strategy:
             raise ValueError(f"main_optimizer was not created under {type(self.strategy).__name__}.scope(); "
                              "create it inside the scope")
