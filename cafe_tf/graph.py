@@ -127,12 +127,7 @@ def flatten_model(model: keras.Model) -> keras.Model:
 
 def _replay(model: keras.Model, inputs: list) -> list:
     """Calls ``model``'s layers on ``inputs``, inlining nested models."""
-    if isinstance(model, keras.Sequential) and not _is_functional(model):
-        x = inputs[0]
-        for layer in model.layers:
-            x = _replay(layer, [x])[0] if isinstance(layer, keras.Model) else layer(x)
-        return [x]
-    if isinstance(model, keras.Sequential):
+    if isinstance(model, keras.Sequential):  # a chain, built or not: its layers in order
         x = inputs[0]
         for layer in model.layers:
             x = _replay(layer, [x])[0] if isinstance(layer, keras.Model) else layer(x)
