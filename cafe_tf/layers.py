@@ -241,6 +241,10 @@ class LayerRule:
         prefix = "LAYER" if isinstance(layer, L.Layer) else "OP"
         return (f"{prefix}:{type(layer).__name__}", (1, 1), (1, 1), "", json.dumps(config, sort_keys=True, default=str))
 
+    def latency_input_channels(self, key: Any) -> int:
+        """Channels of the one-layer model's input (a concatenation's input is one of its parts)."""
+        return key.cin
+
     def latency_layer(self, key: Any) -> Callable:
         """A callable building the key's one-layer model body from its input."""
         kind, cls_name = key.op.split(":", 1)
@@ -455,13 +459,11 @@ class ElementwiseOp(LayerRule):
     """
 
     def wire(self, ctx):
-        for c in ctx.constants:
-            if np.ndim(c) > 0 and np.size(c) > 1:
-                s = ctx.in_spaces[0] if ctx.in_spaces else None
-                if s is None:
-                    raise ctx.refuse("has no tensor input")
-                for t in ctx.in_spaces:
-                    ctx.block(t, f"operation {ctx.name!r} has per-channel constants")
+        if not ctx.in_spaces:
+            raise ctx.refuse("has no tensor input")
+        if any(np.size(c) > 1 for c in ctx.constants):
+            for t in ctx.in_spaces:
+                ctx.block(t, f"operation {ctx.name!r} has per-channel constants")
         if len(ctx.in_spaces) > 1:
             return Merge().wire(ctx)
         return super().wire(ctx)

@@ -224,8 +224,7 @@ def build_layer_model(key: LayerKey) -> Any:
     if key.op == "FULLY_CONNECTED" and (key.in_h, key.in_w) == (1, 1):
         inputs = keras.Input((key.cin,), name="x")
     else:
-        cin = rule.latency_input_channels(key) if hasattr(rule, "latency_input_channels") else key.cin
-        inputs = keras.Input((key.in_h, key.in_w, cin), name="x")
+        inputs = keras.Input((key.in_h, key.in_w, rule.latency_input_channels(key)), name="x")
     return keras.Model(inputs, body(inputs))
 
 
