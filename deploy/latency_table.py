@@ -23,15 +23,23 @@ channels move together (depthwise, add, pooling), a least-squares line of latenc
 convolutions and dense layers, and a MACs-proportional estimate from the nearest entry (or from all
 entries of the op) as the last resort.
 
-File format (schema ``latency_table``, version 1, written atomically with ``cafe_tf.io``)::
+A table can also be built from per-op profiles of whole subnets taken on the target
+(``deploy.op_profile``: ``benchmark_model --enable_op_profiling=true`` on the host or over adb on
+Android): each op is timed in place, inside its network, so caches and threading are included.
 
-    {"schema": "latency_table", "schema_version": 1,
-     "target": "host", "quant": "fp32" | "int8", "threads": 1, "delegate": "xnnpack",
+File format (schema ``latency_table``, version 2, written atomically with ``cafe_tf.io``; version 1
+files, which lack ``method`` and ``model_fingerprint``, are still read)::
+
+    {"schema": "latency_table", "schema_version": 2,
+     "target": "host" | "android", "quant": "fp32" | "int8", "threads": 1, "delegate": "xnnpack",
+     "method": "isolated" | "op_profile",
+     "model_fingerprint": "sha256:...",  # model_fingerprint(): the full model's layer configurations
      "entries": [{"op": "CONV_2D", "kernel": [3, 3], "stride": [1, 1], "padding": "same",
                   "in_hw": [32, 32], "cin": 16, "cout": 16, "extra": "", "ms": 0.153}, ...],
      "model": {"constant_ms": float, "scale": float,
                "formula": "predicted_ms = constant_ms + scale * sum(layer_ms)"},
-     "fit": {...}, "holdout": {"within_10pct": fraction, "rows": [...]},
+     "fit": {...}, "holdout": {"within_10pct": fraction, "mean_abs_error_pct": .., "p90_abs_error_pct": ..,
+                               "max_abs_error_pct": .., "rows": [...]},
      "source": {...}, "environment": {...}, "created": "..."}
 
 Use in a search: ``LatencyTable.load(path).predict_ms(keras_model)`` for any plain Keras model made
@@ -58,8 +66,11 @@ import numpy as np
 from deploy.errors import DeployError, UsageError
 
 SCHEMA = "latency_table"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)  # versions this module reads
 QUANTS = ("fp32", "int8")
+TARGETS = ("host", "android")
+METHODS = ("isolated", "op_profile")
 FORMULA = "predicted_ms = constant_ms + scale * sum(layer_ms)"
 # Ops the converter fuses into the producing op: they get no entry of their own.
 _FUSABLE_ACTIVATIONS = ("relu", "relu6", "linear")
@@ -202,6 +213,27 @@ def layer_keys(model: Any) -> list[LayerKey]:
         if key is not None:
             keys.append(key)
     return keys
+
+
+def model_fingerprint(model: Any) -> str:
+    """The fingerprint of ``model``'s width space: a hash of its input shape and its full-width layer
+    configurations (weights and names do not enter), so a table is refused for another architecture,
+    input size or class count (:meth:`LatencyTable.check_model`)."""
+    import hashlib
+    import json
+
+    payload = {"input_shape": [int(d) for d in model.inputs[0].shape[1:]],
+               "layers": [k.to_dict() for k in layer_keys(model)]}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return f"sha256:{digest[:16]}"
+
+
+class TableMismatchError(DeployError):
+    """A latency table from another model or target than the one it is used for."""
+
+
+class LatencyBudgetExceeded(DeployError):
+    """The network a search chose under ``max_latency_ms`` measures over the budget by more than the table's error."""
 
 
 def _operations(model: Any) -> list:
@@ -490,6 +522,48 @@ class LatencyTable:
             for k in layer_keys(model)
         ]
 
+    # -- what the table is for ----------------------------------------------------------------
+
+    @property
+    def stated_error_pct(self) -> float | None:
+        """The table's stated error: the 90th percentile of |predicted - measured| / measured (%) over
+        its held-out subnets, or None when it has none (a table made in code)."""
+        held = self.info.get("holdout") or {}
+        if held.get("p90_abs_error_pct") is not None:
+            return float(held["p90_abs_error_pct"])
+        rows = held.get("rows") or []  # version 1 files: from the rows
+        return error_stats([r["error_pct"] for r in rows])["p90_abs_error_pct"] if rows else None
+
+    def describe(self) -> str:
+        """One line naming what the table was built for."""
+        source = self.info.get("source") or {}
+        return (f"model {source.get('model', '?')!r} (fingerprint {self.info.get('model_fingerprint', 'none')}, "
+                f"input {source.get('input_shape', '?')}), target {self.info.get('target', '?')!r}, "
+                f"{self.info.get('quant', '?')}, {self.info.get('threads', '?')} thread(s), "
+                f"method {self.info.get('method', 'isolated')!r}")
+
+    def check_model(self, model: Any, target: str | None = None, where: str = "the latency table") -> None:
+        """Raises :class:`TableMismatchError`, naming both sides, when the table was built for another
+        model (fingerprint) or, with ``target`` given, another target. A table without a fingerprint
+        (version 1, or made in code) is only checked against ``target``."""
+        if target and self.info.get("target") and self.info["target"] != target:
+            raise TableMismatchError(
+                f"{where} was built for target {self.info['target']!r}, but this run budgets latency on "
+                f"target {target!r}; build a table on {target!r} (deploy.latency_table --target {target}) "
+                f"or set the target to {self.info['target']!r}. The table: {self.describe()}"
+            )
+        expected = self.info.get("model_fingerprint")
+        if not expected:
+            return
+        actual = model_fingerprint(model)
+        if actual != expected:
+            shape = [int(d) for d in model.inputs[0].shape[1:]]
+            raise TableMismatchError(
+                f"{where} was built for another model: the table is for {self.describe()}; this run's model "
+                f"is {model.name!r} (fingerprint {actual}, input {shape}, {len(layer_keys(model))} layer "
+                f"configurations). Build a table for this model: python -m deploy.latency_table --model MODEL.keras"
+            )
+
     # -- files ----------------------------------------------------------------------------------
 
     def to_payload(self) -> dict[str, Any]:
@@ -511,7 +585,7 @@ class LatencyTable:
         """Reads and validates a table file (raises ``cafe_tf.io.ArtifactError`` naming the problem)."""
         from cafe_tf import io as cafe_io
 
-        obj = cafe_io.read_artifact(path, SCHEMA, (VERSION,), ("target", "quant", "threads", "entries", "model"), _validate)
+        obj = cafe_io.read_artifact(path, SCHEMA, VERSIONS, ("target", "quant", "threads", "entries", "model"), _validate)
         entries = {LayerKey.from_dict(e): float(e["ms"]) for e in obj["entries"]}
         info = {k: v for k, v in obj.items() if k not in ("schema", "schema_version", "entries", "model")}
         return cls(entries, obj["model"]["constant_ms"], obj["model"]["scale"], info)
@@ -523,6 +597,10 @@ def load(path: str | os.PathLike) -> LatencyTable:
 
 
 def _validate(obj: Mapping[str, Any]) -> None:
+    if obj.get("method", "isolated") not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {obj['method']!r}")
+    if "model_fingerprint" in obj and not str(obj["model_fingerprint"]).startswith("sha256:"):
+        raise ValueError(f"model_fingerprint must be 'sha256:<hex>', got {obj['model_fingerprint']!r}")
     if obj["quant"] not in QUANTS:
         raise ValueError(f"quant must be one of {list(QUANTS)}, got {obj['quant']!r}")
     if not isinstance(obj["threads"], int) or obj["threads"] < 1:
@@ -605,14 +683,83 @@ def accuracy_rows(table: LatencyTable, models: Sequence[Any], measured: Sequence
             "error_pct": 100.0 * (predicted - real) / real, "layers": len(layer_keys(model)),
             "unmeasured_layers": sum(k not in table.entries for k in layer_keys(model)),
         })
-    errors = np.array([abs(r["error_pct"]) for r in rows])
+    return {"subnets": len(rows), **error_stats([r["error_pct"] for r in rows]), "rows": rows}
+
+
+def error_stats(error_pct: Sequence[float]) -> dict[str, float | None]:
+    """Relative-error statistics of predictions, from their signed errors in %: share within +-10%,
+    mean, 90th percentile (linear interpolation) and max of the absolute error, and the mean signed error."""
+    errors = np.abs(np.asarray(error_pct, dtype=np.float64))
+    if not errors.size:
+        return dict.fromkeys(("within_10pct", "mean_abs_error_pct", "p90_abs_error_pct", "max_abs_error_pct",
+                              "mean_error_pct"))
     return {
-        "subnets": len(rows),
-        "within_10pct": float(np.mean(errors <= 10.0)) if rows else None,
-        "mean_abs_error_pct": float(errors.mean()) if rows else None,
-        "max_abs_error_pct": float(errors.max()) if rows else None,
-        "rows": rows,
+        "within_10pct": float(np.mean(errors <= 10.0)),
+        "mean_abs_error_pct": float(errors.mean()),
+        "p90_abs_error_pct": float(np.percentile(errors, 90)),
+        "max_abs_error_pct": float(errors.max()),
+        "mean_error_pct": float(np.mean(error_pct)),
     }
+
+
+def measure_on_target(
+    table: LatencyTable, model: Any, rounds: int = 3, benchmark_binary: str | None = None,
+    serial: str | None = None, adb: str | None = None,
+) -> dict[str, Any]:
+    """Exports the plain Keras ``model`` with the table's quantization and measures it on the table's
+    target with the table's thread count: ``{"measured_ms", "target", "quant", "threads", "how", "environment"}``.
+
+    host: the LiteRT interpreter with XNNPACK, as deploy.benchmark's host target (median of interleaved
+    rounds, best round). android: ``benchmark_model`` over adb (``deploy.benchmark.android``; needs
+    ``benchmark_binary``), its mean latency."""
+    import tempfile
+
+    from deploy.benchmark import schema
+
+    target, quant, threads = table.info.get("target"), table.info.get("quant", "fp32"), int(table.info.get("threads", 1))
+    if target == "host":
+        ms = measure_models([model], quant, threads, rounds=rounds)[0]
+        return {"measured_ms": ms, "target": target, "quant": quant, "threads": threads,
+                "how": f"LiteRT interpreter + XNNPACK, median invoke, best of {rounds} rounds",
+                "environment": schema.host_environment()}
+    if target == "android":
+        from deploy.benchmark import android
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, f"{model.name}_{quant}.tflite")
+            with open(path, "wb") as f:
+                f.write(to_tflite(model, quant))
+            record = android.benchmark_android(path, benchmark_binary, serial=serial, threads=threads, adb=adb,
+                                               op_profiling=False)
+        return {"measured_ms": float(record["latency_ms"]["mean"]), "target": target, "quant": quant,
+                "threads": threads, "how": "benchmark_model over adb, mean latency",
+                "environment": record["environment"]}
+    raise DeployError(f"cannot measure on target {target!r}: the table names no target this module measures "
+                      f"(valid: {list(TARGETS)})")
+
+
+def check_budget(budget_ms: float, predicted_ms: float, measured_ms: float, error_pct: float | None) -> dict[str, Any]:
+    """Measured against predicted latency of a network chosen under ``budget_ms``.
+
+    Returns the record (measured, predicted, budget, the table's stated error, the limit
+    ``budget * (1 + error)``); raises :class:`LatencyBudgetExceeded`, naming all of them, when the
+    measured latency is over the limit. A table without a stated error allows no excess."""
+    error = float(error_pct or 0.0)
+    limit = budget_ms * (1.0 + error / 100.0)
+    record = {
+        "budget_ms": float(budget_ms), "predicted_ms": float(predicted_ms), "measured_ms": float(measured_ms),
+        "measured_over_predicted": float(measured_ms / predicted_ms) if predicted_ms > 0 else None,
+        "stated_error_pct": error_pct, "limit_ms": limit, "within_limit": bool(measured_ms <= limit),
+    }
+    if measured_ms > limit:
+        stated = f"{error:.1f}%" if error_pct is not None else "none stated (0%)"
+        raise LatencyBudgetExceeded(
+            f"the chosen network measures {measured_ms:.4f} ms against a predicted {predicted_ms:.4f} ms: over the "
+            f"budget max_latency_ms={budget_ms:g} by more than the table's error ({stated}; limit {limit:.4f} ms). "
+            "The table does not hold on this target now: rebuild it (deploy.latency_table, e.g. --method "
+            "op_profile), lower the budget, or run on a quieter machine"
+        )
+    return record
 
 
 def random_subnets(
@@ -686,6 +833,8 @@ def build_table(
         "quant": quant,
         "threads": int(threads),
         "delegate": "xnnpack",
+        "method": "isolated",
+        "model_fingerprint": model_fingerprint(model),
         "source": {
             "model": model.name,
             "input_shape": [int(d) for d in model.inputs[0].shape[1:]],

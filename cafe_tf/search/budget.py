@@ -105,6 +105,11 @@ class BudgetChecker:
         channels = self.space.channels(self.space.fixed(widths))
         return surgery.extract(self.space.graph.model, channels, graph=self.space.graph, copy_weights=False)
 
+    def plain_model(self, widths: np.ndarray):
+        """The candidate as the plain Keras model its latency is predicted on (the leftmost channels
+        with fresh weights, or ``build_model``'s): what a check on the target exports and measures."""
+        return self._build_model(self.space.check_widths(widths))
+
     # ----------------------------------------------------------------------------------------
     @property
     def latency_path(self) -> str | None:

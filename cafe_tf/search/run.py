@@ -18,6 +18,7 @@ from typing import Any
 
 import keras
 import ml_collections
+import numpy as np
 from absl import logging
 
 from cafe_tf import data as data_lib
@@ -40,6 +41,14 @@ def search_section() -> ml_collections.ConfigDict:
         max_params=0,  # budget in parameters; 0 = unset
         max_latency_ms=0.0,  # budget in ms, predicted by search.latency_table; 0 = unset
         latency_table="",  # a latency table file of deploy.latency_table
+        latency_target="",  # the target max_latency_ms is for (host | android); "" = the table's; another is refused
+        # After a search under max_latency_ms: export the chosen net (the table's quant), measure it on the
+        # table's target, report measured and predicted side by side, and stop when it measures over the
+        # budget by more than the table's stated error (its held-out p90 relative error).
+        latency_check=True,
+        latency_check_rounds=3,  # host: interleaved timing rounds (best of)
+        benchmark_binary="",  # android: the benchmark_model binary latency_check runs over adb
+        adb_serial="",  # android: the device (default: the only one attached)
         macs_ratio=0.5,  # with no budget given: max_macs = macs_ratio x the full net's MACs
         lower_ratio=0.8,  # candidates are kept in [lower_ratio x budget, budget]
         population=50,
@@ -67,6 +76,18 @@ def validate_search(section: ml_collections.ConfigDict) -> None:
     if section.max_latency_ms and not section.latency_table:
         raise ConfigError(f"config.search.max_latency_ms={section.max_latency_ms!r} needs "
                           "config.search.latency_table=FILE (a table from deploy.latency_table)")
+    if section.latency_target:
+        from deploy.latency_table import TARGETS
+
+        if section.latency_target not in TARGETS:
+            raise ConfigError(f"config.search.latency_target={section.latency_target!r} is invalid; valid values: "
+                              f"{list(TARGETS)} or '' (the table's)")
+    if section.max_latency_ms and section.latency_check and section.latency_target == "android" \
+            and not section.benchmark_binary:
+        raise ConfigError("config.search.latency_check=True on target 'android' needs config.search.benchmark_binary="
+                          "PATH (TFLite's benchmark_model for Android), or latency_check=False")
+    if section.latency_check_rounds < 1:
+        raise ConfigError(f"config.search.latency_check_rounds={section.latency_check_rounds!r} is invalid; it must be >= 1")
     if not 0 <= section.macs_ratio <= 1:
         raise ConfigError(f"config.search.macs_ratio={section.macs_ratio!r} is invalid; it must be in [0, 1]")
     if not 0 <= section.lower_ratio <= 1:
@@ -120,6 +141,43 @@ def load_latency_predictor(path: str) -> LatencyPredictor:
     if not callable(getattr(predictor, "predict_ms", None)):
         raise ValueError(f"the latency table loaded from {path!r} has no predict_ms(model)")
     return predictor
+
+
+def check_table(latency: Any, model: keras.Model, section: ml_collections.ConfigDict) -> None:
+    """Refuses a latency table built for another model or target (when the predictor can tell:
+    ``deploy.latency_table.LatencyTable.check_model``)."""
+    check = getattr(latency, "check_model", None)
+    if callable(check):
+        check(model, section.latency_target or None, where=f"config.search.latency_table={section.latency_table!r}")
+
+
+def verify_latency(section: ml_collections.ConfigDict, checker: BudgetChecker, widths: np.ndarray) -> dict[str, Any]:
+    """Measures the chosen network on the latency table's target against its prediction (``latency_check``).
+
+    Returns the record widths.json keeps (measured and predicted side by side, the budget, the table's
+    stated error); raises ``deploy.latency_table.LatencyBudgetExceeded`` when the network measures over
+    the budget by more than the table's error. A predictor that names no target is not measured."""
+    table, bound = checker.latency, checker.budget.max_latency_ms
+    predicted = checker.latency_ms(widths)
+    if not section.latency_check:
+        return {"predicted_ms": predicted, "budget_ms": bound, "skipped": "config.search.latency_check=False"}
+    info = getattr(table, "info", None) or {}
+    if not info.get("target"):
+        return {"predicted_ms": predicted, "budget_ms": bound,
+                "skipped": "the latency predictor names no target to measure on"}
+    from deploy import latency_table
+
+    model = checker.plain_model(widths)
+    measured = latency_table.measure_on_target(
+        table, model, rounds=section.latency_check_rounds, benchmark_binary=section.benchmark_binary or None,
+        serial=section.adb_serial or None)
+    env = measured["environment"]
+    where = {"target": measured["target"], "quant": measured["quant"], "threads": measured["threads"],
+             "how": measured["how"], "method": info.get("method", "isolated"),
+             "device": env.get("cpu") or env.get("model") or env.get("adb_serial"),
+             "load_average_1m": env.get("load_average_1m")}
+    record = latency_table.check_budget(bound, predicted, measured["measured_ms"], table.stated_error_pct)
+    return {**record, **where}
 
 
 def run_search(method: str, checker: BudgetChecker, cache: ScoreCache, section: ml_collections.ConfigDict,
@@ -216,6 +274,8 @@ def run(
     supernet_path, record, model, supernet, space = load_supernet(section.supernet or os.path.join(workdir, "supernet.keras"))
     if latency is None and section.latency_table:
         latency = load_latency_predictor(os.path.expanduser(section.latency_table))
+    if latency is not None:
+        check_table(latency, space.graph.model, section)
     budget = budget_from_section(section, space.cost.macs())
     checker = BudgetChecker(space, budget, latency)
     checker.check_feasible()  # before any data is read: a bad budget fails at once
@@ -237,6 +297,8 @@ def run(
     arrangement = result.record.get("arrangement") or [list(b) for b in space.fixed(result.widths)]
     channels = space.channels(arrangement)
     measured = checker.measure(result.widths)
+    # before anything is written: a network over the budget on the target stops the run here
+    latency_check = verify_latency(section, checker, result.widths) if budget.max_latency_ms is not None else None
     extra = {
         "baselines": baseline_records(checker, cache, result.method),
         "method": result.method,
@@ -246,6 +308,7 @@ def run(
         "bins": result.widths.tolist(),
         "arrangement": arrangement,
         "latency_ms": measured.get("latency_ms"),
+        "latency_check": latency_check,
         "budget": {**budget.describe(), "resolved": budget.bounds(), "feasible_range": checker.feasible_range()},
         "in_window": bool(checker.in_window(result.widths)),
         "window_relaxed": result.window_relaxed,
@@ -276,8 +339,15 @@ def summary_lines(record: Mapping[str, Any]) -> list[str]:
         f"  params {record['params']:>14,} of {record['full_params']:,} "
         f"({100.0 * record['params'] / record['full_params']:.1f}%)",
     ]
-    if record.get("latency_ms") is not None:
-        lines.append(f"  latency {record['latency_ms']:.3f} ms (predicted)")
+    check = record.get("latency_check") or {}
+    if check.get("measured_ms") is not None:
+        error = check.get("stated_error_pct")
+        lines.append(f"  latency {check['predicted_ms']:.3f} ms predicted, {check['measured_ms']:.3f} ms measured on "
+                     f"{check['target']} ({check.get('device') or '?'}); budget {check['budget_ms']:g} ms, table error "
+                     f"{'none stated' if error is None else f'{error:.1f}%'} (p90 held-out), limit {check['limit_ms']:.3f} ms")
+    elif record.get("latency_ms") is not None:
+        lines.append(f"  latency {record['latency_ms']:.3f} ms (predicted"
+                     f"{'; not measured: ' + check['skipped'] if check.get('skipped') else ''})")
     widths = ", ".join(f"{g['width']}/{g['size']}" for g in record["groups"])
     lines.append(f"  widths per group: {widths}")
     lines.append(f"  scored {record['scored_this_run']} candidates ({record['cache_hits_this_run']} cache hits) "
@@ -286,5 +356,6 @@ def summary_lines(record: Mapping[str, Any]) -> list[str]:
 
 
 __all__ = ["METHODS", "search_section", "validate_search", "budget_from_section", "load_latency_predictor",
+           "check_table", "verify_latency",
            "load_supernet", "check_input_shape", "make_evaluator", "run_search", "baseline_records", "run",
            "summary_lines"]
