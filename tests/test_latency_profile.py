@@ -329,3 +329,47 @@ def test_android_profiler_drives_adb_with_op_profiling(tmp_path, flatbuffer):
     assert calls[6] == "-s FAKE123 shell rm -f /data/local/tmp/resnet20_int8.tflite"
     assert result["latency_ms"] == pytest.approx(1.14261) and len(result["op_profile"]["per_op"]) == 32
     assert json.dumps(result["environment"])  # JSON-able, as the table file records it
+
+
+# ---------------------------------------------------------------------------- the search job, end to end
+
+
+@pytest.mark.slow
+def test_search_job_reports_measured_and_predicted_and_stops_over_budget(tmp_path):
+    """cafe_tf.search.run under max_latency_ms with a table file for the supernet's model: widths.json holds
+    the host measurement next to the prediction; a table that predicts far too little stops the run
+    before widths.json is written."""
+    from cafe_tf import config as cfg
+    from cafe_tf.train import supernet as supernet_lib
+    from supernet_helpers import INFO, cnn, separable_source
+
+    src = separable_source()
+    sec = supernet_lib.supernet_section()
+    sec.update(dict(epochs=1, lr=0.05, log_every=6, eval_fractions=(), eval_min=False))
+    supernet_lib.train(cnn, src, sec, str(tmp_path / "supernet"), model_info=INFO)
+    full = keras.models.load_model(str(tmp_path / "supernet" / "supernet.keras"), compile=False)
+
+    def job(layer_ms, name):
+        table = _table_for(full, holdout_errors=(2.0, -2.0), layer_ms=layer_ms)
+        table.save(str(tmp_path / f"{name}.json"))
+        c = cfg.base_config()
+        c.data.batch_size = 16
+        c.search = search_run.search_section()
+        c.search.update(dict(population=6, generations=1, parents=2, calibration_examples=32, eval_examples=32,
+                             supernet=str(tmp_path / "supernet" / "supernet.keras"), latency_table=str(tmp_path / f"{name}.json"),
+                             max_latency_ms=0.7 * table.predict_ms(full), lower_ratio=0.0))
+        return c, str(tmp_path / name)
+
+    config, workdir = job(10.0, "holds")  # 10 ms a layer: far above what the small net measures
+    record = search_run.run(config, workdir, data=src)
+    check = record["latency_check"]
+    assert check["predicted_ms"] == record["latency_ms"] <= config.search.max_latency_ms
+    assert 0 < check["measured_ms"] < check["predicted_ms"] and check["within_limit"] and check["target"] == "host"
+    assert check["stated_error_pct"] == pytest.approx(2.0)
+    with open(os.path.join(workdir, "widths.json")) as f:
+        assert json.load(f)["latency_check"] == check
+
+    config, workdir = job(1e-6, "over")  # 1 ns a layer: far below
+    with pytest.raises(lt.LatencyBudgetExceeded, match=r"measures \d+\.\d{4} ms against a predicted \d+\.\d{4} ms"):
+        search_run.run(config, workdir, data=src)
+    assert not os.path.exists(os.path.join(workdir, "widths.json"))
