@@ -239,6 +239,14 @@ def write_run_report(config, workdir: str, stages) -> str:
          "artifact": "retrain/model.keras", "seconds": seconds.get("retrain")},
     ]
     formats, environment, notes = [], None, []
+    check = widths.get("latency_check") or {}
+    if check.get("measured_ms") is not None:  # a search under max_latency_ms, checked on the table's target
+        rows[2]["latency_ms"] = check["measured_ms"]
+        error = check.get("stated_error_pct")
+        notes.append(f"search latency on {check['target']} ({check['quant']}, {check['threads']} thread(s), "
+                     f"{check.get('device') or '?'}): measured {check['measured_ms']:.3f} ms, predicted "
+                     f"{check['predicted_ms']:.3f} ms by the {check.get('method', 'isolated')} table; budget "
+                     f"{check['budget_ms']:g} ms, table error {'none stated' if error is None else f'{error:.1f}%'}")
     for q in deploy.formats:
         path = w("deploy", f"model_{q}.tflite")
         if os.path.exists(path):

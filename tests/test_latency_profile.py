@@ -260,6 +260,23 @@ def test_latency_check_config_is_validated():
     search_run.validate_search(section)
 
 
+def test_run_report_shows_measured_and_predicted_latency_of_the_search(tmp_path):
+    from cafe_tf import pipeline
+    from cafe_tf.config import sibling_config
+
+    check = {"budget_ms": 0.5, "predicted_ms": 0.48, "measured_ms": 0.5123, "stated_error_pct": 7.5, "limit_ms": 0.5375,
+             "within_limit": True, "target": "host", "quant": "fp32", "threads": 1, "method": "isolated",
+             "device": "Intel Xeon (made-up record)"}
+    write_json(str(tmp_path / "widths.json"), {
+        "macs": 15_000_000, "params": 120_000, "full_macs": 31_000_000, "full_params": 274_000, "score": 0.81,
+        "groups": [], "budget": {"max_latency_ms": 0.5}, "evaluated": [{"macs": 15_000_000, "score": 0.81}],
+        "latency_check": check})
+    config = sibling_config(os.path.join(os.path.dirname(DATA), "..", "configs", "x"), "fashion_mnist_resnet20.py")
+    md = open(pipeline.write_run_report(config, str(tmp_path), [])).read()
+    assert ("search latency on host (fp32, 1 thread(s), Intel Xeon (made-up record)): measured 0.512 ms, predicted "
+            "0.480 ms by the isolated table; budget 0.5 ms, table error 7.5%") in md
+
+
 # ---------------------------------------------------------------------------- the benchmark_model command lines
 
 
