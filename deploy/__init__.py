@@ -8,5 +8,6 @@ Modules (each program runs as ``python -m deploy.<name>``; ``--help`` says how):
 * ``edgetpu``: Edge TPU readiness without the compiler, ``edgetpu_compiler`` log parsing.
 * ``benchmark``: host (LiteRT + XNNPACK), Android (adb + benchmark_model), Coral -> ``benchmark.json``.
 * ``latency_table``: per-layer latency tables and the additive predictor a width search budgets with.
+* ``op_profile``: latency tables from per-op ``benchmark_model`` profiles of whole subnets (host or adb).
 * ``tflite_model``, ``representative``: reading / running ``.tflite`` files; calibration images.
 """

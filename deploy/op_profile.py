@@ -85,6 +85,11 @@ def ops_of_row(node_type: str) -> tuple[str, ...]:
     """The builtin TFLite ops a profile row's node type can stand for."""
     if re.fullmatch(r"[A-Z][A-Z0-9_]*", node_type):  # a builtin kernel names its op
         return (node_type,)
+    if node_type == "TfLiteXNNPackDelegate":
+        raise DeployError(
+            "the op profile lists the whole XNNPACK delegate as one node (TfLiteXNNPackDelegate), not its "
+            "operators: use a benchmark_model from TensorFlow 2.10 or later, or profile with --use_xnnpack=false"
+        )
     name = node_type.split(" (", 1)[0].strip()
     if name == "Convolution" and "DWConv" in node_type:  # XNNPACK runs depthwise convolutions as DWConv
         return ("DEPTHWISE_CONV_2D",)

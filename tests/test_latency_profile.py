@@ -102,6 +102,9 @@ def test_a_profile_of_another_model_is_refused(model, flatbuffer):
         op_profile.layer_times(model, flatbuffer, profile)
     with pytest.raises(lt.DeployError, match=r"node type 'Fancy Op \(NC, F32\)' is not one this module maps"):
         op_profile.ops_of_row("Fancy Op (NC, F32)")
+    with pytest.raises(lt.DeployError, match="lists the whole XNNPACK delegate as one node"):
+        op_profile.ops_of_row("TfLiteXNNPackDelegate")
+    assert op_profile.ops_of_row("Convolution (NHWC, F32) DWConv") == ("DEPTHWISE_CONV_2D",)
     with pytest.raises(lt.DeployError, match="no per-op profile: run it with --enable_op_profiling=true"):
         op_profile.layer_times(model, flatbuffer, None)
 
