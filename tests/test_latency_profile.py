@@ -223,6 +223,8 @@ def test_check_budget_names_measured_predicted_budget_and_error():
 def test_search_stops_when_the_chosen_net_measures_over_budget(model):
     """Real host measurements of the tiny model against a table that predicts 1 ns per layer: far
     below anything measurable, with a stated error of 1%, so the stop is certain."""
+    from cafe_tf.config import ConfigError
+
     space = SearchSpace(ChannelGraph.from_model(model))
     table = _table_for(model, holdout_errors=(1.0, 1.0), layer_ms=1e-6)
     widths = space.num_bins.copy()
@@ -246,6 +248,10 @@ def test_search_stops_when_the_chosen_net_measures_over_budget(model):
     assert any(f"{predicted:.3f} ms predicted, {record['measured_ms']:.3f} ms measured on host" in line for line in lines)
     section.latency_check = False
     assert search_run.verify_latency(section, checker, widths)["skipped"] == "config.search.latency_check=False"
+    section.latency_check = True
+    android_table = _table_for(model, target="android")
+    with pytest.raises(ConfigError, match="target 'android': config.search.latency_check needs config.search.benchmark_binary"):
+        search_run.verify_latency(section, BudgetChecker(space, Budget(max_latency_ms=1e3), android_table), widths)
 
 
 def test_latency_check_config_is_validated():

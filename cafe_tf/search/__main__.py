@@ -17,6 +17,13 @@ to search_state.json after each generation, so running the same command again re
 holds the chosen channels, MACs, params, the score, the Pareto set of everything scored and the
 history; train it with `python -m cafe_tf.train --config C --workdir R --widths <workdir>/widths.json`.
 
+Under max_latency_ms, the table must be for this supernet's model (and for
+config.search.latency_target when set). The chosen net is then exported with the table's
+quantization and measured on the table's target (config.search.latency_check; android needs
+config.search.benchmark_binary); widths.json's latency_check holds measured and predicted ms side
+by side, and a net that measures over the budget by more than the table's stated error (its
+held-out p90 relative error) stops the search with an error naming both, before widths.json is written.
+
 Exit codes: 0 done, 1 the job failed (e.g. an infeasible budget: the message names the feasible
 range), 2 usage or config error.
 """

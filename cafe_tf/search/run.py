@@ -165,6 +165,10 @@ def verify_latency(section: ml_collections.ConfigDict, checker: BudgetChecker, w
     if not info.get("target"):
         return {"predicted_ms": predicted, "budget_ms": bound,
                 "skipped": "the latency predictor names no target to measure on"}
+    if info["target"] == "android" and not section.benchmark_binary:
+        raise ConfigError("the latency table is for target 'android': config.search.latency_check needs "
+                          "config.search.benchmark_binary=PATH (TFLite's benchmark_model for Android), or set "
+                          "config.search.latency_check=False")
     from deploy import latency_table
 
     model = checker.plain_model(widths)
