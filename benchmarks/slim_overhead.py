@@ -27,6 +27,7 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from cafe_tf import models
+from deploy.benchmark import schema
 from cafe_tf.slim import Supernet
 from cafe_tf.space import SearchSpace
 
@@ -53,24 +54,6 @@ def _time(fn, args, n):
         fn(*args).numpy()
         out.append(time.perf_counter() - t)
     return out
-
-
-def cpu_description() -> str:
-    """The CPU model and the SIMD / dot-product features a timing depends on (from /proc/cpuinfo)."""
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "asimddp", "i8mm",
-              "sve")
-    model, found = "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model") and model == "unknown CPU":
-                    model = value.strip()
-                elif key.strip() in ("flags", "Features"):
-                    found |= set(value.split())
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores; features: {', '.join(f for f in wanted if f in found) or 'none of note'}"
 
 
 def measure(name: str, fraction: float, batch: int, rounds: int, per_round: int, input_size: int | None = None) -> dict:
@@ -119,7 +102,7 @@ def main() -> int:
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
     keras.utils.set_random_seed(0)
-    print(f"host: {cpu_description()}")
+    print(f"host: {schema.host_line()}")
     rows = []
     print(f"{'model':<14}{'width':>6}{'supernet ms':>13}{'plain ms':>10}{'ratio':>7}")
     for name in args.models:

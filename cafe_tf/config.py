@@ -96,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
             eval_every=1,  # epochs between evaluations (the last epoch is always evaluated)
             seed=0,
             deterministic=False,  # tf.config.experimental.enable_op_determinism (slower)
+            jit_compile=False,  # XLA-compile the training step (benchmarks/step_speed.py: slower on CPU here)
         )
     )
     c.distribute = ml_collections.ConfigDict(
@@ -230,6 +231,7 @@ def validate_train(train: ml_collections.ConfigDict) -> None:
     for split in train.eval_splits:
         _choice("train.eval_splits", split, ("train", "validation", "train_full", "test"))
     _check("train.eval_every", train.eval_every, train.eval_every >= 1, ">= 1")
+    _choice("train.jit_compile", train.jit_compile, (False, True))
 
 
 def validate_distribute(distribute: ml_collections.ConfigDict) -> None:

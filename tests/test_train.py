@@ -442,3 +442,16 @@ def test_two_worker_cluster_on_loopback(tmp_path):
     np.testing.assert_allclose(outs[0]["losses"], outs[1]["losses"], rtol=1e-5)
     assert (tmp_path / "metrics.json").exists()
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".scratch")]  # the worker cleaned up
+
+
+def test_jit_compiled_step_trains_as_the_plain_step(tmp_path):
+    # XLA reorders float sums: the same losses within float32 rounding over 2 epochs (16 steps).
+    runs = {}
+    for jit in (False, True):
+        rec = Recorder()
+        metrics = standard.fit(tiny_model, synthetic_source(), train_config(epochs=2, jit_compile=jit),
+                               str(tmp_path / str(jit)), hooks=[rec])
+        runs[jit] = (rec.losses, metrics["final"]["validation"])
+    assert len(runs[True][0]) == 16
+    np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-4)
+    assert runs[True][1]["loss"] == pytest.approx(runs[False][1]["loss"], rel=1e-4)

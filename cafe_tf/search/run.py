@@ -61,6 +61,8 @@ def search_section() -> ml_collections.ConfigDict:
         num_candidates=2,  # free-channel arrangements scored per width (the best counts); 1 = leftmost only
         calibration_examples=256,  # training images for each candidate's BN recalibration
         eval_examples=0,  # validation images per score; 0 = the whole validation split
+        screen_fraction=1.0,  # < 1: the K arrangements are ranked on this share of the validation batches and
+        #                       only the best runs on the rest (K x fraction + the rest per score); 1 = off
         seed=0,
         supernet="",  # the supernet.keras to search; "" = <workdir>/supernet.keras
     ))
@@ -90,6 +92,9 @@ def validate_search(section: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.search.latency_check_rounds={section.latency_check_rounds!r} is invalid; it must be >= 1")
     if not 0 <= section.macs_ratio <= 1:
         raise ConfigError(f"config.search.macs_ratio={section.macs_ratio!r} is invalid; it must be in [0, 1]")
+    if not 0 < section.screen_fraction <= 1:
+        raise ConfigError(f"config.search.screen_fraction={section.screen_fraction!r} is invalid; it must be in "
+                          "(0, 1] (1 = every arrangement on every validation image)")
     if not 0 <= section.lower_ratio <= 1:
         raise ConfigError(f"config.search.lower_ratio={section.lower_ratio!r} is invalid; it must be in [0, 1]")
     for key in ("population", "generations", "parents", "num_candidates", "calibration_examples"):
@@ -231,12 +236,13 @@ def make_evaluator(config: ml_collections.ConfigDict, supernet: Any, space: Sear
     check_input_shape(supernet.model, data)
     calibration = [x for x, _ in data_lib.calibration_batches(data, section.calibration_examples)]
     validation = data_lib.take_batches(data.make_eval["validation"], section.eval_examples)
-    evaluator = SupernetEvaluator(supernet, space, calibration, validation, section.num_candidates, seed=section.seed)
+    evaluator = SupernetEvaluator(supernet, space, calibration, validation, section.num_candidates, seed=section.seed,
+                                  screen_fraction=section.screen_fraction)
     fingerprint = {
         "supernet_sha256": file_sha256(supernet_path), "space": space.describe(),
         "num_candidates": section.num_candidates, "calibration_examples": section.calibration_examples,
         "eval_examples": section.eval_examples, "seed": section.seed, "data": config.data.name,
-        "validation_size": config.data.validation_size,
+        "validation_size": config.data.validation_size, "screen_fraction": section.screen_fraction,
     }
     return evaluator, fingerprint
 

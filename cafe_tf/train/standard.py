@@ -384,6 +384,9 @@ def _train_step_fn(model, optimizer, strategy, info, train, global_batch: int, g
         correct = kernel.per_example_accuracy(task, labels, logits, from_logits)
         return tf.reduce_sum(per_example), tf.reduce_sum(correct), tf.cast(tf.shape(labels)[0], tf.float32)
 
+    if train.jit_compile:  # XLA compiles the replica's step, as Keras's own jit_compile does
+        replica_step = tf.function(replica_step, jit_compile=True)
+
     @tf.function
     def train_step(batch):
         per_replica = strategy.run(replica_step, args=batch)

@@ -134,6 +134,15 @@ def host_environment() -> dict[str, Any]:
     }
 
 
+def host_line() -> str:
+    """One line naming this host for a published timing: CPU model, cores, SIMD / dot-product features, load."""
+    env = host_environment()
+    features = ", ".join(name for name, present in env["cpu_features"].items() if present) or "none of note"
+    load = env["load_average_1m"]
+    return (f"{env['cpu'] or 'unknown CPU'}, {env['cpu_count']} cores; features: {features}"
+            + (f"; load average {load:.1f}" if load is not None else ""))
+
+
 def make_record(
     model_path: str,
     target: str,
