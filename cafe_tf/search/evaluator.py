@@ -9,6 +9,15 @@ Accuracy is the standard loop's for the data's task: top-1, or for a multi-label
 attributes) the mean per-attribute accuracy.
 With K = 1, or a fixed-sharing space (r = 0), only the leftmost arrangement is scored.
 
+**Equal scoring** (``scoring="equal"``, what ``cafe_tf.compare`` uses so that every arm's scores
+carry the same noise): every candidate of every space gets exactly K evaluations, on the same
+validation images; evaluation i recalibrates BN on its own calibration set i (the calibration
+images are cut into K consecutive sets of equal size) and scores arrangement ``i mod L`` of the
+L <= K arrangements the space offers (a fixed-sharing space: the leftmost one K times). The score is
+the best of the K, for every arm alike, so the optimism of a maximum is the same everywhere.
+:meth:`SupernetEvaluator.repeat_scores` measures the noise itself: one arrangement under several
+calibration sets.
+
 Recalibration rewrites the moving statistics of exactly the channels a candidate uses, so a score
 does not depend on which candidates were scored before it: a cached score is the score.
 
@@ -37,6 +46,17 @@ CACHE_SCHEMA = "cafe_tf.search_cache"
 CACHE_VERSION = 1
 
 Scorer = Callable[[np.ndarray], "float | Mapping[str, Any]"]
+SCORINGS = ("arrangements", "equal")
+
+
+def split_calibration(batches: Sequence[tf.Tensor], sets: int) -> list[list[tf.Tensor]]:
+    """``batches`` (image tensors) cut into ``sets`` consecutive sets of equally many images (the rest dropped)."""
+    images = tf.concat(list(batches), axis=0)
+    per = int(images.shape[0]) // sets
+    if per < 1:
+        raise ValueError(f"{int(images.shape[0])} calibration images cannot make {sets} sets; give >= {sets}")
+    batch = max(int(batches[0].shape[0]), 1)
+    return [[images[i * per + j: i * per + min(j + batch, per)] for j in range(0, per, batch)] for i in range(sets)]
 
 
 def widths_key(widths: Sequence[int]) -> str:
@@ -124,19 +144,26 @@ class SupernetEvaluator:
         num_candidates: int = 2,
         seed: int = 0,
         task: str | None = None,
+        scoring: str = "arrangements",
     ):
         """``calibration``: image batches (a few hundred training images); ``validation``: (images, labels) batches.
 
         ``task``: "classification" or "multilabel"; ``None`` reads it from the validation labels
-        (0/1 vectors per example: multi-label).
+        (0/1 vectors per example: multi-label). ``scoring``: "arrangements" (best of up to K
+        arrangements, one calibration set) or "equal" (exactly K evaluations, ``calibration`` cut
+        into K sets; see the module doc).
         """
         if num_candidates < 1:
             raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+        if scoring not in SCORINGS:
+            raise ValueError(f"scoring {scoring!r} is not one of {SCORINGS}")
         if not calibration or not validation:
             raise ValueError("the evaluator needs calibration images and validation batches; got none")
         self.supernet, self.space = supernet, space
         self.calibration, self.validation = list(calibration), list(validation)
-        self.num_candidates, self.seed = int(num_candidates), int(seed)
+        self.num_candidates, self.seed, self.scoring = int(num_candidates), int(seed), scoring
+        self.calibration_sets = (split_calibration(self.calibration, self.num_candidates) if scoring == "equal"
+                                 else [self.calibration])
         self.task = task or kernel.label_task(self.validation[0][1])
         # The kernel's evaluation: the loss and accuracy every training loop reports, here at one width.
         self._eval_step = kernel.make_eval_step(
@@ -163,10 +190,10 @@ class SupernetEvaluator:
                 out.append(a)
         return out
 
-    def score_arrangement(self, arrangement: Sequence[Sequence[int]]) -> tuple[float, float]:
-        """(validation accuracy, mean loss) of one arrangement after recalibrating its BN statistics."""
+    def score_arrangement(self, arrangement: Sequence[Sequence[int]], calibration_set: int = 0) -> tuple[float, float]:
+        """(validation accuracy, mean loss) of one arrangement after recalibrating its BN statistics on a calibration set."""
         selection = self.supernet.trace_selection(self.space.channels(arrangement))
-        self.supernet.calibrate_bn(selection, self.calibration)
+        self.supernet.calibrate_bn(selection, self.calibration_sets[calibration_set])
         self.evaluations += 1
         result = kernel.evaluate(self._eval_step, self.validation, selection)
         return result["accuracy"], result["loss"]
@@ -175,11 +202,21 @@ class SupernetEvaluator:
         """{"score": best accuracy, "loss", "arrangement" (bins per group), "candidates": accuracies of all K}."""
         best = None
         scored = []
-        for arrangement in self.arrangements(widths):
-            acc, loss = self.score_arrangement(arrangement)
+        arrangements = self.arrangements(widths)
+        if self.scoring == "equal":  # exactly K evaluations, evaluation i on calibration set i
+            plan = [(arrangements[i % len(arrangements)], i) for i in range(self.num_candidates)]
+        else:
+            plan = [(a, 0) for a in arrangements]
+        for arrangement, calibration_set in plan:
+            acc, loss = self.score_arrangement(arrangement, calibration_set)
             scored.append(acc)
             # Ties (common on small validation sets) go to the lower loss.
             if best is None or (acc, -loss) > (best[0], -best[1]):
                 best = (acc, loss, arrangement)
         acc, loss, arrangement = best
         return {"score": acc, "loss": loss, "arrangement": [list(b) for b in arrangement], "candidates": scored}
+
+    def repeat_scores(self, widths: Sequence[int]) -> list[float]:
+        """Validation accuracy of the leftmost arrangement of ``widths`` under each calibration set (the scoring noise)."""
+        arrangement = self.arrangements(widths)[0]
+        return [self.score_arrangement(arrangement, i)[0] for i in range(len(self.calibration_sets))]
