@@ -22,7 +22,7 @@ Arms (``--arms``; each search arm: its supernet, then a search at every budget):
 * ``cafenet``: the config's supernet (locally free sharing), evolution.
 * ``fixed``: fixed-pattern sharing, same recipe, evolution.
 * ``uniform``: one width factor for every group (rounded to ``supernet.channel_multiple``), by
-  bisection to the target MACs; no supernet.
+  bisection to the target MACs, then an exact fit into the band (:func:`uniform_at`); no supernet.
 * ``random``: the best of ``search.population x search.generations`` random nets in the band,
   scored by the cafenet supernet (the NAS sanity baseline: as many scores as the evolution).
 * ablations of CafeNet's parts, each its own supernet, evolution: ``zone_bins`` /
@@ -313,33 +313,47 @@ def uniform_channels(space, fraction: float, multiple: int):
 
 
 def uniform_at(space, target: float, tolerance: float, multiple: int = 1) -> tuple[float, dict[int, object]]:
-    """(width factor, channel selection) of the uniformly scaled net closest to ``target`` MACs, by bisection.
+    """(width factor, channel selection) of the uniformly scaled net within ``tolerance`` of ``target`` MACs.
 
-    Raises ValueError naming the target and the nearest MACs reachable when none is within ``tolerance``.
+    Bisection finds the largest factor whose rounded widths stay at or under the target. Rounding to
+    ``multiple`` moves every group at once, so the MACs can jump past the band; an exact-fit step then
+    grows, one multiple at a time, the group furthest below the factor (smallest width / size) while
+    the net stays under the band's top, until it reaches the band. Raises ValueError naming the
+    target and the nearest MACs reached when it cannot.
     """
     import numpy as np
 
-    def macs(f: float) -> int:
-        return int(space.cost.macs(uniform_channels(space, f, multiple)))
+    def macs(widths) -> int:
+        return int(space.cost.macs(widths))
 
-    lo, hi = 0.0, 1.0  # macs(lo) <= target < macs(hi) once bracketed
-    if macs(hi) <= target:
+    lo, hi = 0.0, 1.0
+    if macs(uniform_channels(space, hi, multiple)) <= target:
         lo = hi
     else:
         for _ in range(60):
             mid = (lo + hi) / 2
-            if macs(mid) <= target:
+            if macs(uniform_channels(space, mid, multiple)) <= target:
                 lo = mid
             else:
                 hi = mid
-    f = min((lo, hi), key=lambda v: abs(macs(v) - target))
-    got = macs(f)
-    if abs(got - target) > tolerance * target:
+    widths = uniform_channels(space, lo, multiple)
+    low, high = band(target, tolerance)
+    while macs(widths) < low:
+        options = []
+        for g in space.groups:
+            trial = widths.copy()
+            trial[g.group_id] = min(g.size, widths[g.group_id] + multiple)
+            if trial[g.group_id] > widths[g.group_id] and macs(trial) <= high:
+                options.append((widths[g.group_id] / g.size, g.group_id, trial))
+        if not options:
+            break
+        widths = min(options, key=lambda o: o[:2])[2]
+    got = macs(widths)
+    if not low <= got <= high:
         raise ValueError(f"no uniform width factor reaches {int(target):,} MACs within {100 * tolerance:g}%: the "
-                         f"nearest is {got:,} (factor {f:.4f}); widen --macs_tolerance or lower "
+                         f"nearest is {got:,} (factor {lo:.4f}); widen --macs_tolerance or lower "
                          f"supernet.channel_multiple ({multiple})")
-    widths = uniform_channels(space, f, multiple)
-    return f, {g.group_id: np.arange(int(widths[g.group_id])) for g in space.groups}
+    return lo, {g.group_id: np.arange(int(widths[g.group_id])) for g in space.groups}
 
 
 def write_uniform(workdir: str, budget: float, tolerance: float, multiple: int) -> str:
