@@ -182,3 +182,109 @@ def test_paired_difference_t_interval_by_hand():
     one = compare.paired_difference({"0": 0.9}, {"0": 0.8})
     assert one["n"] == 1 and one["low"] is None and one["mean"] == pytest.approx(0.1)
     assert compare.paired_difference({"0": None}, {"0": 0.8}) is None
+
+
+# ---------------------------------------------------------------------------------------------- Dagger vs L1 knobs
+
+
+def test_distillation_term_by_definition():
+    from cafe_tf.train import kernel
+
+    rng = np.random.default_rng(0)
+    student = tf.constant(rng.normal(size=(5, 4)), tf.float32)
+    teacher = tf.constant(rng.normal(size=(5, 4)), tf.float32)
+    labels = tf.constant([0, 1, 2, 3, 0])
+    ce = kernel.per_example_loss("classification", labels, student)
+    # Weight 0: the plain cross-entropy, exactly (the same tensor).
+    assert kernel.distilled_loss(ce, "classification", teacher, student, 0.0, 4.0) is ce
+    assert kernel.distilled_loss(ce, "classification", None, student, 0.0, 4.0) is ce
+    # A teacher equal to the student: the KD term is 0 (softmax and multi-label), and the loss is (1 - w) CE.
+    for task in ("classification", "multilabel"):
+        np.testing.assert_allclose(kernel.distillation_loss(task, student, student, 3.0).numpy(), 0.0, atol=1e-6)
+    np.testing.assert_allclose(kernel.distilled_loss(ce, "classification", student, student, 0.3, 2.0).numpy(),
+                               0.7 * ce.numpy(), rtol=1e-6)
+    # Otherwise T^2 KL(p_t || p_s) at temperature T, written out; a softmax teacher gives the same.
+    T = 2.0
+    t64, s64 = teacher.numpy().astype(np.float64), student.numpy().astype(np.float64)
+    pt = np.exp(t64 / T) / np.exp(t64 / T).sum(-1, keepdims=True)
+    ps = np.exp(s64 / T) / np.exp(s64 / T).sum(-1, keepdims=True)
+    want = T * T * np.sum(pt * np.log(pt / ps), -1)  # float64 reference; the loss is float32
+    np.testing.assert_allclose(kernel.distillation_loss("classification", teacher, student, T).numpy(), want,
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(kernel.distillation_loss("classification", tf.nn.softmax(teacher), student, T,
+                                                        teacher_from_logits=False).numpy(), want, rtol=1e-4)
+    assert np.all(want > 0)
+    with pytest.raises(ValueError, match="distillation weight of 0.5 needs the teacher's outputs"):
+        kernel.distilled_loss(ce, "classification", None, student, 0.5, 2.0)
+
+
+def _tiny_source(n=32, batch=8, shape=(8, 8, 1), classes=3):
+    from cafe_tf import data
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (n, *shape), dtype=np.uint8), rng.integers(0, classes, n).astype(np.int64)
+    info = data.DatasetInfo("synthetic", "classification", classes, shape, {"train": n, "validation": n}, (0.5,),
+                            (0.25,), "none", None, tuple(map(str, range(classes))), "", 0)
+    base = tf.data.Dataset.from_tensor_slices((x, y))
+    return data.DataSource(info, shape, n, batch,
+                           lambda epoch, skip, ctx: data.input_pipeline(base, info, True, batch, augment="none", seed=0,
+                                                                        epoch=epoch, skip_batches=skip,
+                                                                        shuffle_buffer=n, input_context=ctx),
+                           {"validation": lambda ctx: data.input_pipeline(base, info, False, batch, input_context=ctx)})
+
+
+def test_finetune_distills_from_the_teacher_it_is_given(tmp_path):
+    import keras
+
+    from cafe_tf import config as cfg
+    from cafe_tf.config import ConfigError, validate_train
+    from cafe_tf.train import standard
+
+    L = keras.layers
+    inp = keras.Input((8, 8, 1))
+    init = keras.Model(inp, L.Dense(3)(L.GlobalAveragePooling2D()(L.Conv2D(4, 3, activation="relu")(inp))))
+
+    def copy():
+        m = keras.models.clone_model(init)
+        m.set_weights(init.get_weights())
+        return m
+
+    train = cfg.base_config().train
+    train.update(dict(epochs=1, lr=0.1, weight_decay=0.0, log_every=2, eval_splits=("validation",)))
+    # Pure distillation from a teacher equal to the student (no BN, so training and inference agree): zero
+    # gradients (up to float32 round-off between the two forward passes), the weights stay. Plain CE moves them.
+    moved = {}
+    for weight in (1.0, 0.0):
+        train.distill_weight = weight
+        standard.fit(copy, _tiny_source(), train, str(tmp_path / f"w{weight}"), teacher=copy)
+        after = keras.models.load_model(tmp_path / f"w{weight}" / "model.keras").get_weights()
+        moved[weight] = max(float(np.abs(a - b).max()) for a, b in zip(after, init.get_weights()))
+    assert moved[1.0] < 1e-5 and moved[0.0] > 1e-2
+    train.distill_weight = 0.5
+    with pytest.raises(ConfigError, match=r"config.train.distill_weight=0.5 needs a teacher"):
+        standard.fit(copy, _tiny_source(), train, str(tmp_path / "none"))
+    train.distill_weight = 1.5
+    with pytest.raises(ConfigError, match=r"train.distill_weight.*1.5.*in \[0, 1\]"):
+        validate_train(train)
+
+
+def test_dagger_without_the_bn_scale_reads_filter_weights_only():
+    from cafe_tf.dagger import DaggerModule
+
+    model = models.build("resnet20", input_shape=(16, 16, 3), num_classes=7)
+    graph = ChannelGraph.from_model(model)
+    modules = {use_bn: DaggerModule(graph, hidden=8, use_bn=use_bn) for use_bn in (True, False)}
+    for m in modules.values():
+        m.head.kernel.assign(tf.ones_like(m.head.kernel))  # a non-zero head, so the logits read the rows
+    with_bn, without = modules[True], modules[False]
+    gid = with_bn.group_ids[0]
+    assert [s.width for s in without._sources[gid]] == [s.width - 1 for s in with_bn._sources[gid]]
+    before = {k: np.concatenate([x.numpy() for x in m.logits()]) for k, m in modules.items()}
+    bns = [s.bn for s in with_bn._sources[gid] if s.bn is not None]
+    assert bns
+    for bn in bns:
+        gamma = bn.gamma.numpy()
+        bn.gamma.assign(gamma * np.linspace(0.1, 3.0, len(gamma)))  # a new BN-scale pattern
+    after = {k: np.concatenate([x.numpy() for x in m.logits()]) for k, m in modules.items()}
+    np.testing.assert_array_equal(after[False], before[False])  # use_bn=False: BN scales are not read
+    assert not np.allclose(after[True], before[True])
