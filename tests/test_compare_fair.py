@@ -288,3 +288,24 @@ def test_dagger_without_the_bn_scale_reads_filter_weights_only():
     after = {k: np.concatenate([x.numpy() for x in m.logits()]) for k, m in modules.items()}
     np.testing.assert_array_equal(after[False], before[False])  # use_bn=False: BN scales are not read
     assert not np.allclose(after[True], before[True])
+
+
+def test_benchmark_script_command_and_estimate():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "cafenet_fair.py")
+    spec = importlib.util.spec_from_file_location("cafenet_fair", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parse_args(["--workdir", "/tmp/w", "--budgets", "0.5", "--seeds", "0,1"])
+    cmd = bench.command(args)
+    assert cmd[1:3] == ["-m", "cafe_tf.compare"] and "--budgets=0.5" in cmd and "--config.supernet.epochs=12" in cmd
+    assert "--config.train.epochs=10" in cmd
+    two = bench.estimate(args)
+    three = bench.estimate(bench.parse_args(["--workdir", "/tmp/w", "--budgets", "0.5", "--seeds", "0,1,2"]))
+    assert three["retraining"] == pytest.approx(1.5 * two["retraining"]) and three["supernets"] == two["supernets"]
+    # 2 supernets x 12 epochs x 100 s; 4 arms x 2 seeds x 0.5 x 10 epochs x 100 s.
+    assert two["supernets"] == pytest.approx(2400.0) and two["retraining"] == pytest.approx(4000.0)
+    quick = bench.estimate(bench.parse_args(["--workdir", "/tmp/w", "--quick"]))
+    assert sum(quick.values()) < 0.05 * sum(bench.estimate(bench.parse_args(["--workdir", "/tmp/w"])).values())

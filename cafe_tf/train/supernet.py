@@ -447,8 +447,8 @@ def train(
     tb_dir = os.path.join(workdir, "tensorboard")
     writer = kernel.summary_writer(os.path.join(tb_dir, "supernet"), chief)
     if chief:
-        logging.info("supernet: %d prunable groups, 10^%.1f width assignments (%s bins, %s sharing, r=%d), K=%d%s",
-                     len(space.groups), space.size_log10, space.granularity, space.sharing, space.r,
+        logging.info("supernet: %d prunable groups, 10^%.1f width assignments (%s bins, %s sharing, r=%d %s), K=%d%s",
+                     len(space.groups), space.size_log10, space.granularity, space.sharing, space.r, space.zone_unit,
                      candidates_per_slot(space, options), ", sandwich" if options.sandwich else "")
         logging.info("%s, %d steps/epoch x %d epochs, global batch %d, %s, %s; checkpoints %s; tensorboard --logdir %s",
                      data.info.name, spe, section.epochs, batch, distribute_lib.describe(strategy),
