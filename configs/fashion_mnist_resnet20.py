@@ -8,7 +8,8 @@ r"""Fashion-MNIST, ResNet-20, CafeNet at 50% of the MACs: the offline default, s
 Stages and their sizes (our choices: the paper's numbers are unavailable, see the spec):
 
 * supernet: min-min training (locally free sharing, r = 1 channel around each width's boundary
-  (supernet.zone_unit), K = 2 candidates, FLOPs-sensitive bins, no sandwich), SGD 0.1 / momentum 0.9 / wd 5e-4 / cosine, 2 epochs. A min-min step with
+  (supernet.zone_unit), K = 2 candidates, FLOPs-sensitive bins, no sandwich), SGD 0.1 / momentum
+  0.9 / wd 5e-4 / cosine, 2 epochs. A min-min step with
   widths sampled per group costs about 0.9-1.05x a plain step of the full net (K = 2 selection
   passes, then one forward/backward of a smaller net; benchmarks/minmin_cost.py), so this is ~2
   epochs of plain ResNet-20 time. Candidate selection compares the K arrangements with BN on the
