@@ -309,3 +309,18 @@ def test_benchmark_script_command_and_estimate():
     assert two["supernets"] == pytest.approx(2400.0) and two["retraining"] == pytest.approx(4000.0)
     quick = bench.estimate(bench.parse_args(["--workdir", "/tmp/w", "--quick"]))
     assert sum(quick.values()) < 0.05 * sum(bench.estimate(bench.parse_args(["--workdir", "/tmp/w"])).values())
+
+
+def test_k1_arm_trains_one_random_arrangement_per_step(graph):
+    from cafe_tf.train import supernet as S
+
+    assert compare.SUPERNETS["k1_random"]["num_candidates"] == 1 and compare.SUPERNETS["k4"]["num_candidates"] == 4
+    space = SearchSpace(graph, zone_unit="channels")
+    options = S.MinMinOptions(num_candidates=1)
+    slots = [S.plan_step(space, S.step_rng(0, step), options)[0] for step in range(40)]
+    assert all(len(s.arrangements) == 1 for s in slots)  # nothing to select: the one drawn is trained
+    # ... and it is a random one inside the zones, not the leftmost pattern.
+    assert any(list(s.arrangements[0]) != space.fixed(s.widths) for s in slots)
+    for s in slots:
+        for i, (k, a) in enumerate(zip(s.widths, s.arrangements[0])):
+            assert tuple(a) in space.candidates(i, int(k))
