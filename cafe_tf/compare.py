@@ -628,7 +628,12 @@ def render(summary: dict) -> bytes:
     ax = axes[0]
     colors = {arm: plt.get_cmap("tab10")(i % 10) for i, arm in enumerate(ARMS)}
     shown = set()
-    for rows in summary["arms"].values():
+    for key, rows in summary["arms"].items():
+        if rows:  # the target and its band
+            target = float(key) * next(iter(rows.values()))["full_macs"] / 1e6
+            low, high = band(target, summary["macs_tolerance"])
+            ax.axvspan(low, high, color="tab:gray", alpha=0.12, zorder=1)
+            ax.axvline(target, color="tab:gray", ls="--", lw=0.8, zorder=2)
         for arm, r in rows.items():
             accs = [100 * a for a in r["test_accuracy"].values() if a is not None]
             ax.scatter([r["macs"] / 1e6] * len(accs), accs, color=colors[arm], s=22, alpha=0.8, zorder=3,
@@ -720,7 +725,8 @@ def main(config, workdir: str) -> None:
             print(f"budget {key:<5} {arm:<13} {r['macs']:>12,} MACs ({r['macs_vs_target']:.4f} x target)  "
                   f"test accuracy {_pct(r['mean'])}%{std} ({r['runs']} runs)", flush=True)
     for arm, n in noise.items():
-        print(f"scoring noise ({arm} supernet): std {100 * n['std']:.2f} points over {n['repeats']} calibration sets")
+        print(f"scoring noise ({arm}'s net, {n['supernet']} supernet): std {100 * n['std']:.2f} points over "
+              f"{n['repeats']} calibration sets")
     if summary["ranking"]:
         for v, s in summary["ranking"]["stats"].items():
             print(f"ranking: {v} supernet Kendall tau {s['kendall_tau']:.3f} {s['kendall_tau_ci']}, Spearman rho "
