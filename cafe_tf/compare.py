@@ -1,24 +1,50 @@
-r"""CafeNet against its baselines on one budget, retrained alike, and the supernets' ranking quality.
+r"""CafeNet against its baselines and ablations at equal MACs and equal scoring noise, and the supernets' ranking quality.
 
     python -m cafe_tf.compare --config configs/fashion_mnist_resnet20.py --workdir runs/compare
-    python -m cafe_tf.compare --config C --workdir W --seeds=0,1,2 --ranking=8
+    python -m cafe_tf.compare --config C --workdir W --budgets=0.5 --seeds=0,1 --ranking=20
+    python -m cafe_tf.compare --config C --workdir W --arms=cafenet,fixed,zone_bins,r2,k4,k1_random,uniform_bins
     python -m cafe_tf.compare --config C --workdir W --summary_only    # tables from what exists
 
-Arms, each searched at ``config.search``'s budget like the pipeline: ``cafenet`` (locally free
-sharing), ``fixed`` (fixed-pattern sharing, same recipe) and ``uniform`` (one width factor, scored
-by the cafenet supernet, or the fixed one when cafenet is not run). Each arm's network is retrained
-once per ``--seeds`` seed. ``--ranking N`` (with both cafenet and fixed) scores N networks spread
-over MACs with both supernets, retrains them once and reports Kendall's tau-b (the protocol:
-docs/papers.md).
+**Equal MACs.** Every arm's network lands within ``--macs_tolerance`` (default +-1%) of the same
+target, ``budget x`` the full net's MACs, for each of ``--budgets``: searches keep candidates in
+``[(1 - tol) T, (1 + tol) T]``, the uniform arm finds its one width factor by bisection.
+
+**Equal scoring noise.** Every search arm scores a candidate with the evaluator's ``equal`` rule
+(``cafe_tf.search.evaluator``): exactly ``search.num_candidates`` (K) evaluations on the same
+validation images, evaluation i after BN recalibration on its own calibration set i, arrangement
+``i mod L`` of the L arrangements the supernet's space offers (fixed sharing: the leftmost, K
+times); the score is the best of the K for every arm alike. The noise itself is measured and
+reported: each search arm's network at the first budget is evaluated under ``--noise_repeats``
+calibration sets (leftmost arrangement); the std of those accuracies is the scoring noise.
+
+Arms (``--arms``; each search arm: its supernet, then a search at every budget):
+
+* ``cafenet``: the config's supernet (locally free sharing), evolution.
+* ``fixed``: fixed-pattern sharing, same recipe, evolution.
+* ``uniform``: one width factor for every group (rounded to ``supernet.channel_multiple``), by
+  bisection to the target MACs, then an exact fit into the band (:func:`uniform_at`); no supernet.
+* ``random``: the best of ``search.population x search.generations`` random nets in the band,
+  scored by the cafenet supernet (the NAS sanity baseline: as many scores as the evolution).
+* ablations of CafeNet's parts, each its own supernet, evolution: ``zone_bins`` /
+  ``zone_channels`` (what r counts), ``r2``, ``r4``, ``k4`` (K = 4 candidates per min-min step),
+  ``k1_random`` (one random arrangement per step, no min-min), ``uniform_bins`` /
+  ``flops_bins`` (bin granularity).
+
+Each arm's network is retrained once per ``--seeds`` seed (the same seeds for every arm, so
+differences are paired). ``--ranking N`` (needs cafenet and fixed) draws N nets spread over
+``RANKING_RANGE`` x the first budget, scores them with both supernets (equal rule), retrains each
+once, and reports Kendall's tau-b and Spearman's rho with bootstrap 95% intervals.
 
 Every step is a stage or a cached, atomically written file, so running the same command again
-resumes. Writes into --workdir: ``<arm>/``, ``ranking/``, ``compare.json``, ``compare.md``, ``compare.png``.
+resumes. Writes into --workdir: ``supernets/<variant>/``, ``budget_<b>/<arm>/``, ``ranking/``,
+``compare.json``, ``compare.md``, ``compare.png``.
 
 Exit codes: 0 done, 1 a stage failed (its log is named), 2 usage or config error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from absl import flags
@@ -29,35 +55,52 @@ from cafe_tf import programs
 def define_flags() -> None:
     """The program's flags (defined only when it runs, so the library functions import anywhere)."""
     programs.define_config_flags()
-    flags.DEFINE_list("seeds", ["0", "1", "2"], "retraining seeds (config.train.seed) of each arm's network")
-    flags.DEFINE_list("arms", list(ARMS), "which arms to run: cafenet, fixed, uniform")
-    flags.DEFINE_integer("ranking", 8, "width assignments spread over MACs for the ranking study (scored by the "
-                         "cafenet and fixed supernets, retrained once); 0 = no ranking study; runs only when --arms "
-                         "includes both cafenet and fixed")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "retraining seeds (config.train.seed) of each arm's network; the same "
+                      "for every arm, so differences are paired")
+    flags.DEFINE_list("arms", list(DEFAULT_ARMS), f"which arms to run: {', '.join(ARMS)}")
+    flags.DEFINE_list("budgets", ["0.3", "0.5", "0.7"], "target MACs as fractions of the full net's, each in (0, 1)")
+    flags.DEFINE_float("macs_tolerance", 0.01, "every arm's network lands within this relative distance of the "
+                       "target MACs")
+    flags.DEFINE_integer("ranking", 20, f"nets within {RANKING_RANGE[0]}-{RANKING_RANGE[1]}x the first budget for the "
+                         "ranking study (scored by the cafenet and fixed supernets, retrained once); 0 = none; runs "
+                         "only when --arms includes both cafenet and fixed")
+    flags.DEFINE_integer("noise_repeats", 8, "calibration sets under which each search arm's network is evaluated "
+                         "to measure the scoring noise; 0 = not measured")
     flags.DEFINE_bool("summary_only", False, "run no stage: write compare.json/.md/.png from what exists")
 
 
-ARMS = ("cafenet", "fixed", "uniform")
-RANKING_RANGE = (0.25, 0.95)  # of the full net's MACs
-SHARING = {"cafenet": "locally_free", "fixed": "fixed"}
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """An arm: the supernet variant it searches with (None: no supernet), the search method, a description."""
+
+    supernet: str | None
+    method: str
+    about: str
 
 
-def kendall_tau(x, y) -> float:
-    """Kendall's tau-b of two equally long sequences (ties in either count as neither concordant nor discordant)."""
-    import numpy as np
-
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"kendall_tau needs two 1-D sequences of one length, got shapes {x.shape} and {y.shape}")
-    if len(x) < 2:
-        raise ValueError(f"kendall_tau needs at least 2 pairs, got {len(x)}")
-    i, j = np.triu_indices(len(x), k=1)
-    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    concordant_minus_discordant = float(np.sum(dx * dy))
-    pairs_x, pairs_y = float(np.sum(dx != 0)), float(np.sum(dy != 0))
-    if pairs_x == 0 or pairs_y == 0:
-        return float("nan")  # one side is constant: no ranking to compare
-    return concordant_minus_discordant / float(np.sqrt(pairs_x * pairs_y))
+# Supernet variants: config.supernet overrides on top of the config's own settings.
+SUPERNETS = {
+    "cafenet": {"sharing": "locally_free"},
+    "fixed": {"sharing": "fixed"},
+    "zone_bins": {"sharing": "locally_free", "zone_unit": "bins"},
+    "zone_channels": {"sharing": "locally_free", "zone_unit": "channels"},
+    "r2": {"sharing": "locally_free", "r": 2},
+    "r4": {"sharing": "locally_free", "r": 4},
+    "k4": {"sharing": "locally_free", "num_candidates": 4},
+    "k1_random": {"sharing": "locally_free", "num_candidates": 1},
+    "uniform_bins": {"sharing": "locally_free", "granularity": "uniform"},
+    "flops_bins": {"sharing": "locally_free", "granularity": "flops_sensitive"},
+}
+ARMS = {
+    "cafenet": Arm("cafenet", "evolution", "locally free sharing (the config's supernet), evolution"),
+    "fixed": Arm("fixed", "evolution", "fixed-pattern sharing, evolution"),
+    "uniform": Arm(None, "uniform", "one width factor, bisection to the target MACs"),
+    "random": Arm("cafenet", "random", "best of population x generations random nets, cafenet supernet"),
+    **{name: Arm(name, "evolution", f"ablation: supernet.{', '.join(f'{k}={v!r}' for k, v in over.items() if k != 'sharing')}")
+       for name, over in SUPERNETS.items() if name not in ("cafenet", "fixed")},
+}
+DEFAULT_ARMS = ("cafenet", "fixed", "uniform", "random")
+RANKING_RANGE = (0.6, 1.0)  # of the (first) budget: near the budget is where a search must rank well
 
 
 def parse_seeds(values) -> list[int]:
@@ -77,34 +120,171 @@ def parse_arms(values) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+def parse_budgets(values) -> list[float]:
+    try:
+        budgets = [float(v) for v in values]
+    except ValueError:
+        budgets = []
+    if not budgets or any(not 0 < b < 1 for b in budgets) or len({budget_key(b) for b in budgets}) != len(budgets):
+        raise programs.UsageError(f"--budgets={','.join(values)} is invalid; give distinct fractions of the full "
+                                  "net's MACs in (0, 1), e.g. 0.3,0.5,0.7")
+    return budgets
+
+
+def budget_key(budget: float) -> str:
+    return f"{budget:g}"
+
+
+def band(target: float, tolerance: float) -> tuple[float, float]:
+    """(lowest, highest) MACs an arm's network may have for ``target``."""
+    return (1.0 - tolerance) * target, (1.0 + tolerance) * target
+
+
 # -------------------------------------------------------------------------------------------------
-# Stages
+# Statistics
 
 
-def search_stages(workdir: str, arms: list[str]) -> list:
-    """Supernet and search stages of the arms (``uniform`` reads the cafenet supernet, or the fixed one)."""
-    from cafe_tf.space import read_widths
+def kendall_tau(x, y) -> float:
+    """Kendall's tau-b of two equally long sequences (ties in either count as neither concordant nor discordant)."""
+    import numpy as np
+
+    x, y = _pairs(x, y, "kendall_tau")
+    i, j = np.triu_indices(len(x), k=1)
+    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    concordant_minus_discordant = float(np.sum(dx * dy))
+    pairs_x, pairs_y = float(np.sum(dx != 0)), float(np.sum(dy != 0))
+    if pairs_x == 0 or pairs_y == 0:
+        return float("nan")  # one side is constant: no ranking to compare
+    return concordant_minus_discordant / float(np.sqrt(pairs_x * pairs_y))
+
+
+def _pairs(x, y, what: str):
+    import numpy as np
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"{what} needs two 1-D sequences of one length, got shapes {x.shape} and {y.shape}")
+    if len(x) < 2:
+        raise ValueError(f"{what} needs at least 2 pairs, got {len(x)}")
+    return x, y
+
+
+def ranks(x):
+    """Ranks 1..n of ``x``, ties getting their average rank."""
+    import numpy as np
+
+    x = np.asarray(x, float)
+    order = np.argsort(x, kind="mergesort")
+    out = np.empty(len(x), float)
+    out[order] = np.arange(1, len(x) + 1)
+    for value in np.unique(x):
+        tied = x == value
+        out[tied] = out[tied].mean()
+    return out
+
+
+def spearman_rho(x, y) -> float:
+    """Spearman's rho: Pearson's correlation of the (average) ranks; NaN when one side is constant."""
+    import numpy as np
+
+    x, y = _pairs(x, y, "spearman_rho")
+    rx, ry = ranks(x) - (len(x) + 1) / 2, ranks(y) - (len(y) + 1) / 2
+    denom = float(np.sqrt(np.sum(rx * rx) * np.sum(ry * ry)))
+    return float(np.sum(rx * ry)) / denom if denom else float("nan")
+
+
+def bootstrap_ci(stat, x, y, num_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat(x, y)`` over the pairs (resampled with replacement, seeded).
+
+    Resamples whose statistic is undefined (NaN: a constant side) are dropped; (nan, nan) if all are.
+    """
+    import numpy as np
+
+    x, y = _pairs(x, y, "bootstrap_ci")
+    rng = np.random.default_rng([seed, 0xB007])
+    values = []
+    for _ in range(num_resamples):
+        idx = rng.integers(0, len(x), len(x))
+        values.append(stat(x[idx], y[idx]))
+    values = np.asarray(values, float)
+    values = values[~np.isnan(values)]
+    if not values.size:
+        return float("nan"), float("nan")
+    alpha = (1.0 - level) / 2
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1.0 - alpha))
+
+
+def paired_difference(a: dict, b: dict, level: float = 0.95) -> dict | None:
+    """Mean of ``a[s] - b[s]`` over the seeds both have, with its t-interval (None below 2 pairs: no interval)."""
+    import numpy as np
+    from scipy import stats
+
+    seeds = [s for s in a if a[s] is not None and b.get(s) is not None]
+    if not seeds:
+        return None
+    d = np.asarray([a[s] - b[s] for s in seeds], float)
+    out = {"n": len(d), "mean": float(d.mean()), "diffs": d.tolist(), "low": None, "high": None}
+    if len(d) >= 2:
+        half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+        out.update(low=out["mean"] - half, high=out["mean"] + half)
+    return out
+
+
+# -------------------------------------------------------------------------------------------------
+# Paths and stages
+
+
+def supernet_path(workdir: str, variant: str) -> str:
+    return os.path.join(workdir, "supernets", variant, "supernet.keras")
+
+
+def arm_dir(workdir: str, budget: float, arm: str) -> str:
+    return os.path.join(workdir, f"budget_{budget_key(budget)}", arm)
+
+
+def variants_of(arms: list[str], ranking: int) -> list[str]:
+    """The supernet variants the arms (and the ranking study) need, in a stable order."""
+    need = {ARMS[a].supernet for a in arms if ARMS[a].supernet}
+    if "uniform" in arms and not need:
+        need.add("cafenet")  # the uniform arm reads the model and its groups from a supernet
+    if ranking:
+        need |= {"cafenet", "fixed"}
+    return [v for v in SUPERNETS if v in need]
+
+
+def supernet_stages(workdir: str, variants: list[str]) -> list:
     from cafe_tf.stages import Stage, is_keras_file
 
     cfg = programs.config_argv()
+    return [Stage(f"supernet_{v}", ["-m", "cafe_tf.train_supernet", *cfg,
+                                    *[f"--config.supernet.{k}={val}" for k, val in SUPERNETS[v].items()],
+                                    f"--workdir={os.path.dirname(supernet_path(workdir, v))}"],
+                  supernet_path(workdir, v), is_keras_file) for v in variants]
 
-    def w(*parts: str) -> str:
-        return os.path.join(workdir, *parts)
 
+def search_stages(config, workdir: str, arms: list[str], budgets: list[float], full_macs: int,
+                  tolerance: float) -> list:
+    """The search stage of every search arm at every budget (equal scoring, the +-tolerance band)."""
+    from cafe_tf.space import read_widths
+    from cafe_tf.stages import Stage
+
+    cfg = programs.config_argv()
     stages = []
-    for arm in ("cafenet", "fixed"):
-        if arm in arms or (arm == "cafenet" and "uniform" in arms and "fixed" not in arms):
-            stages.append(Stage(f"{arm}_supernet", ["-m", "cafe_tf.train_supernet", *cfg,
-                                                    f"--config.supernet.sharing={SHARING[arm]}", f"--workdir={w(arm)}"],
-                                w(arm, "supernet.keras"), is_keras_file))
-        if arm in arms:
-            stages.append(Stage(f"{arm}_search", ["-m", "cafe_tf.search", *cfg, "--config.search.method=evolution",
-                                                  f"--workdir={w(arm)}"], w(arm, "widths.json"), read_widths))
-    if "uniform" in arms:
-        source = "cafenet" if any(s.name == "cafenet_supernet" for s in stages) else "fixed"
-        stages.append(Stage("uniform_search", ["-m", "cafe_tf.search", *cfg, "--config.search.method=uniform",
-                                               f"--config.search.supernet={w(source, 'supernet.keras')}",
-                                               f"--workdir={w('uniform')}"], w("uniform", "widths.json"), read_widths))
+    for budget in budgets:
+        lo, hi = band(budget * full_macs, tolerance)
+        for arm in arms:
+            spec = ARMS[arm]
+            if spec.supernet is None:
+                continue
+            folder = arm_dir(workdir, budget, arm)
+            extra = ([f"--config.search.random_samples={config.search.population * config.search.generations}"]
+                     if spec.method == "random" else [])
+            stages.append(Stage(f"{arm}_search_{budget_key(budget)}", [
+                "-m", "cafe_tf.search", *cfg, f"--config.search.method={spec.method}",
+                f"--config.search.supernet={supernet_path(workdir, spec.supernet)}",
+                f"--config.search.max_macs={int(hi)}", f"--config.search.lower_ratio={lo / int(hi):.9f}",
+                "--config.search.scoring=equal", *extra, f"--workdir={folder}"],
+                os.path.join(folder, "widths.json"), read_widths))
     return stages
 
 
@@ -116,16 +296,90 @@ def retrain_stage(name: str, widths: str, workdir: str, seed: int):
                  is_metrics_file)
 
 
-def supernet_path(workdir: str, arm: str) -> str:
-    return os.path.join(workdir, arm, "supernet.keras")
+# -------------------------------------------------------------------------------------------------
+# The uniform arm
+
+
+def uniform_channels(space, fraction: float, multiple: int):
+    """Channel widths (all groups, by id) of one width factor: each prunable group at ``fraction`` of its
+    channels, rounded to ``multiple`` (at least one multiple, at most the group)."""
+    import numpy as np
+
+    widths = np.array(space.cost.full_widths, dtype=np.int64)
+    for g in space.groups:
+        widths[g.group_id] = int(np.clip(multiple * np.round(fraction * g.size / multiple), min(multiple, g.size),
+                                         g.size))
+    return widths
+
+
+def uniform_at(space, target: float, tolerance: float, multiple: int = 1) -> tuple[float, dict[int, object]]:
+    """(width factor, channel selection) of the uniformly scaled net within ``tolerance`` of ``target`` MACs.
+
+    Bisection finds the largest factor whose rounded widths stay at or under the target. Rounding to
+    ``multiple`` moves every group at once, so the MACs can jump past the band; an exact-fit step then
+    grows, one multiple at a time, the group furthest below the factor (smallest width / size) while
+    the net stays under the band's top, until it reaches the band. Raises ValueError naming the
+    target and the nearest MACs reached when it cannot.
+    """
+    import numpy as np
+
+    def macs(widths) -> int:
+        return int(space.cost.macs(widths))
+
+    lo, hi = 0.0, 1.0
+    if macs(uniform_channels(space, hi, multiple)) <= target:
+        lo = hi
+    else:
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if macs(uniform_channels(space, mid, multiple)) <= target:
+                lo = mid
+            else:
+                hi = mid
+    widths = uniform_channels(space, lo, multiple)
+    low, high = band(target, tolerance)
+    while macs(widths) < low:
+        options = []
+        for g in space.groups:
+            trial = widths.copy()
+            trial[g.group_id] = min(g.size, widths[g.group_id] + multiple)
+            if trial[g.group_id] > widths[g.group_id] and macs(trial) <= high:
+                options.append((widths[g.group_id] / g.size, g.group_id, trial))
+        if not options:
+            break
+        widths = min(options, key=lambda o: o[:2])[2]
+    got = macs(widths)
+    if not low <= got <= high:
+        raise ValueError(f"no uniform width factor reaches {int(target):,} MACs within {100 * tolerance:g}%: the "
+                         f"nearest is {got:,} (factor {lo:.4f}); widen --macs_tolerance or lower "
+                         f"supernet.channel_multiple ({multiple})")
+    return lo, {g.group_id: np.arange(int(widths[g.group_id])) for g in space.groups}
+
+
+def write_uniform(workdir: str, budget: float, tolerance: float, multiple: int) -> str:
+    """Writes the uniform arm's ``widths.json`` at ``budget`` (idempotent); returns its path."""
+    from cafe_tf.search import run as search_run
+    from cafe_tf.space import write_widths
+
+    path = os.path.join(arm_dir(workdir, budget, "uniform"), "widths.json")
+    if os.path.isfile(path):
+        return path
+    source = next(supernet_path(workdir, v) for v in SUPERNETS if os.path.isfile(supernet_path(workdir, v)))
+    _, record, _, supernet, space = search_run.load_supernet(source)
+    target = budget * float(space.cost.macs())
+    factor, selection = uniform_at(space, target, tolerance, multiple)
+    write_widths(path, supernet.graph, selection, record["model"],
+                 {"method": "uniform (bisection)", "width_factor": factor, "target_macs": target})
+    return path
 
 
 # -------------------------------------------------------------------------------------------------
 # Ranking study
 
 
-def write_ranking_candidates(workdir: str, count: int, seed: int) -> list[str]:
-    """Writes ``ranking/c<i>/widths.json`` for ``count`` nets spread over MACs (idempotent); returns the paths."""
+def write_ranking_candidates(workdir: str, count: int, budget: float, tolerance: float, seed: int) -> list[str]:
+    """Writes ``ranking/c<i>/widths.json`` for ``count`` nets spread over RANKING_RANGE x the budget, each
+    within ``tolerance`` of its own target (idempotent); returns the paths."""
     import numpy as np
 
     from cafe_tf.search import run as search_run
@@ -135,18 +389,21 @@ def write_ranking_candidates(workdir: str, count: int, seed: int) -> list[str]:
     paths = [os.path.join(workdir, "ranking", f"c{i}", "widths.json") for i in range(count)]
     if all(os.path.isfile(p) for p in paths):
         return paths
-    source = next(supernet_path(workdir, a) for a in ("cafenet", "fixed") if os.path.isfile(supernet_path(workdir, a)))
-    _, record, _, supernet, space = search_run.load_supernet(source)
-    full = float(space.cost.macs())
+    _, record, _, supernet, space = search_run.load_supernet(supernet_path(workdir, "cafenet"))
+    target = budget * float(space.cost.macs())
     lo, hi = RANKING_RANGE
     rng = np.random.default_rng([seed, 0x7A0])
     for i, ratio in enumerate(np.linspace(lo, hi, count) if count > 1 else [hi]):
         if os.path.isfile(paths[i]):
             continue
-        checker = BudgetChecker(space, Budget(max_macs=ratio * full, lower_ratio=0.9))
-        (widths,) = checker.sample(rng, 1)
-        write_widths(paths[i], supernet.graph, space.channels(space.fixed(widths)), record["model"],
-                     {"method": "ranking sample", "target_macs_ratio": float(ratio)})
+        low, high = band(ratio * target, tolerance)
+        found = BudgetChecker(space, Budget(max_macs=high, lower_ratio=low / high)).sample(rng, 1)
+        if not found:
+            raise ValueError(f"no net of this space lies within {100 * tolerance:g}% of {int(ratio * target):,} MACs "
+                             "(ranking study); widen --macs_tolerance")
+        write_widths(paths[i], supernet.graph, space.channels(space.fixed(found[0])), record["model"],
+                     {"method": "ranking sample", "target_macs": float(ratio * target),
+                      "target_budget_ratio": float(ratio)})
     return paths
 
 
@@ -162,22 +419,69 @@ def bins_in(space, record) -> list[int]:
     return out
 
 
-def score_nets(config, workdir: str, arm: str, records: dict[str, dict], data=None) -> dict[str, float]:
-    """Scores of ``records`` (name -> widths.json record) by ``arm``'s supernet, cached in ranking/scores_<arm>.json.
+def equal_scoring(config, num_candidates: int | None = None):
+    """A copy of ``config`` whose search scores with the equal rule (and ``num_candidates`` evaluations)."""
+    import copy
 
-    ``data`` (a ``cafe_tf.data.DataSource``) replaces the one ``config.data`` describes.
+    c = copy.deepcopy(config)
+    c.search.scoring = "equal"
+    if num_candidates is not None:
+        c.search.num_candidates = int(num_candidates)
+    return c
+
+
+def score_nets(config, workdir: str, variant: str, records: dict[str, dict], data=None) -> dict[str, float]:
+    """Scores (equal rule) of ``records`` (name -> widths.json record) by a supernet variant, cached in
+    ranking/scores_<variant>.json. ``data`` (a ``cafe_tf.data.DataSource``) replaces the one ``config.data`` describes.
     """
-    from cafe_tf import data as data_lib
     from cafe_tf.search import run as search_run
     from cafe_tf.search.evaluator import ScoreCache
 
-    path, _, _, supernet, space = search_run.load_supernet(supernet_path(workdir, arm))
-    if data is None:
-        data = data_lib.make_data_source(config.data, seed=config.search.seed, eval_splits=("validation",),
-                                         input_scaling=config.model.input_scaling)
-    evaluator, fingerprint = search_run.make_evaluator(config, supernet, space, path, data)
-    cache = ScoreCache(evaluator, os.path.join(workdir, "ranking", f"scores_{arm}.json"), fingerprint)
+    config = equal_scoring(config)
+    path, _, _, supernet, space = search_run.load_supernet(supernet_path(workdir, variant))
+    evaluator, fingerprint = search_run.make_evaluator(config, supernet, space, path, _data(config, data))
+    cache = ScoreCache(evaluator, os.path.join(workdir, "ranking", f"scores_{variant}.json"), fingerprint)
     return {name: cache(bins_in(space, rec)) for name, rec in records.items()}
+
+
+def _data(config, data):
+    from cafe_tf import data as data_lib
+
+    if data is not None:
+        return data
+    return data_lib.make_data_source(config.data, seed=config.search.seed, eval_splits=("validation",),
+                                     input_scaling=config.model.input_scaling)
+
+
+def scoring_noise(config, workdir: str, budget: float, arm: str, repeats: int, data=None) -> dict | None:
+    """Accuracies of ``arm``'s network (leftmost arrangement) under ``repeats`` calibration sets, cached in
+    ``<arm>/noise.json``: {"scores", "mean", "std", "repeats", "calibration_examples", "eval_examples"}."""
+    import numpy as np
+
+    from cafe_tf import io
+    from cafe_tf.search import run as search_run
+    from cafe_tf.space import read_widths
+    from cafe_tf.stages import read_json
+
+    folder = arm_dir(workdir, budget, arm)
+    path = os.path.join(folder, "noise.json")
+    if os.path.isfile(path):
+        stored = read_json(path)
+        if stored.get("repeats") == repeats:
+            return stored
+    widths_path = os.path.join(folder, "widths.json")
+    variant = ARMS[arm].supernet
+    if repeats < 2 or variant is None or not os.path.isfile(widths_path):
+        return None
+    sn_path, _, _, supernet, space = search_run.load_supernet(supernet_path(workdir, variant))
+    c = equal_scoring(config, repeats)
+    evaluator, _ = search_run.make_evaluator(c, supernet, space, sn_path, _data(c, data))
+    scores = evaluator.repeat_scores(bins_in(space, read_widths(widths_path)))
+    out = {"arm": arm, "supernet": variant, "scores": scores, "mean": float(np.mean(scores)),
+           "std": float(np.std(scores, ddof=1)), "repeats": repeats,
+           "calibration_examples": int(c.search.calibration_examples), "eval_examples": int(c.search.eval_examples)}
+    io.write_json(path, out)
+    return out
 
 
 # -------------------------------------------------------------------------------------------------
@@ -195,85 +499,124 @@ def _test_accuracy(path: str) -> float | None:
     return ((metrics.get("final") or {}).get("test") or {}).get("accuracy")
 
 
-def summarize(config, workdir: str, arms: list[str], seeds: list[int], ranking: int,
-              scores: dict[str, dict[str, float]]) -> dict:
+def summarize(config, workdir: str, arms: list[str], budgets: list[float], seeds: list[int], ranking: int,
+              scores: dict[str, dict[str, float]], noise: dict[str, dict] | None = None,
+              tolerance: float = 0.01) -> dict:
     """The comparison record (compare.json) from the artifacts in ``workdir``."""
     import numpy as np
 
     from cafe_tf.space import read_widths
 
-    out = {"model": config.model.name, "data": config.data.name, "seeds": seeds, "arms": {}, "ranking": None}
-    for arm in arms:
-        widths_path = os.path.join(workdir, arm, "widths.json")
-        if not os.path.isfile(widths_path):
-            continue
-        rec = read_widths(widths_path)
-        accs = {s: _test_accuracy(os.path.join(workdir, arm, f"retrain_s{s}", "metrics.json")) for s in seeds}
-        done = [a for a in accs.values() if a is not None]
-        out["arms"][arm] = {
-            "macs": rec["macs"], "params": rec["params"], "full_macs": rec["full_macs"],
-            "supernet_score": rec.get("score"), "widths": [len(g["channels"]) for g in rec["groups"]],
-            "test_accuracy": {str(s): a for s, a in accs.items()},
-            "mean": float(np.mean(done)) if done else None,
-            "std": float(np.std(done, ddof=1)) if len(done) > 1 else None,
-            "min": min(done) if done else None, "max": max(done) if done else None, "runs": len(done),
-        }
+    out = {"model": config.model.name, "data": config.data.name, "seeds": seeds, "budgets": budgets,
+           "macs_tolerance": tolerance, "arms": {}, "paired": {}, "noise": dict(noise or {}), "ranking": None}
+    for budget in budgets:
+        key = budget_key(budget)
+        rows = out["arms"][key] = {}
+        for arm in arms:
+            widths_path = os.path.join(arm_dir(workdir, budget, arm), "widths.json")
+            if not os.path.isfile(widths_path):
+                continue
+            rec = read_widths(widths_path)
+            accs = {str(s): _test_accuracy(os.path.join(arm_dir(workdir, budget, arm), f"retrain_s{s}",
+                                                        "metrics.json")) for s in seeds}
+            done = [a for a in accs.values() if a is not None]
+            target = budget * rec["full_macs"]
+            rows[arm] = {
+                "macs": rec["macs"], "params": rec["params"], "full_macs": rec["full_macs"],
+                "macs_vs_target": rec["macs"] / target, "in_band": abs(rec["macs"] - target) <= tolerance * target,
+                "supernet_score": rec.get("score"), "widths": [len(g["channels"]) for g in rec["groups"]],
+                "test_accuracy": accs,
+                "mean": float(np.mean(done)) if done else None,
+                "std": float(np.std(done, ddof=1)) if len(done) > 1 else None, "runs": len(done),
+            }
+        if "cafenet" in rows:
+            out["paired"][key] = {arm: paired_difference(r["test_accuracy"], rows["cafenet"]["test_accuracy"])
+                                  for arm, r in rows.items() if arm != "cafenet"}
     if ranking and scores:
-        rows = []
-        names = [f"c{i}" for i in range(ranking)] + [f"arm:{a}" for a in arms]
-        for name in names:
-            if name.startswith("arm:"):
-                arm = name[4:]
-                acc = _test_accuracy(os.path.join(workdir, arm, f"retrain_s{seeds[0]}", "metrics.json"))
-                rec_path = os.path.join(workdir, arm, "widths.json")
-            else:
-                acc = _test_accuracy(os.path.join(workdir, "ranking", name, "retrain", "metrics.json"))
-                rec_path = os.path.join(workdir, "ranking", name, "widths.json")
+        nets = []
+        for i in range(ranking):
+            name = f"c{i}"
+            acc = _test_accuracy(os.path.join(workdir, "ranking", name, "retrain", "metrics.json"))
+            rec_path = os.path.join(workdir, "ranking", name, "widths.json")
             if acc is None or not os.path.isfile(rec_path) or not all(name in s for s in scores.values()):
                 continue
             rec = read_widths(rec_path)
-            rows.append({"name": name, "macs": rec["macs"], "test_accuracy": acc,
-                         **{f"score_{arm}": s[name] for arm, s in scores.items()}})
-        taus = {}
-        for arm in scores:
-            if len(rows) >= 2:
-                taus[arm] = kendall_tau([r[f"score_{arm}"] for r in rows], [r["test_accuracy"] for r in rows])
-        out["ranking"] = {"nets": rows, "kendall_tau": taus, "retrain_seed": seeds[0],
-                          "macs_range": list(RANKING_RANGE)}
+            nets.append({"name": name, "macs": rec["macs"], "test_accuracy": acc,
+                         **{f"score_{v}": s[name] for v, s in scores.items()}})
+        stats = {}
+        for v in scores:
+            if len(nets) >= 2:
+                x, y = [r[f"score_{v}"] for r in nets], [r["test_accuracy"] for r in nets]
+                stats[v] = {"kendall_tau": kendall_tau(x, y), "kendall_tau_ci": bootstrap_ci(kendall_tau, x, y),
+                            "spearman_rho": spearman_rho(x, y), "spearman_rho_ci": bootstrap_ci(spearman_rho, x, y)}
+        out["ranking"] = {"nets": nets, "stats": stats, "retrain_seed": seeds[0], "budget": budgets[0],
+                          "range_of_budget": list(RANKING_RANGE)}
     return out
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.2f}"
 
 
 def write_summary(workdir: str, summary: dict) -> None:
     from cafe_tf import io
 
     io.write_json(os.path.join(workdir, "compare.json"), summary)
-    lines = [f"# CafeNet vs baselines: {summary['model']} on {summary['data']}", "", "![compare](compare.png)", "",
-             "| arm | MACs | params | supernet score | test accuracy (mean ± std) | runs | per seed |",
-             "|---|---|---|---|---|---|---|"]
-    for arm, r in summary["arms"].items():
-        mean = "–" if r["mean"] is None else f"{100 * r['mean']:.2f}%"
-        std = "" if r["std"] is None else f" ± {100 * r['std']:.2f}"
-        per = ", ".join("–" if a is None else f"{100 * a:.2f}" for a in r["test_accuracy"].values())
-        score = "–" if r["supernet_score"] is None else f"{r['supernet_score']:.4f}"
-        lines.append(f"| {arm} | {r['macs'] / 1e6:.2f}M ({100 * r['macs'] / r['full_macs']:.1f}%) | {r['params']:,} "
-                     f"| {score} | {mean}{std} | {r['runs']} | {per} |")
+    tol = summary["macs_tolerance"]
+    lines = [f"# CafeNet vs baselines at equal MACs: {summary['model']} on {summary['data']}", "",
+             "![compare](compare.png)", "",
+             f"Every arm's network is within ±{100 * tol:g}% of the target MACs; every search scores a candidate as "
+             "the best of the same number of evaluations on the same validation images, each after BN "
+             "recalibration on its own calibration set (`search.scoring=equal`). Seeds are shared, so "
+             "differences are paired.", "",
+             "| budget | arm | MACs (% of full; ÷ target) | supernet score | test accuracy % (mean ± std) | runs | "
+             "per seed |", "|---|---|---|---|---|---|---|"]
+    for key, rows in summary["arms"].items():
+        for arm, r in rows.items():
+            std = "" if r["std"] is None else f" ± {100 * r['std']:.2f}"
+            score = "–" if r["supernet_score"] is None else f"{r['supernet_score']:.4f}"
+            lines.append(f"| {key} | {arm} | {r['macs'] / 1e6:.3f}M ({100 * r['macs'] / r['full_macs']:.1f}%; "
+                         f"{r['macs_vs_target']:.4f}) | {score} | {_pct(r['mean'])}{std} | {r['runs']} | "
+                         + ", ".join(_pct(a) for a in r["test_accuracy"].values()) + " |")
+    if any(summary["paired"].values()):
+        lines += ["", "Paired differences (arm − cafenet, same seeds), test accuracy points, 95% t-interval:", "",
+                  "| budget | arm − cafenet | pairs | mean | 95% interval |", "|---|---|---|---|---|"]
+        for key, rows in summary["paired"].items():
+            for arm, d in rows.items():
+                if d is None:
+                    continue
+                ci = "– (needs ≥ 2 pairs)" if d["low"] is None else f"[{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+                lines.append(f"| {key} | {arm} | {d['n']} | {100 * d['mean']:+.2f} | {ci} |")
+    if summary["noise"]:
+        lines += ["", "Scoring noise: one network (each arm's, first budget, leftmost arrangement) evaluated after "
+                  "recalibration on different calibration sets:", "",
+                  "| arm | supernet | sets | calibration images | validation images | mean % | std (points) |",
+                  "|---|---|---|---|---|---|---|"]
+        for arm, n in summary["noise"].items():
+            lines.append(f"| {arm} | {n['supernet']} | {n['repeats']} | {n['calibration_examples']} | "
+                         f"{n['eval_examples'] or 'all'} | {100 * n['mean']:.2f} | {100 * n['std']:.2f} |")
     rank = summary.get("ranking")
     if rank:
-        lines += ["", f"Ranking: {len(rank['nets'])} nets, retrained once (seed {rank['retrain_seed']}); Kendall tau-b "
-                  "of each supernet's score against the retrained test accuracy:", ""]
-        lines += [f"- {arm} supernet: tau = {tau:.3f}" for arm, tau in rank["kendall_tau"].items()]
-        arms = sorted(k[6:] for k in (rank["nets"][0] if rank["nets"] else {}) if k.startswith("score_"))
-        lines += ["", "| net | MACs | test accuracy | " + " | ".join(f"{a} score" for a in arms) + " |",
-                  "|---|---|---|" + "---|" * len(arms)]
+        lo, hi = rank["range_of_budget"]
+        lines += ["", f"Ranking: {len(rank['nets'])} nets within {lo}-{hi}x the {rank['budget']:g} budget, retrained "
+                  f"once (seed {rank['retrain_seed']}); each supernet's score against the retrained test accuracy, "
+                  "bootstrap 95% intervals over the nets:", "",
+                  "| supernet | Kendall tau-b | 95% interval | Spearman rho | 95% interval |", "|---|---|---|---|---|"]
+        for v, s in rank["stats"].items():
+            lines.append(f"| {v} | {s['kendall_tau']:.3f} | [{s['kendall_tau_ci'][0]:.3f}, {s['kendall_tau_ci'][1]:.3f}]"
+                         f" | {s['spearman_rho']:.3f} | [{s['spearman_rho_ci'][0]:.3f}, {s['spearman_rho_ci'][1]:.3f}] |")
+        variants = sorted(k[6:] for k in (rank["nets"][0] if rank["nets"] else {}) if k.startswith("score_"))
+        lines += ["", "| net | MACs | test accuracy | " + " | ".join(f"{v} score" for v in variants) + " |",
+                  "|---|---|---|" + "---|" * len(variants)]
         for r in rank["nets"]:
-            lines.append(f"| {r['name']} | {r['macs'] / 1e6:.2f}M | {100 * r['test_accuracy']:.2f}% | "
-                         + " | ".join(f"{r[f'score_{a}']:.4f}" for a in arms) + " |")
+            lines.append(f"| {r['name']} | {r['macs'] / 1e6:.3f}M | {100 * r['test_accuracy']:.2f}% | "
+                         + " | ".join(f"{r[f'score_{v}']:.4f}" for v in variants) + " |")
     io.write_text(os.path.join(workdir, "compare.md"), "\n".join(lines) + "\n")
     io.write_bytes(os.path.join(workdir, "compare.png"), render(summary))
 
 
 def render(summary: dict) -> bytes:
-    """PNG: test accuracy per arm (every seed and the mean), and supernet score vs retrained accuracy."""
+    """PNG: test accuracy against MACs (one point per arm, budget and seed), and supernet score vs retrained accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -281,28 +624,34 @@ def render(summary: dict) -> bytes:
 
     from cafe_tf.report import figure_png
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     ax = axes[0]
-    for i, (arm, r) in enumerate(summary["arms"].items()):
-        accs = [100 * a for a in r["test_accuracy"].values() if a is not None]
-        ax.scatter([i] * len(accs), accs, color="tab:gray", s=18, zorder=3)
-        if r["mean"] is not None:
-            ax.errorbar([i], [100 * r["mean"]], yerr=[100 * (r["std"] or 0)], fmt="o", color="tab:red", capsize=6,
-                        zorder=4)
-    ax.set_xticks(range(len(summary["arms"])))
-    ax.set_xticklabels([f"{a}\n{r['macs'] / 1e6:.1f}M MACs" for a, r in summary["arms"].items()])
+    colors = {arm: plt.get_cmap("tab10")(i % 10) for i, arm in enumerate(ARMS)}
+    shown = set()
+    for key, rows in summary["arms"].items():
+        if rows:  # the target and its band
+            target = float(key) * next(iter(rows.values()))["full_macs"] / 1e6
+            low, high = band(target, summary["macs_tolerance"])
+            ax.axvspan(low, high, color="tab:gray", alpha=0.12, zorder=1)
+            ax.axvline(target, color="tab:gray", ls="--", lw=0.8, zorder=2)
+        for arm, r in rows.items():
+            accs = [100 * a for a in r["test_accuracy"].values() if a is not None]
+            ax.scatter([r["macs"] / 1e6] * len(accs), accs, color=colors[arm], s=22, alpha=0.8, zorder=3,
+                       label=None if arm in shown else arm)
+            shown.add(arm)
+    ax.set_xlabel("MACs (M)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Retrained at the same budget (mean ± std, seeds in gray)")
+    ax.set_title(f"Retrained at equal MACs (±{100 * summary['macs_tolerance']:g}%), one point per seed")
     ax.grid(alpha=0.3)
+    if shown:
+        ax.legend(fontsize=8)
     ax = axes[1]
     rank = summary.get("ranking")
     if rank and rank["nets"]:
-        for arm, marker in (("cafenet", "o"), ("fixed", "s")):
-            key = f"score_{arm}"
-            if key in rank["nets"][0]:
-                tau = rank["kendall_tau"].get(arm, float("nan"))
-                ax.scatter([r[key] for r in rank["nets"]], [100 * r["test_accuracy"] for r in rank["nets"]],
-                           marker=marker, label=f"{arm} supernet (tau {tau:.2f})")
+        for v, marker in zip(sorted(rank["stats"]), "os^v"):
+            tau = rank["stats"][v]["kendall_tau"]
+            ax.scatter([r[f"score_{v}"] for r in rank["nets"]], [100 * r["test_accuracy"] for r in rank["nets"]],
+                       marker=marker, label=f"{v} supernet (tau {tau:.2f})")
         ax.legend(fontsize=8)
     ax.set_xlabel("supernet validation score")
     ax.set_ylabel("retrained test accuracy (%)")
@@ -316,6 +665,7 @@ def render(summary: dict) -> bytes:
 
 def main(config, workdir: str) -> None:
     from cafe_tf.config import ConfigError
+    from cafe_tf.search import run as search_run
     from cafe_tf.space import read_widths
     from cafe_tf.stages import run_stages
 
@@ -326,39 +676,61 @@ def main(config, workdir: str) -> None:
     f = flags.FLAGS
     if f.ranking < 0:
         raise programs.UsageError(f"--ranking={f.ranking} is invalid; it must be >= 0 (0 = no ranking study)")
-    seeds, arms = parse_seeds(f.seeds), parse_arms(f.arms)
+    if f.noise_repeats < 0 or f.noise_repeats == 1:
+        raise programs.UsageError(f"--noise_repeats={f.noise_repeats} is invalid; it must be 0 (off) or >= 2")
+    if not 0 < f.macs_tolerance < 0.5:
+        raise programs.UsageError(f"--macs_tolerance={f.macs_tolerance} is invalid; it must be in (0, 0.5), e.g. 0.01")
+    seeds, arms, budgets = parse_seeds(f.seeds), parse_arms(f.arms), parse_budgets(f.budgets)
+    tol = f.macs_tolerance
     ranking = f.ranking if {"cafenet", "fixed"} <= set(arms) else 0
     workdir = os.path.abspath(workdir)
     logs = os.path.join(workdir, "logs")
     if not f.summary_only:
-        run_stages(search_stages(workdir, arms), logs)
+        run_stages(supernet_stages(workdir, variants_of(arms, ranking)), logs)
+        first = next(supernet_path(workdir, v) for v in SUPERNETS if os.path.isfile(supernet_path(workdir, v)))
+        full_macs = int(search_run.load_supernet(first)[4].cost.macs())
+        run_stages(search_stages(config, workdir, arms, budgets, full_macs, tol), logs)
+        if "uniform" in arms:
+            for budget in budgets:
+                write_uniform(workdir, budget, tol, int(config.supernet.get("channel_multiple", 1)))
         # Seed by seed, so an early stop still leaves every arm compared on the first seeds.
-        retrains = [retrain_stage(f"{arm}_retrain_s{s}", os.path.join(workdir, arm, "widths.json"),
-                                  os.path.join(workdir, arm, f"retrain_s{s}"), s) for s in seeds for arm in arms]
-        run_stages(retrains, logs)
+        run_stages([retrain_stage(f"{arm}_{budget_key(b)}_retrain_s{s}",
+                                  os.path.join(arm_dir(workdir, b, arm), "widths.json"),
+                                  os.path.join(arm_dir(workdir, b, arm), f"retrain_s{s}"), s)
+                    for s in seeds for b in budgets for arm in arms], logs)
         if ranking:
-            paths = write_ranking_candidates(workdir, ranking, config.search.seed)
+            paths = write_ranking_candidates(workdir, ranking, budgets[0], tol, config.search.seed)
             run_stages([retrain_stage(f"ranking_c{i}", p, os.path.join(os.path.dirname(p), "retrain"), seeds[0])
                         for i, p in enumerate(paths)], logs)
+    noise = {}
+    if f.noise_repeats:
+        for arm in arms:
+            if ARMS[arm].supernet and os.path.isfile(supernet_path(workdir, ARMS[arm].supernet)):
+                n = scoring_noise(config, workdir, budgets[0], arm, f.noise_repeats)
+                if n:
+                    noise[arm] = n
     scores = {}
-    if ranking and all(os.path.isfile(supernet_path(workdir, a)) for a in ("cafenet", "fixed")):
+    if ranking and all(os.path.isfile(supernet_path(workdir, v)) for v in ("cafenet", "fixed")):
         records = {}
         for i in range(ranking):
             path = os.path.join(workdir, "ranking", f"c{i}", "widths.json")
             if os.path.isfile(path):
                 records[f"c{i}"] = read_widths(path)
-        records.update({f"arm:{a}": read_widths(os.path.join(workdir, a, "widths.json")) for a in arms
-                        if os.path.isfile(os.path.join(workdir, a, "widths.json"))})
-        scores = {arm: score_nets(config, workdir, arm, records) for arm in ("cafenet", "fixed")}
-    summary = summarize(config, workdir, arms, seeds, ranking, scores)
+        scores = {v: score_nets(config, workdir, v, records) for v in ("cafenet", "fixed")}
+    summary = summarize(config, workdir, arms, budgets, seeds, ranking, scores, noise, tol)
     write_summary(workdir, summary)
-    for arm, r in summary["arms"].items():
-        mean = "–" if r["mean"] is None else f"{100 * r['mean']:.2f}%"
-        std = "" if r["std"] is None else f" ± {100 * r['std']:.2f}"
-        print(f"{arm:<8} {r['macs']:>12,} MACs  test accuracy {mean}{std} ({r['runs']} runs)", flush=True)
+    for key, rows in summary["arms"].items():
+        for arm, r in rows.items():
+            std = "" if r["std"] is None else f" ± {100 * r['std']:.2f}"
+            print(f"budget {key:<5} {arm:<13} {r['macs']:>12,} MACs ({r['macs_vs_target']:.4f} x target)  "
+                  f"test accuracy {_pct(r['mean'])}%{std} ({r['runs']} runs)", flush=True)
+    for arm, n in noise.items():
+        print(f"scoring noise ({arm}'s net, {n['supernet']} supernet): std {100 * n['std']:.2f} points over "
+              f"{n['repeats']} calibration sets")
     if summary["ranking"]:
-        for arm, tau in summary["ranking"]["kendall_tau"].items():
-            print(f"ranking: {arm} supernet Kendall tau {tau:.3f} over {len(summary['ranking']['nets'])} nets")
+        for v, s in summary["ranking"]["stats"].items():
+            print(f"ranking: {v} supernet Kendall tau {s['kendall_tau']:.3f} {s['kendall_tau_ci']}, Spearman rho "
+                  f"{s['spearman_rho']:.3f} {s['spearman_rho_ci']} over {len(summary['ranking']['nets'])} nets")
     print(f"report: {os.path.join(workdir, 'compare.md')}\n        {os.path.join(workdir, 'compare.png')}", flush=True)
 
 

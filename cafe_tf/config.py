@@ -88,6 +88,9 @@ def base_config() -> ml_collections.ConfigDict:
             step_epochs=(),  # step schedule: epochs at which lr is multiplied by step_gamma
             step_gamma=0.1,
             label_smoothing=0.0,
+            distill_weight=0.0,  # w: loss = (1 - w) CE + w T^2 KL(teacher || model) at temperature T; needs a teacher
+            # (the prune program's finetune stage gives the unpruned model to every method alike); 0 = plain CE
+            distill_temperature=4.0,
             mixed_precision="none",  # none | mixed_float16 | mixed_bfloat16
             log_every=50,  # steps between log lines and TensorBoard points
             checkpoint_every=0,  # steps between checkpoints; 0 = at each epoch end only
@@ -224,6 +227,10 @@ def validate_train(train: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.train.step_epochs=() is invalid with train.schedule='step'; give e.g. (100, 150)")
     _check("train.step_gamma", train.step_gamma, 0 < train.step_gamma <= 1, "in (0, 1]")
     _check("train.label_smoothing", train.label_smoothing, 0 <= train.label_smoothing < 1, "in [0, 1)")
+    _check("train.distill_weight", train.get("distill_weight", 0.0), 0 <= train.get("distill_weight", 0.0) <= 1,
+           "in [0, 1] (0 = no distillation)")
+    _check("train.distill_temperature", train.get("distill_temperature", 1.0), train.get("distill_temperature", 1.0) > 0,
+           "> 0")
     _choice("train.mixed_precision", train.mixed_precision, MIXED_PRECISION)
     _check("train.log_every", train.log_every, train.log_every >= 1, ">= 1")
     _check("train.checkpoint_every", train.checkpoint_every, train.checkpoint_every >= 0, ">= 0 (0 = each epoch end)")

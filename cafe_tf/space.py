@@ -5,6 +5,19 @@ Each prunable channel group (``cafe_tf.graph``) is cut into bins of adjacent cha
 ``locally_free`` with offset ``r``) says which bins realise it. :meth:`SearchSpace.channels` turns a
 candidate into the channel selection the supernet and surgery take. The bin and zone rules are our
 reading of CafeNet: see docs/papers.md.
+
+Widths always count bins. Where the free channels may sit is counted in ``zone_unit``:
+
+* ``"channels"`` (default; the paper's Figure 1 and our spec: the zone is a few channels around the
+  width's boundary): width ``k`` bins ends at channel ``c = bounds[k]``; its base is channels
+  ``0 .. c - r*m - 1`` and ``r*m`` free channels, in units of ``m = channel_multiple``, sit among
+  ``c - r*m .. c + r*m - 1`` (clipped to the group). A 32-channel width of a 64-channel group with
+  r = 1 picks channel 31 or channel 32 as its last one.
+* ``"bins"``: the zone is ``r`` bins on either side of the boundary. With FLOPs-sensitive bins of 32
+  channels in a 64-channel group, r = 1 makes the zone the whole group (channels 0-31 or 32-63).
+
+An arrangement is, per group, the sorted indices of the *units* it uses (bins, or blocks of
+``channel_multiple`` channels): :meth:`SearchSpace.unit_bounds` maps them to channels.
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ WIDTHS_SCHEMA = "cafe_tf.widths"
 WIDTHS_VERSION = 2  # 2 added model_source (provenance); version 1 files read as registry models
 GRANULARITIES = ("flops_sensitive", "uniform")
 SHARINGS = ("locally_free", "fixed")
+ZONE_UNITS = ("channels", "bins")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,13 +91,16 @@ class SearchSpace:
         max_bin: int = 32,
         cost: CostModel | None = None,
         channel_multiple: int = 1,
+        zone_unit: str = "channels",
     ):
+        if zone_unit not in ZONE_UNITS:
+            raise ValueError(f"zone_unit {zone_unit!r} is not one of {ZONE_UNITS}")
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity {granularity!r} is not one of {GRANULARITIES}")
         if sharing not in SHARINGS:
             raise ValueError(f"sharing {sharing!r} is not one of {SHARINGS}")
         if r < 0:
-            raise ValueError(f"r (the local zone offset, in bins) must be >= 0, got {r}")
+            raise ValueError(f"r (the local zone offset, in {zone_unit}) must be >= 0, got {r}")
         if num_bins < 1 or max_bin < 1:
             raise ValueError(f"num_bins and max_bin must be >= 1, got {num_bins} and {max_bin}")
         self.graph = graph
@@ -112,11 +129,17 @@ class SearchSpace:
                 bounds = np.unique(np.append(np.minimum(units, g.size), g.size))
                 self.groups.append(GroupBins(g.id, g.name, g.size, tuple(int(x) for x in bounds)))
         self.num_bins = np.array([g.num_bins for g in self.groups], dtype=np.int64)
+        self.zone_unit = zone_unit
+        if zone_unit == "bins":
+            self._units = [g.bounds for g in self.groups]
+        else:  # blocks of channel_multiple channels (the last one holds the remainder)
+            self._units = [tuple(range(0, g.size, m)) + (g.size,) for g in self.groups]
+        self._unit_index = [{c: i for i, c in enumerate(u)} for u in self._units]
 
     # ----------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """The space's settings (recorded in widths.json)."""
-        return {"granularity": self.granularity, "sharing": self.sharing, "r": self.r,
+        return {"granularity": self.granularity, "sharing": self.sharing, "r": self.r, "zone_unit": self.zone_unit,
                 "num_bins": self.num_uniform_bins, "max_bin": self.max_bin,
                 "channel_multiple": self.channel_multiple, "bins_per_group": self.num_bins.tolist()}
 
@@ -138,19 +161,28 @@ class SearchSpace:
             )
         return w
 
+    def unit_bounds(self, group: int) -> tuple[int, ...]:
+        """Channel bounds of the arrangement units of group position ``group`` (unit u: ``[b[u], b[u+1])``)."""
+        return self._units[group]
+
+    def width_units(self, group: int, k: int) -> int:
+        """How many units width ``k`` bins of group position ``group`` covers."""
+        return self._unit_index[group][self.groups[group].bounds[k]]
+
     def zone(self, group: int, k: int) -> tuple[int, range]:
-        """(number of base bins, the local zone's bins) of width ``k`` in group position ``group``."""
-        n = int(self.num_bins[group])
-        base = max(0, k - self.r)
-        g = self.groups[group]
-        if k < n and (g.bounds[-1] - g.bounds[-2]) % self.channel_multiple:
-            # The last bin holds the group's remainder (size % channel_multiple): below full width it
+        """(number of base units, the local zone's units) of width ``k`` bins in group position ``group``."""
+        units = self._units[group]
+        n = len(units) - 1
+        a = self.width_units(group, k)
+        base = max(0, a - self.r)
+        if a < n and (units[-1] - units[-2]) % self.channel_multiple:
+            # The last unit holds the group's remainder (size % channel_multiple): below full width it
             # stays out of the zone, so every arrangement's channel count is a multiple.
             n -= 1
-        return base, range(base, min(k + self.r, n))
+        return base, range(base, min(a + self.r, n))
 
     def candidates(self, group: int, k: int) -> list[tuple[int, ...]]:
-        """Every arrangement (sorted bin indices) of width ``k`` bins in group position ``group``."""
+        """Every arrangement (sorted unit indices) of width ``k`` bins in group position ``group``."""
         if not 0 <= group < len(self.groups):
             raise ValueError(f"group position {group} does not exist; valid: 0..{len(self.groups) - 1}")
         if not 1 <= k <= self.num_bins[group]:
@@ -158,11 +190,11 @@ class SearchSpace:
                 f"width {k} of group {self.groups[group].name!r} is outside its choices 1..{int(self.num_bins[group])} bins"
             )
         base, zone = self.zone(group, k)
-        return [tuple(range(base)) + free for free in itertools.combinations(zone, k - base)]
+        return [tuple(range(base)) + free for free in itertools.combinations(zone, self.width_units(group, k) - base)]
 
     def fixed(self, widths: Sequence[int]) -> list[tuple[int, ...]]:
-        """The fixed-pattern arrangement (leftmost bins) of a width assignment."""
-        return [tuple(range(int(k))) for k in self.check_widths(widths)]
+        """The fixed-pattern arrangement (leftmost units) of a width assignment."""
+        return [tuple(range(self.width_units(i, int(k)))) for i, k in enumerate(self.check_widths(widths))]
 
     def sample_widths(self, rng: np.random.Generator, n: int | None = None) -> np.ndarray:
         """Width assignments drawn uniformly over each group's bins: shape (G,) or (n, G)."""
@@ -174,7 +206,8 @@ class SearchSpace:
         out = []
         for i, k in enumerate(self.check_widths(widths)):
             base, zone = self.zone(i, int(k))
-            free = np.sort(rng.choice(np.asarray(zone), size=int(k) - base, replace=False)) if k > base else ()
+            a = self.width_units(i, int(k))
+            free = np.sort(rng.choice(np.asarray(zone), size=a - base, replace=False)) if a > base else ()
             out.append(tuple(range(base)) + tuple(int(b) for b in free))
         return out
 
@@ -182,7 +215,8 @@ class SearchSpace:
         """Channel selection {group id: sorted channel indices} of an arrangement (prunable groups)."""
         if len(arrangement) != len(self.groups):
             raise ValueError(f"an arrangement needs {len(self.groups)} entries, got {len(arrangement)}")
-        return {g.group_id: g.channels(bins) for g, bins in zip(self.groups, arrangement)}
+        return {g.group_id: np.concatenate([np.arange(u[b], u[b + 1]) for b in sorted(units)])
+                for g, u, units in zip(self.groups, self._units, arrangement)}
 
     def channel_widths(self, widths: np.ndarray) -> np.ndarray:
         """Group widths in channels (all groups, by id) of bin widths, leftmost bins; batched on axis 0."""
@@ -213,7 +247,10 @@ class SearchSpace:
 
     def widths_of_arrangement(self, arrangement: Sequence[Sequence[int]]) -> np.ndarray:
         """Bin widths of an arrangement."""
-        return np.asarray([len(b) for b in arrangement], dtype=np.int64)
+        out = []
+        for g, u, units in zip(self.groups, self._units, arrangement):
+            out.append(g.bounds.index(sum(u[b + 1] - u[b] for b in units)))
+        return np.asarray(out, dtype=np.int64)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -335,9 +372,11 @@ SUPERNET_VERSION = 1
 
 def space_from_section(graph: ChannelGraph, section: Any) -> SearchSpace:
     """The search space a ``supernet`` config section (or a recorded ``space`` dict) describes."""
+    # A record written before zone_unit existed was trained with zones in bins.
     return SearchSpace(graph, granularity=section["granularity"], sharing=section["sharing"], r=int(section["r"]),
                        num_bins=int(section["num_bins"]), max_bin=int(section["max_bin"]),
-                       channel_multiple=int(section.get("channel_multiple", 1)))
+                       channel_multiple=int(section.get("channel_multiple", 1)),
+                       zone_unit=str(section.get("zone_unit", "bins")))
 
 
 def read_supernet(path: str | os.PathLike) -> dict[str, Any]:

@@ -20,7 +20,7 @@ Full network: MobileNetV2 1.0, 97,796,608 MACs and 2,260,546 params at 128x128x3
 
 Stages (our choices):
 
-* supernet: min-min training (locally free sharing, r = 1 bin, K = 2 candidates, FLOPs-sensitive
+* supernet: min-min training (locally free sharing, r = 1 channel (zone_unit), K = 2 candidates, FLOPs-sensitive
   bins, no sandwich), 30 epochs, batch 256, SGD 0.1 / momentum 0.9 (Nesterov) with 1 warm-up
   epoch, cosine, weight decay 4e-5 (MobileNetV2's).
 * search: evolution with the spec's settings (population 50, 20 generations, top-10 parents,

@@ -11,7 +11,7 @@ Full network: 40,813,184 MACs (the published ~41 M), 274,042 params
 Stages (spec "Training (min-min)" and "Search"; the paper's own hyper-parameters are unavailable,
 so the recipe is the spec's CIFAR one, our choice):
 
-* supernet: min-min training (locally free sharing, r = 1 bin, K = 2 candidates, FLOPs-sensitive
+* supernet: min-min training (locally free sharing, r = 1 channel (zone_unit), K = 2 candidates, FLOPs-sensitive
   bins, no sandwich; candidates compared with the batch's own BN statistics), as long as the plain
   model's recipe: SGD 0.1 / momentum 0.9 / wd 5e-4 / cosine, 200 epochs, batch 128, pad-4 crop + flip.
 * search: evolution with the spec's settings, population 50, 20 generations, top-10 parents,

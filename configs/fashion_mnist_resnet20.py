@@ -7,8 +7,9 @@ r"""Fashion-MNIST, ResNet-20, CafeNet at 50% of the MACs: the offline default, s
 
 Stages and their sizes (our choices: the paper's numbers are unavailable, see the spec):
 
-* supernet: min-min training (locally free sharing, r = 1 bin, K = 2 candidates, FLOPs-sensitive
-  bins, no sandwich), SGD 0.1 / momentum 0.9 / wd 5e-4 / cosine, 2 epochs. A min-min step with
+* supernet: min-min training (locally free sharing, r = 1 channel around each width's boundary
+  (supernet.zone_unit), K = 2 candidates, FLOPs-sensitive bins, no sandwich), SGD 0.1 / momentum
+  0.9 / wd 5e-4 / cosine, 2 epochs. A min-min step with
   widths sampled per group costs about 0.9-1.05x a plain step of the full net (K = 2 selection
   passes, then one forward/backward of a smaller net; benchmarks/minmin_cost.py), so this is ~2
   epochs of plain ResNet-20 time. Candidate selection compares the K arrangements with BN on the
@@ -74,6 +75,7 @@ def get_config():
     c.supernet.sharing = "locally_free"  # fixed: the AutoSlim-style baseline supernet
     c.supernet.granularity = "flops_sensitive"
     c.supernet.r = 1
+    c.supernet.zone_unit = "channels"  # r counts channels (the paper's Figure 1); "bins": the zone_bins ablation
     c.supernet.num_candidates = 2
     c.supernet.sandwich = False  # True: also the max and min nets every step (~3x the step cost)
     c.supernet.selection_bn = "batch"

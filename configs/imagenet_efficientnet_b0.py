@@ -19,7 +19,7 @@ B0 recipe (RMSProp, AutoAugment, EMA of weights, 350 epochs) is not expressible 
 Stages (the paper's hyper-parameters are unavailable; the spec's "ImageNet: 100 epochs-scale
 recipe", our choices):
 
-* supernet: min-min training (locally free sharing, r = 1 bin, K = 2 candidates, FLOPs-sensitive
+* supernet: min-min training (locally free sharing, r = 1 channel (zone_unit), K = 2 candidates, FLOPs-sensitive
   bins, no sandwich), 100 epochs, SGD momentum 0.9 (Nesterov), lr 0.4 for batch 1024 with 5
   warm-up epochs, cosine, weight decay 1e-5 (EfficientNet's), label smoothing 0.1, inception crop
   + flip, bfloat16 mixed precision, MirroredStrategy over the machine's GPUs.

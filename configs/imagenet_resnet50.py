@@ -21,7 +21,7 @@ width 1.0, as AutoSlim searched ResNet-50 (our reading; the paper's text was una
 Stages (the paper's hyper-parameters are unavailable; the spec's "ImageNet: 100 epochs-scale
 recipe", our choices):
 
-* supernet: min-min training (locally free sharing, r = 1 bin, K = 2 candidates, FLOPs-sensitive
+* supernet: min-min training (locally free sharing, r = 1 channel (zone_unit), K = 2 candidates, FLOPs-sensitive
   bins, no sandwich), 100 epochs, SGD momentum 0.9, lr 0.4 for batch 1024 (0.1 per 256) with 5
   warm-up epochs, cosine, weight decay 1e-4, label smoothing 0.1, inception crop + flip, bfloat16
   mixed precision, MirroredStrategy over the machine's GPUs.

@@ -259,7 +259,8 @@ def _epochs_of(make_train: Callable[[int, int, Any], tf.data.Dataset], steps_per
 
 
 def _fit(model_fn: Callable[[], keras.Model], data, section: ml_collections.ConfigDict, folder: str,
-         strategy: tf.distribute.Strategy | None, config: ml_collections.ConfigDict) -> dict[str, Any]:
+         strategy: tf.distribute.Strategy | None, config: ml_collections.ConfigDict,
+         teacher: Callable[[], keras.Model] | None = None) -> dict[str, Any]:
     """``standard.fit`` -> its metrics; ``folder/model.keras`` and ``metrics.json`` on every worker.
 
     The standard loop writes them on the chief only; the other workers of a cluster save their own
@@ -273,7 +274,7 @@ def _fit(model_fn: Callable[[], keras.Model], data, section: ml_collections.Conf
 
     keep = KeepModel()
     metrics = standard.fit(model_fn, data, section, folder, strategy=strategy, hooks=[keep],
-                           config_record=to_dict(config))
+                           config_record=to_dict(config), teacher=teacher)
     if not distribute_lib.is_chief(strategy or tf.distribute.get_strategy()):
         prune_lib.save_model(keep.model, os.path.join(folder, "model.keras"))
         io.write_artifact(os.path.join(folder, "metrics.json"), standard.METRICS_SCHEMA, standard.METRICS_VERSION,
@@ -499,8 +500,12 @@ def stage_prune(config: ml_collections.ConfigDict, workdir: str, model: keras.Mo
 
 
 def stage_finetune(config: ml_collections.ConfigDict, workdir: str, data, pruned_path: str,
-                   strategy: tf.distribute.Strategy | None = None) -> dict[str, Any]:
-    """Stage 3: the standard training loop on the pruned model -> its metrics (final eval per split)."""
+                   strategy: tf.distribute.Strategy | None = None,
+                   teacher: Callable[[], keras.Model] | None = None) -> dict[str, Any]:
+    """Stage 3: the standard training loop on the pruned model -> its metrics (final eval per split).
+
+    With ``finetune.distill_weight`` > 0 the loop distills from ``teacher()`` (the unpruned model),
+    the same for every prune.method (dagger, l1, uniform, free)."""
     from cafe_tf.train import standard
 
     folder = os.path.join(workdir, "finetune")
@@ -511,7 +516,8 @@ def stage_finetune(config: ml_collections.ConfigDict, workdir: str, data, pruned
         return io.read_artifact(metrics_path, standard.METRICS_SCHEMA, (standard.METRICS_VERSION,))
     # A factory, so the standard loop builds the model under its strategy's scope. A softmax head
     # is trained as it is (the standard loop's from_logits=False) and saved with the model.
-    return _fit(lambda: _load_model(config, pruned_path), data, config.finetune, folder, strategy, config)
+    return _fit(lambda: _load_model(config, pruned_path), data, config.finetune, folder, strategy, config,
+                teacher if config.finetune.get("distill_weight", 0.0) else None)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -554,8 +560,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     _, selection, info = stage_prune(config, workdir, trained, source, logits, data, strategy)
     if "accuracy_before_finetune" in info:
         metrics["pruned_before_finetune"] = info["accuracy_before_finetune"]["accuracy"]
+    if config.prune.pretrained:
+        def teacher() -> keras.Model:
+            return model_source(config, data.image_shape, data.info.num_classes).build()
+    else:
+        def teacher() -> keras.Model:
+            return _load_model(config, source)
     final = stage_finetune(config, workdir, data, os.path.join(workdir, "prune", "pruned.keras"),
-                           strategy)["final"] or {}
+                           strategy, teacher)["final"] or {}
     metrics.update({f"finetuned_{s}": r["accuracy"] for s, r in final.items()})
     summary = {
         "method": config.prune.method,

@@ -9,6 +9,15 @@ Accuracy is the standard loop's for the data's task: top-1, or for a multi-label
 attributes) the mean per-attribute accuracy.
 With K = 1, or a fixed-sharing space (r = 0), only the leftmost arrangement is scored.
 
+**Equal scoring** (``scoring="equal"``, what ``cafe_tf.compare`` uses so that every arm's scores
+carry the same noise): every candidate of every space gets exactly K evaluations, on the same
+validation images; evaluation i recalibrates BN on its own calibration set i (the calibration
+images are cut into K consecutive sets of equal size) and scores arrangement ``i mod L`` of the
+L <= K arrangements the space offers (a fixed-sharing space: the leftmost one K times). The score is
+the best of the K, for every arm alike, so the optimism of a maximum is the same everywhere.
+:meth:`SupernetEvaluator.repeat_scores` measures the noise itself: one arrangement under several
+calibration sets.
+
 Recalibration rewrites the moving statistics of exactly the channels a candidate uses, so a score
 does not depend on which candidates were scored before it: a cached score is the score.
 
@@ -37,6 +46,17 @@ CACHE_SCHEMA = "cafe_tf.search_cache"
 CACHE_VERSION = 1
 
 Scorer = Callable[[np.ndarray], "float | Mapping[str, Any]"]
+SCORINGS = ("arrangements", "equal")
+
+
+def split_calibration(batches: Sequence[tf.Tensor], sets: int) -> list[list[tf.Tensor]]:
+    """``batches`` (image tensors) cut into ``sets`` consecutive sets of equally many images (the rest dropped)."""
+    images = tf.concat(list(batches), axis=0)
+    per = int(images.shape[0]) // sets
+    if per < 1:
+        raise ValueError(f"{int(images.shape[0])} calibration images cannot make {sets} sets; give >= {sets}")
+    batch = max(int(batches[0].shape[0]), 1)
+    return [[images[i * per + j: i * per + min(j + batch, per)] for j in range(0, per, batch)] for i in range(sets)]
 
 
 def widths_key(widths: Sequence[int]) -> str:
@@ -124,30 +144,37 @@ class SupernetEvaluator:
         num_candidates: int = 2,
         seed: int = 0,
         task: str | None = None,
+        scoring: str = "arrangements",
         screen_fraction: float = 1.0,
     ):
         """``calibration``: image batches (a few hundred training images); ``validation``: (images, labels) batches.
 
         ``task``: "classification" or "multilabel"; ``None`` reads it from the validation labels
-        (0/1 vectors per example: multi-label). ``screen_fraction`` < 1 screens the K arrangements on
-        that share of the validation batches and finishes only the best one (:meth:`__call__`).
+        (0/1 vectors per example: multi-label). ``scoring``: "arrangements" (best of up to K
+        arrangements, one calibration set) or "equal" (exactly K evaluations, ``calibration`` cut
+        into K sets; see the module doc). ``screen_fraction`` < 1 screens the evaluations on that share
+        of the validation batches and finishes only the best one (:meth:`__call__`).
         """
         if num_candidates < 1:
             raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+        if scoring not in SCORINGS:
+            raise ValueError(f"scoring {scoring!r} is not one of {SCORINGS}")
         if not 0 < screen_fraction <= 1:
             raise ValueError(f"screen_fraction must be in (0, 1] (1 = no screening), got {screen_fraction!r}")
         if not calibration or not validation:
             raise ValueError("the evaluator needs calibration images and validation batches; got none")
         self.supernet, self.space = supernet, space
         self.calibration, self.validation = list(calibration), list(validation)
-        self.num_candidates, self.seed = int(num_candidates), int(seed)
+        self.num_candidates, self.seed, self.scoring = int(num_candidates), int(seed), scoring
+        self.calibration_sets = (split_calibration(self.calibration, self.num_candidates) if scoring == "equal"
+                                 else [self.calibration])
         self.task = task or kernel.label_task(self.validation[0][1])
         # The kernel's evaluation: the loss and accuracy every training loop reports, here at one width.
         self._eval_step = kernel.make_eval_step(
             lambda images, selection: supernet(images, selection=selection, training=False), self.task)
-        # Screening: the first ``screen_batches`` validation batches rank the K arrangements.
+        # Screening: the first ``screen_batches`` validation batches rank the evaluations.
         self.screen_batches = max(1, round(screen_fraction * len(self.validation)))
-        self.evaluations = 0  # arrangement calibrations (each followed by one validation pass, whole or part)
+        self.evaluations = 0  # calibrations (each followed by one validation pass, whole or part)
         self.images_evaluated = 0  # validation images run through the supernet, all scores together
 
     def arrangements(self, widths: Sequence[int]) -> list[tuple[tuple[int, ...], ...]]:
@@ -170,12 +197,13 @@ class SupernetEvaluator:
                 out.append(a)
         return out
 
-    def score_arrangement(self, arrangement: Sequence[Sequence[int]],
+    def score_arrangement(self, arrangement: Sequence[Sequence[int]], calibration_set: int = 0,
                           batches: Sequence[tuple[tf.Tensor, tf.Tensor]] | None = None) -> dict[str, float]:
         """{"accuracy", "loss", "examples"} of one arrangement on ``batches`` (default: the whole validation
-        set) after recalibrating its BN statistics (deterministic: the same calibration images every time)."""
+        set) after recalibrating its BN statistics on a calibration set (deterministic: the same images
+        every time, so a recalibrated arrangement continues exactly where it stopped)."""
         selection = self.supernet.trace_selection(self.space.channels(arrangement))
-        self.supernet.calibrate_bn(selection, self.calibration)
+        self.supernet.calibrate_bn(selection, self.calibration_sets[calibration_set])
         self.evaluations += 1
         result = kernel.evaluate(self._eval_step, self.validation if batches is None else batches, selection)
         self.images_evaluated += result["examples"]
@@ -184,28 +212,37 @@ class SupernetEvaluator:
     def __call__(self, widths: Sequence[int]) -> dict[str, Any]:
         """{"score": best accuracy, "loss", "arrangement" (bins per group), "candidates": accuracies of all K}.
 
-        Without screening every arrangement is scored on every validation image and the best counts;
-        ties (common on small validation sets) go to the lower loss. With screening
-        (``screen_fraction`` < 1 and K > 1) the arrangements are ranked the same way on the first
-        ``screen_batches`` batches, and only the best is recalibrated and run on the rest: the width's
-        score is that arrangement's accuracy on all the validation images, as without screening
-        whenever the screen picks the same arrangement. "candidates" then holds the screening
-        accuracies. Cost per width: K x screen + the rest, instead of K x all.
+        Without screening every evaluation (an arrangement on a calibration set) runs on every
+        validation image and the best counts; ties (common on small validation sets) go to the lower
+        loss. With screening (``screen_fraction`` < 1 and more than one evaluation) they are ranked
+        the same way on the first ``screen_batches`` batches, and only the best is recalibrated and
+        run on the rest: the width's score is its accuracy on all the validation images, as without
+        screening whenever the screen picks the same evaluation. "candidates" then holds the
+        screening accuracies. Cost per width: K x screen + the rest, instead of K x all.
         """
         arrangements = self.arrangements(widths)
-        screening = len(arrangements) > 1 and self.screen_batches < len(self.validation)
+        if self.scoring == "equal":  # exactly K evaluations, evaluation i on calibration set i
+            plan = [(arrangements[i % len(arrangements)], i) for i in range(self.num_candidates)]
+        else:
+            plan = [(a, 0) for a in arrangements]
+        screening = len(plan) > 1 and self.screen_batches < len(self.validation)
         head = self.validation[: self.screen_batches] if screening else None
         best, scored = None, []
-        for arrangement in arrangements:
-            result = self.score_arrangement(arrangement, head)
+        for arrangement, calibration_set in plan:
+            result = self.score_arrangement(arrangement, calibration_set, head)
             scored.append(result["accuracy"])
             if best is None or (result["accuracy"], -result["loss"]) > (best[0]["accuracy"], -best[0]["loss"]):
-                best = (result, arrangement)
-        result, arrangement = best
+                best = (result, arrangement, calibration_set)
+        result, arrangement, calibration_set = best
         if screening:
-            rest = self.score_arrangement(arrangement, self.validation[self.screen_batches:])
+            rest = self.score_arrangement(arrangement, calibration_set, self.validation[self.screen_batches:])
             n = result["examples"] + rest["examples"]
             result = {key: (result[key] * result["examples"] + rest[key] * rest["examples"]) / n
                       for key in ("accuracy", "loss")}
         return {"score": result["accuracy"], "loss": result["loss"], "arrangement": [list(b) for b in arrangement],
                 "candidates": scored}
+
+    def repeat_scores(self, widths: Sequence[int]) -> list[float]:
+        """Validation accuracy of the leftmost arrangement of ``widths`` under each calibration set (the scoring noise)."""
+        arrangement = self.arrangements(widths)[0]
+        return [self.score_arrangement(arrangement, i)["accuracy"] for i in range(len(self.calibration_sets))]

@@ -26,7 +26,7 @@ from cafe_tf.config import ConfigError, to_dict
 from cafe_tf.search import baselines
 from cafe_tf.search.budget import Budget, BudgetChecker, LatencyPredictor
 from cafe_tf.io import file_sha256
-from cafe_tf.search.evaluator import ScoreCache, SupernetEvaluator
+from cafe_tf.search.evaluator import SCORINGS, ScoreCache, SupernetEvaluator
 from cafe_tf.search.evolution import EvolutionSettings, SearchResult, evaluated_table, evolve, pareto_front
 from cafe_tf.space import SearchSpace, read_supernet, space_from_section, write_widths
 
@@ -59,6 +59,8 @@ def search_section() -> ml_collections.ConfigDict:
         random_samples=0,  # random search: candidates scored; 0 = population x generations
         greedy_step=0.1,  # greedy slimming: fraction of a group's bins removed per move
         num_candidates=2,  # free-channel arrangements scored per width (the best counts); 1 = leftmost only
+        scoring="arrangements",  # arrangements: best of <= K arrangements, one calibration set | equal: exactly K
+        # evaluations for every space (fixed sharing too), evaluation i on its own calibration set (compare's rule)
         calibration_examples=256,  # training images for each candidate's BN recalibration
         eval_examples=0,  # validation images per score; 0 = the whole validation split
         screen_fraction=1.0,  # < 1: the K arrangements are ranked on this share of the validation batches and
@@ -72,6 +74,8 @@ def validate_search(section: ml_collections.ConfigDict) -> None:
     """Checks ``config.search``; raises ConfigError naming the key, the value and what is valid."""
     if section.method not in METHODS:
         raise ConfigError(f"config.search.method={section.method!r} is invalid; valid values: {list(METHODS)}")
+    if section.get("scoring", "arrangements") not in SCORINGS:
+        raise ConfigError(f"config.search.scoring={section.scoring!r} is invalid; valid values: {list(SCORINGS)}")
     for key in ("max_macs", "max_params", "max_latency_ms", "random_samples", "eval_examples"):
         if section[key] < 0:
             raise ConfigError(f"config.search.{key}={section[key]!r} is invalid; it must be >= 0 (0 = unset)")
@@ -234,11 +238,13 @@ def make_evaluator(config: ml_collections.ConfigDict, supernet: Any, space: Sear
     """The supernet evaluator ``config.search`` describes on ``data``'s validation split, and its cache fingerprint."""
     section = config.search
     check_input_shape(supernet.model, data)
-    calibration = [x for x, _ in data_lib.calibration_batches(data, section.calibration_examples)]
+    scoring = section.get("scoring", "arrangements")
+    sets = section.num_candidates if scoring == "equal" else 1
+    calibration = [x for x, _ in data_lib.calibration_batches(data, sets * section.calibration_examples)]
     validation = data_lib.take_batches(data.make_eval["validation"], section.eval_examples)
     evaluator = SupernetEvaluator(supernet, space, calibration, validation, section.num_candidates, seed=section.seed,
-                                  screen_fraction=section.screen_fraction)
-    fingerprint = {
+                                  scoring=scoring, screen_fraction=section.screen_fraction)
+    fingerprint = {"scoring": scoring,
         "supernet_sha256": file_sha256(supernet_path), "space": space.describe(),
         "num_candidates": section.num_candidates, "calibration_examples": section.calibration_examples,
         "eval_examples": section.eval_examples, "seed": section.seed, "data": config.data.name,

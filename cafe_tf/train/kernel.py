@@ -107,6 +107,34 @@ def per_example_loss(task: str, labels: tf.Tensor, logits: tf.Tensor, num_classe
     return tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
 
 
+def distillation_loss(task: str, teacher_outputs: tf.Tensor, outputs: tf.Tensor, temperature: float = 1.0,
+                      teacher_from_logits: bool = True, from_logits: bool = True) -> tf.Tensor:
+    """Per example ``T^2 KL(teacher || model)`` of the outputs softened at temperature ``T`` (Hinton et al. 2015):
+    softmax over the classes, or the mean binary KL over the labels of a multi-label task. 0 when they agree."""
+    t = _logits(task, teacher_outputs, teacher_from_logits) / temperature
+    s = _logits(task, outputs, from_logits) / temperature
+    if task == "multilabel":
+        kl = (tf.sigmoid(t) * (tf.math.log_sigmoid(t) - tf.math.log_sigmoid(s))
+              + tf.sigmoid(-t) * (tf.math.log_sigmoid(-t) - tf.math.log_sigmoid(-s)))
+        kl = tf.reduce_mean(kl, axis=-1)
+    else:
+        log_t = tf.nn.log_softmax(t, axis=-1)
+        kl = tf.reduce_sum(tf.exp(log_t) * (log_t - tf.nn.log_softmax(s, axis=-1)), axis=-1)
+    return temperature * temperature * kl
+
+
+def distilled_loss(per_example: tf.Tensor, task: str, teacher_outputs: tf.Tensor | None, outputs: tf.Tensor,
+                   weight: float, temperature: float, teacher_from_logits: bool = True,
+                   from_logits: bool = True) -> tf.Tensor:
+    """``(1 - weight) per_example + weight distillation_loss(...)``; ``per_example`` itself when ``weight`` is 0."""
+    if not weight:
+        return per_example
+    if teacher_outputs is None:
+        raise ValueError(f"a distillation weight of {weight} needs the teacher's outputs; got none")
+    kd = distillation_loss(task, teacher_outputs, outputs, temperature, teacher_from_logits, from_logits)
+    return (1.0 - weight) * per_example + weight * kd
+
+
 def per_example_accuracy(task: str, labels: tf.Tensor, logits: tf.Tensor, from_logits: bool = True) -> tf.Tensor:
     """1/0 per example (classification) or the fraction of correct labels (multilabel); see :func:`per_example_loss`."""
     if task == "multilabel":

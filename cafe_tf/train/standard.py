@@ -191,11 +191,14 @@ def fit(
     strategy: tf.distribute.Strategy | None = None,
     hooks: Sequence[Hook] = (),
     config_record: Mapping[str, Any] | None = None,
+    teacher: keras.Model | ModelFactory | None = None,
 ) -> dict[str, Any]:
     """Trains ``model`` on ``data`` with the ``train`` recipe in ``workdir`` (resuming if it holds a checkpoint).
 
     Returns the metrics written to ``<workdir>/metrics.json``; the model goes to
     ``<workdir>/model.keras``. ``config_record`` (the full config) is stored in the metrics.
+    ``teacher`` (a model or factory, run in inference mode, never trained) is distilled from with
+    ``train.distill_weight`` and ``train.distill_temperature`` (:func:`kernel.distilled_loss`).
     """
     strategy = strategy or tf.distribute.get_strategy()
     workdir = os.path.abspath(workdir)
@@ -217,6 +220,12 @@ def fit(
             f"set config.model.num_classes={num_classes} (or 0)"
         )
 
+    distill = float(train.get("distill_weight", 0.0))
+    if distill and teacher is None:
+        raise ConfigError(f"config.train.distill_weight={distill} needs a teacher, and this program has none; only "
+                          "the prune program's finetune stage distills (from the unpruned model); use 0 here")
+    teacher = kernel.build_model(teacher, strategy, train.mixed_precision) if distill else None
+
     schedule, optimizer, global_step, ckpt = training_state(train, model, strategy, workdir, spe, batch)
     resumed_from = ckpt.restore()
     start_step = int(global_step.numpy())
@@ -236,7 +245,7 @@ def fit(
                          resumed_from, start_step, start_step // spe + 1, start_step % spe)
 
     from_logits = not kernel.outputs_probabilities(model, info.task)
-    train_step = _train_step_fn(model, optimizer, strategy, info, train, batch, global_step, from_logits)
+    train_step = _train_step_fn(model, optimizer, strategy, info, train, batch, global_step, from_logits, teacher)
     eval_step = make_eval_step(model, strategy, info, from_logits)
     context = TrainContext(model, optimizer, strategy, data, workdir, spe, total_steps, start_step, chief)
     for hook in hooks:
@@ -363,16 +372,22 @@ def save_checkpoint(ckpt: kernel.Checkpointer, step: int, hooks: Sequence[Hook])
     return step
 
 
-def _train_step_fn(model, optimizer, strategy, info, train, global_batch: int, global_step, from_logits: bool):
+def _train_step_fn(model, optimizer, strategy, info, train, global_batch: int, global_step, from_logits: bool,
+                   teacher: keras.Model | None = None):
     task, num_classes = info.task, info.num_classes
     smoothing, weight_decay = float(train.label_smoothing), float(train.weight_decay)
+    distill, temperature = float(train.get("distill_weight", 0.0)), float(train.get("distill_temperature", 1.0))
+    teacher_from_logits = teacher is None or not kernel.outputs_probabilities(teacher, task)
     decayed = kernel.decayed(model.trainable_variables)
 
     def replica_step(images, labels):
+        teacher_outputs = tf.stop_gradient(tf.cast(teacher(images, training=False), tf.float32)) if distill else None
         with tf.GradientTape() as tape:
             logits = tf.cast(model(images, training=True), tf.float32)
             per_example = kernel.per_example_loss(task, labels, logits, num_classes, smoothing, from_logits)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            objective = kernel.distilled_loss(per_example, task, teacher_outputs, logits, distill, temperature,
+                                              teacher_from_logits, from_logits)
+            loss = tf.nn.compute_average_loss(objective, global_batch_size=global_batch)
             regularization = [tf.cast(l, tf.float32) for l in model.losses]
             if weight_decay and decayed:
                 regularization.append(kernel.l2_penalty(decayed, weight_decay))

@@ -58,7 +58,7 @@ from cafe_tf.config import ConfigError, validate_channel_multiple, validate_trai
 from cafe_tf.slim import Supernet
 from cafe_tf.data import DataSource, calibration_batches, take_batches
 from cafe_tf.space import (GRANULARITIES, SHARINGS, SUPERNET_SCHEMA, SUPERNET_VERSION,  # noqa: F401 - re-exported
-                           SearchSpace, read_supernet, space_from_section)
+                           ZONE_UNITS, SearchSpace, read_supernet, space_from_section)
 from cafe_tf.train import kernel, standard
 
 SELECTION_BN = ("batch", "moving")
@@ -77,7 +77,8 @@ def supernet_section() -> ml_collections.ConfigDict:
     c.update(dict(
         sharing="locally_free",  # locally_free | fixed (AutoSlim-style baseline)
         granularity="flops_sensitive",  # flops_sensitive | uniform bins
-        r=1,  # local-zone offset, in bins (0 = fixed pattern)
+        r=1,  # local-zone offset, in zone_unit (0 = fixed pattern)
+        zone_unit="channels",  # channels (blocks of channel_multiple; the paper's Figure 1) | bins: what r counts
         num_bins=20,  # uniform granularity only: bins per group
         max_bin=32,  # flops_sensitive: the largest bin, in channels
         channel_multiple=1,  # bins and zones on multiples of it, or the full width (e.g. 8 for SIMD kernels); 1 = off
@@ -99,7 +100,8 @@ def validate_supernet(section: ml_collections.ConfigDict) -> None:
         validate_train(section)
     except ConfigError as e:
         raise ConfigError(str(e).replace("config.train.", "config.supernet.")) from None
-    choices = {"sharing": SHARINGS, "granularity": GRANULARITIES, "selection_bn": SELECTION_BN}
+    choices = {"sharing": SHARINGS, "granularity": GRANULARITIES, "selection_bn": SELECTION_BN,
+               "zone_unit": ZONE_UNITS}
     for key, valid in choices.items():
         if section[key] not in valid:
             raise ConfigError(f"config.supernet.{key}={section[key]!r} is invalid; valid values: {list(valid)}")
@@ -107,7 +109,7 @@ def validate_supernet(section: ml_collections.ConfigDict) -> None:
         if section[key] < 1:
             raise ConfigError(f"config.supernet.{key}={section[key]!r} is invalid; it must be >= 1")
     if section.r < 0:
-        raise ConfigError(f"config.supernet.r={section.r!r} is invalid; it must be >= 0 (bins)")
+        raise ConfigError(f"config.supernet.r={section.r!r} is invalid; it must be >= 0 ({section.zone_unit})")
     validate_channel_multiple("supernet", section.get("channel_multiple", 1))
     if section.eval_examples < 0:
         raise ConfigError(f"config.supernet.eval_examples={section.eval_examples!r} is invalid; "
@@ -169,7 +171,7 @@ def plan_step(space: SearchSpace, rng: np.random.Generator, options: MinMinOptio
     widths_list = []
     if options.sandwich:
         full = space.num_bins.copy()
-        slots.append(Slot(full, (tuple(tuple(range(int(n))) for n in full),), full=True))
+        slots.append(Slot(full, (tuple(space.fixed(full)),), full=True))
         widths_list.append(np.ones_like(space.num_bins))
     widths_list += [space.sample_widths(rng) for _ in range(options.num_sampled)]
     for widths in widths_list:
@@ -445,8 +447,8 @@ def train(
     tb_dir = os.path.join(workdir, "tensorboard")
     writer = kernel.summary_writer(os.path.join(tb_dir, "supernet"), chief)
     if chief:
-        logging.info("supernet: %d prunable groups, 10^%.1f width assignments (%s bins, %s sharing, r=%d), K=%d%s",
-                     len(space.groups), space.size_log10, space.granularity, space.sharing, space.r,
+        logging.info("supernet: %d prunable groups, 10^%.1f width assignments (%s bins, %s sharing, r=%d %s), K=%d%s",
+                     len(space.groups), space.size_log10, space.granularity, space.sharing, space.r, space.zone_unit,
                      candidates_per_slot(space, options), ", sandwich" if options.sandwich else "")
         logging.info("%s, %d steps/epoch x %d epochs, global batch %d, %s, %s; checkpoints %s; tensorboard --logdir %s",
                      data.info.name, spe, section.epochs, batch, distribute_lib.describe(strategy),
