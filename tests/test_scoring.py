@@ -53,7 +53,7 @@ def test_screened_score_is_the_screen_winners_accuracy_on_every_image(setup):
         rec = screened(widths)
         # Cost: K arrangements on the 2 screening batches, then the winner on the other 4.
         assert screened.images_evaluated - before == 3 * 80 + 160
-        head = [screened.score_arrangement(a, validation[:2]) for a in arrangements]
+        head = [screened.score_arrangement(a, batches=validation[:2]) for a in arrangements]
         winner = max(range(3), key=lambda i: (head[i]["accuracy"], -head[i]["loss"]))
         assert rec["arrangement"] == [list(b) for b in arrangements[winner]]
         assert rec["candidates"] == pytest.approx([h["accuracy"] for h in head], abs=0)
@@ -83,3 +83,13 @@ def test_a_bad_screen_fraction_is_named(setup, fraction):
     section.screen_fraction = fraction
     with pytest.raises(ConfigError, match=rf"config.search.screen_fraction={fraction}"):
         validate_search(section)
+
+
+def test_screening_composes_with_equal_scoring(setup):
+    # compare's rule (K evaluations, evaluation i on calibration set i) screened alike: K x screen + the rest.
+    supernet, space, calibration, validation = setup
+    ev = SupernetEvaluator(supernet, space, calibration, validation, num_candidates=2, seed=1, scoring="equal",
+                           screen_fraction=0.5)
+    rec = ev(middle_widths(space, np.random.default_rng(4)))
+    assert ev.evaluations == 3 and ev.images_evaluated == 2 * 120 + 120
+    assert len(rec["candidates"]) == 2 and rec["score"] >= 0
