@@ -285,10 +285,23 @@ def _trained(path: str) -> None:
     is_metrics_file(os.path.join(os.path.dirname(path), "metrics.json"))
 
 
+def _exported(model: str, recorded: Mapping[str, Any] | None):
+    """Export's validator: a .tflite no older than its model; when the manifest recorded this entry from
+    the same model, still the file it recorded (a file changed by hand is exported again)."""
+    from cafe_tf.stages import is_tflite
+
+    def check(path: str) -> None:
+        _newer_than(model)(is_tflite)(path)
+        if recorded and recorded.get("keras_sha256") == io.file_sha256(model) and io.file_sha256(path) != recorded["sha256"]:
+            raise ValueError(f"{path} changed since the manifest recorded it (SHA-256 {recorded['sha256']})")
+    return check
+
+
 def entry_stages(config, workdir: str, config_args: list[str], ratio: float, max_macs: int, supernet: str,
-                 supernet_sha: str) -> list:
-    """The search, retrain and export stages of the entry at MACs fraction ``ratio``."""
-    from cafe_tf.stages import Stage, is_tflite
+                 supernet_sha: str, recorded: Mapping[str, Any] | None = None) -> list:
+    """The search, retrain and export stages of the entry at MACs fraction ``ratio`` (``recorded``: the
+    previous manifest's entry, if any)."""
+    from cafe_tf.stages import Stage
 
     section = config.bundle
     ident = budget_id(ratio)
@@ -309,7 +322,7 @@ def entry_stages(config, workdir: str, config_args: list[str], ratio: float, max
                                   f"--out={tflite}", f"--dataset={config.data.name}",
                                   f"--num_calibration={representative}",
                                   f"--input_scaling={config.model.input_scaling}", *data_dir],
-              tflite, _newer_than(model)(is_tflite)),
+              tflite, _exported(model, recorded)),
     ]
 
 
@@ -385,6 +398,7 @@ def build_manifest(config, workdir: str, ratios: Sequence[float], full: tuple[in
                          "test": (final.get("test") or {}).get("accuracy"),
                          "validation": (final.get("validation") or {}).get("accuracy")},
             "file": file, "sha256": sha, "size_bytes": os.path.getsize(path), "format": fmt,
+            "keras_sha256": io.file_sha256(os.path.join(work, "retrain", "model.keras")),
             "latency": {t: m for t, m in kept.items() if m.get("sha256") == sha},
         })
     mark_dominated(entries)
@@ -437,10 +451,14 @@ def main(config, workdir: str) -> None:
     full_macs, full_params, smallest = supernet_costs(supernet)
     check_budgets(ratios, full_macs, smallest)  # before any entry is searched: a bad budget costs nothing
     supernet_sha = io.file_sha256(supernet)
+    manifest = os.path.join(workdir, "bundle", MANIFEST)
+    previous = load_bundle(manifest, check_files=False) if os.path.exists(manifest) else None
+    recorded = {e["id"]: e for e in (previous or {}).get("entries", [])}
     caches = [os.path.join(os.path.dirname(supernet), "search_cache.json")]
     for ratio in ratios:
         max_macs = int(ratio * full_macs)
-        stages = entry_stages(config, workdir, cfg, ratio, max_macs, supernet, supernet_sha)
+        stages = entry_stages(config, workdir, cfg, ratio, max_macs, supernet, supernet_sha,
+                              recorded.get(budget_id(ratio)))
         work = os.path.dirname(stages[0].artifact)
         if not stages[0].is_done():
             n = seed_score_cache(os.path.join(work, "search_cache.json"), caches[::-1], supernet_sha)
@@ -448,8 +466,6 @@ def main(config, workdir: str) -> None:
                 logging.info("bundle %s: its search starts with %d scores of earlier searches", budget_id(ratio), n)
         caches.append(os.path.join(work, "search_cache.json"))
         run_stages(stages, logs)
-    manifest = os.path.join(workdir, "bundle", MANIFEST)
-    previous = load_bundle(manifest, check_files=False) if os.path.exists(manifest) else None
     write_bundle(manifest, build_manifest(config, workdir, ratios, (full_macs, full_params), supernet, supernet_sha,
                                           previous))
     run_stages([Stage("benchmark", ["-m", "deploy.benchmark", "--target=host", f"--bundle={manifest}",
