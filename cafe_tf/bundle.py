@@ -10,14 +10,15 @@ budget gets its own search on the supernet (``python -m cafe_tf.search`` with ``
 fraction of the full MACs; the searches share their scores, so a width scored once is never scored
 again), the winner is retrained with the config's retraining recipe (``config.train``;
 ``config.retrain.init_from_supernet`` fine-tunes from the supernet instead) and exported to
-``config.bundle.format``. Then every entry is timed on the host in one process, interleaved
+``config.bundle.format`` and checked against its Keras net on ``config.bundle.verify_examples`` test
+images (``python -m deploy.verify``). Then every entry is timed on the host in one process, interleaved
 (``python -m deploy.benchmark --target host --bundle``), and the latencies are written into the
 manifest. Under ``<workdir>``:
 
     supernet.keras                  python -m cafe_tf.train_supernet (the pipeline's; trained if missing)
     bundle/bundle.json              the manifest (schema cafe_tf.bundle, written atomically)
     bundle/<id>_<format>.tflite     one network per budget, <id> = macs<percent>, e.g. macs30
-    bundle/work/<id>/               its search (widths.json, search_cache.json) and retrain/ folders
+    bundle/work/<id>/               its search (widths.json, search_cache.json), retrain/ and verify_<format>.json
     bundle/logs/                    one log per stage
 
 Each step is a stage skipped when its artifact is valid and newer than its input, so running the same
@@ -52,6 +53,7 @@ def bundle_section():
         budgets=(),  # fractions of the full net's MACs, each in (0, 1], e.g. (0.3, 0.5, 0.7); () = use size
         size=3,  # with no budgets: k / size for k = 1..size (3: 33%, 67%, 100%)
         format="fp32",  # the TFLite format of every entry: one of cafe_tf.pipeline.DEPLOY_FORMATS
+        verify_examples=1000,  # test images each entry's .tflite is checked on against its Keras net (deploy.verify)
         benchmark_runs=50,  # host benchmark runs per entry
         benchmark_rounds=5,  # interleaved rounds the runs are split over, so load hits every entry alike
     ))
@@ -93,7 +95,7 @@ def validate_bundle(section) -> None:
     resolve_budgets(section)
     if section.format not in DEPLOY_FORMATS:
         raise ConfigError(f"config.bundle.format={section.format!r} is invalid; valid values: {list(DEPLOY_FORMATS)}")
-    for key in ("benchmark_runs", "benchmark_rounds"):
+    for key in ("verify_examples", "benchmark_runs", "benchmark_rounds"):
         if section[key] < 1:
             raise ConfigError(f"config.bundle.{key}={section[key]!r} is invalid; it must be >= 1")
     if section.benchmark_rounds > section.benchmark_runs:
@@ -299,9 +301,10 @@ def _exported(model: str, recorded: Mapping[str, Any] | None):
 
 def entry_stages(config, workdir: str, config_args: list[str], ratio: float, max_macs: int, supernet: str,
                  supernet_sha: str, recorded: Mapping[str, Any] | None = None) -> list:
-    """The search, retrain and export stages of the entry at MACs fraction ``ratio`` (``recorded``: the
-    previous manifest's entry, if any)."""
-    from cafe_tf.stages import Stage
+    """The search, retrain, export and verify stages of the entry at MACs fraction ``ratio`` (``recorded``:
+    the previous manifest's entry, if any)."""
+    from cafe_tf.pipeline import VERIFY_BATCH
+    from cafe_tf.stages import Stage, read_json
 
     section = config.bundle
     ident = budget_id(ratio)
@@ -323,6 +326,14 @@ def entry_stages(config, workdir: str, config_args: list[str], ratio: float, max
                                   f"--num_calibration={representative}",
                                   f"--input_scaling={config.model.input_scaling}", *data_dir],
               tflite, _exported(model, recorded)),
+        # parity with the Keras net (fp32 must match, or the export is wrong) and the .tflite's own accuracy
+        Stage(f"verify_{ident}", ["-m", "deploy.verify", f"--model={model}", f"--tflite={tflite}",
+                                  f"--dataset={config.data.name}", f"--out={os.path.join(work, f'verify_{section.format}.json')}",
+                                  f"--batch_size={min(VERIFY_BATCH, section.verify_examples)}",
+                                  f"--num_batches={-(-section.verify_examples // VERIFY_BATCH)}",
+                                  f"--input_scaling={config.model.input_scaling}",
+                                  *([] if section.format == "fp32" else ["--report_only"]), *data_dir],
+              os.path.join(work, f"verify_{section.format}.json"), _newer_than(tflite)(read_json)),
     ]
 
 
@@ -385,6 +396,7 @@ def build_manifest(config, workdir: str, ratios: Sequence[float], full: tuple[in
         work = os.path.join(workdir, "bundle", "work", ident)
         widths = read_widths(os.path.join(work, "widths.json"))
         final = read_json(os.path.join(work, "retrain", "metrics.json"))["final"]
+        verify = read_json(os.path.join(work, f"verify_{fmt}.json"))
         file = f"{ident}_{fmt}.tflite"
         path = os.path.join(workdir, "bundle", file)
         sha = io.file_sha256(path)
@@ -396,7 +408,9 @@ def build_manifest(config, workdir: str, ratios: Sequence[float], full: tuple[in
             "widths": [{"name": g["name"], "size": g["size"], "width": len(g["channels"])} for g in widths["groups"]],
             "accuracy": {"validation_score": widths.get("score"), "score_metric": widths.get("score_metric"),
                          "test": (final.get("test") or {}).get("accuracy"),
-                         "validation": (final.get("validation") or {}).get("accuracy")},
+                         "validation": (final.get("validation") or {}).get("accuracy"),
+                         "tflite": verify.get("tflite_accuracy"), "tflite_images": verify.get("num_images"),
+                         "tflite_top1_agreement": verify.get("top1_agreement")},
             "file": file, "sha256": sha, "size_bytes": os.path.getsize(path), "format": fmt,
             "keras_sha256": io.file_sha256(os.path.join(work, "retrain", "model.keras")),
             "latency": {t: m for t, m in kept.items() if m.get("sha256") == sha},

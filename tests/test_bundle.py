@@ -209,7 +209,7 @@ def test_dominated_entries_are_marked():
 
 def test_entry_stages_search_retrain_and_export_at_the_budget(tmp_path):
     config = demo_config(**{"bundle.format": "int8", "retrain.init_from_supernet": True})
-    search, retrain, export = bundle_lib.entry_stages(config, str(tmp_path), ["--config=C.py", "--config.train.epochs=1"],
+    search, retrain, export, verify = bundle_lib.entry_stages(config, str(tmp_path), ["--config=C.py", "--config.train.epochs=1"],
                                                       0.3, 9_300_000, "/s/supernet.keras", "f" * 64)
     work = tmp_path / "bundle" / "work" / "macs30"
     assert search.command == ["-m", "cafe_tf.search", "--config=C.py", "--config.train.epochs=1", f"--workdir={work}",
@@ -221,6 +221,9 @@ def test_entry_stages_search_retrain_and_export_at_the_budget(tmp_path):
     assert export.artifact == str(tmp_path / "bundle" / "macs30_int8.tflite")
     assert "--quant=int8" in export.command and f"--model={work / 'retrain' / 'model.keras'}" in export.command
     assert "--num_calibration=200" in export.command and "--input_scaling=mean_std" in export.command
+    assert verify.artifact == str(work / "verify_int8.json")
+    assert f"--tflite={export.artifact}" in verify.command and "--report_only" in verify.command  # int8: reported
+    assert "--num_batches=10" in verify.command and "--batch_size=100" in verify.command
 
 
 def test_searches_at_other_budgets_share_their_scores(tmp_path):
@@ -327,7 +330,7 @@ def test_a_tiny_bundle_end_to_end_and_resumed(tmp_path, fashion_mnist_dir):
             "--config.supernet.eval_fractions=()", "--config.supernet.eval_min=False", "--config.search.population=4",
             "--config.search.generations=1", "--config.search.parents=2", "--config.search.calibration_examples=64",
             "--config.search.eval_examples=64", "--config.train.epochs=1", "--config.bundle.budgets=0.8,0.4",
-            "--config.bundle.benchmark_runs=6", "--config.bundle.benchmark_rounds=2",
+            "--config.bundle.benchmark_runs=6", "--config.bundle.benchmark_rounds=2", "--config.bundle.verify_examples=50",
             "--config.deploy.representative_examples=16"]
     proc = subprocess.run(argv, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -338,6 +341,7 @@ def test_a_tiny_bundle_end_to_end_and_resumed(tmp_path, fashion_mnist_dir):
         widths = json.loads((workdir / "bundle" / "work" / e["id"] / "widths.json").read_text())
         assert e["macs"] == widths["macs"] <= e["max_macs"] == int(e["budget_ratio"] * b["full_macs"])
         assert e["accuracy"]["validation_score"] == widths["score"] and 0 <= e["accuracy"]["test"] <= 1
+        assert e["accuracy"]["tflite_images"] == 50 and 0 <= e["accuracy"]["tflite"] <= 1
         assert e["latency"]["host"]["sha256"] == e["sha256"] == file_sha256(workdir / "bundle" / e["file"])
     # the second search started from the first one's scores
     assert "its search starts with" in (workdir / "bundle.log").read_text()
@@ -348,5 +352,6 @@ def test_a_tiny_bundle_end_to_end_and_resumed(tmp_path, fashion_mnist_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ran = [line for line in proc.stdout.splitlines() if re.match(r"\[\d+/\d+\] \w+: -m ", line)]
     # (the benchmark runs again only if the re-export's bytes differ from the first export's)
-    assert "export_macs40" in ran[0] and all(" benchmark: " in line for line in ran[1:]), proc.stdout
+    assert "export_macs40" in ran[0] and "verify_macs40" in ran[1], proc.stdout
+    assert all(" benchmark: " in line for line in ran[2:]), proc.stdout
     assert bundle_lib.load_bundle(path)["entries"][0]["sha256"] == file_sha256(workdir / "bundle" / "macs40_fp32.tflite")
