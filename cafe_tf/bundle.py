@@ -252,15 +252,14 @@ def mark_dominated(entries: list[dict[str, Any]]) -> None:
 # The program's stages
 
 
-def _newer_than(*inputs: str):
-    """A stage validator: the artifact is valid (``check``) and no older than every file of ``inputs``."""
-    def check(validate):
-        def run(path: str) -> None:
-            validate(path)
-            for i in inputs:
-                if os.path.exists(i) and os.path.getmtime(path) < os.path.getmtime(i):
-                    raise ValueError(f"{path} is older than {i}")
-        return run
+def _newer_than(validate, *inputs: str):
+    """A stage validator: the artifact passes ``validate`` and is no older than any file of ``inputs`` (an
+    artifact made from an older input is made again)."""
+    def check(path: str) -> None:
+        validate(path)
+        for i in inputs:
+            if os.path.exists(i) and os.path.getmtime(path) < os.path.getmtime(i):
+                raise ValueError(f"{path} is older than {i}")
     return check
 
 
@@ -293,7 +292,7 @@ def _exported(model: str, recorded: Mapping[str, Any] | None):
     from cafe_tf.stages import is_tflite
 
     def check(path: str) -> None:
-        _newer_than(model)(is_tflite)(path)
+        _newer_than(is_tflite, model)(path)
         if recorded and recorded.get("keras_sha256") == io.file_sha256(model) and io.file_sha256(path) != recorded["sha256"]:
             raise ValueError(f"{path} changed since the manifest recorded it (SHA-256 {recorded['sha256']})")
     return check
@@ -320,7 +319,7 @@ def entry_stages(config, workdir: str, config_args: list[str], ratio: float, max
         Stage(f"search_{ident}", ["-m", "cafe_tf.search", *config_args, f"--workdir={work}",
                                   f"--config.search.max_macs={max_macs}", f"--config.search.supernet={supernet}"],
               widths, _search_done(max_macs, supernet_sha)),
-        Stage(f"retrain_{ident}", retrain, model, _newer_than(widths)(_trained)),
+        Stage(f"retrain_{ident}", retrain, model, _newer_than(_trained, widths)),
         Stage(f"export_{ident}", ["-m", "deploy.export", f"--model={model}", f"--quant={section.format}",
                                   f"--out={tflite}", f"--dataset={config.data.name}",
                                   f"--num_calibration={representative}",
@@ -333,7 +332,7 @@ def entry_stages(config, workdir: str, config_args: list[str], ratio: float, max
                                   f"--num_batches={-(-section.verify_examples // VERIFY_BATCH)}",
                                   f"--input_scaling={config.model.input_scaling}",
                                   *([] if section.format == "fp32" else ["--report_only"]), *data_dir],
-              os.path.join(work, f"verify_{section.format}.json"), _newer_than(tflite)(read_json)),
+              os.path.join(work, f"verify_{section.format}.json"), _newer_than(read_json, tflite)),
     ]
 
 

@@ -226,6 +226,40 @@ def test_entry_stages_search_retrain_and_export_at_the_budget(tmp_path):
     assert "--num_batches=10" in verify.command and "--batch_size=100" in verify.command
 
 
+def test_an_entry_step_is_redone_when_its_input_is_newer_or_its_file_changed(tmp_path):
+    import zipfile
+
+    config = demo_config()
+    work = tmp_path / "bundle" / "work" / "macs50"
+    (work / "retrain").mkdir(parents=True)
+    (work / "widths.json").write_text("{}")
+    with zipfile.ZipFile(work / "retrain" / "model.keras", "w") as z:
+        z.writestr("config.json", "{}")
+    write_artifact(work / "retrain" / "metrics.json", "metrics", 1, {"final": {"test": {"accuracy": 0.9}}})
+    tflite = tmp_path / "bundle" / "macs50_fp32.tflite"
+    tflite.write_bytes(b"\0\0\0\0TFL3 a model")
+
+    def stages(recorded=None):
+        return bundle_lib.entry_stages(config, str(tmp_path), [], 0.5, 100, "/s.keras", "f" * 64, recorded)
+
+    def touch(path, t):
+        os.utime(path, (t, t))
+
+    for i, path in enumerate([work / "widths.json", work / "retrain" / "model.keras", tflite]):
+        touch(path, 1000 + i)
+    _, retrain, export, _ = stages()
+    assert retrain.is_done() and export.is_done()
+    touch(work / "widths.json", 2000)  # searched again: retrain again
+    assert not stages()[1].is_done()
+    touch(work / "widths.json", 1000)
+    recorded = {"keras_sha256": file_sha256(work / "retrain" / "model.keras"), "sha256": file_sha256(tflite)}
+    assert stages(recorded)[2].is_done()
+    tflite.write_bytes(b"\0\0\0\0TFL3 changed by hand")
+    touch(tflite, 1002)
+    assert not stages(recorded)[2].is_done()  # the manifest's file from this very model: export again
+    assert stages({**recorded, "keras_sha256": "0" * 64})[2].is_done()  # a new model was exported since
+
+
 def test_searches_at_other_budgets_share_their_scores(tmp_path):
     def cache(path, sha, records, seed=0):
         write_artifact(path, CACHE_SCHEMA, CACHE_VERSION, {"fingerprint": {"supernet_sha256": sha, "seed": seed},
