@@ -18,11 +18,24 @@ from cafe_tf.config import ConfigError
 from cafe_tf.io import ArtifactError, file_sha256, read_artifact, write_artifact
 from cafe_tf.search.budget import BudgetError
 from cafe_tf.search.evaluator import CACHE_SCHEMA, CACHE_VERSION
-from test_pipeline import demo_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 L = keras.layers
+
+
+def demo_config(**overrides):
+    """The default config (configs/fashion_mnist_resnet20.py), with ``{"section.key": value}`` overrides."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_config", os.path.join(REPO, "configs", "fashion_mnist_resnet20.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for key, value in overrides.items():
+        section_name, name = key.split(".")
+        config[section_name][name] = value
+    return config
 
 
 def section(**values):
