@@ -31,6 +31,9 @@ Stages and their sizes (our choices: the paper's numbers are unavailable, see th
   report recommends the fastest within deploy.max_accuracy_drop points), the training images that
   calibrate int8 (deploy.representative_examples, export's --num_calibration) and the host
   benchmark's runs and interleaved rounds (deploy.benchmark_runs, deploy.benchmark_rounds).
+* bundle (`python -m cafe_tf.bundle`): one network per MACs budget (bundle.budgets, fractions of
+  the full MACs; or bundle.size evenly spaced ones), each searched, retrained as above, exported to
+  bundle.format and timed on the host; bundle/bundle.json is the manifest an app picks from.
 
 Full-length settings (the CIFAR recipe, ~hours on CPU): configs/fashion_mnist_resnet20_full.py
 (supernet.epochs=200, search.population=50, search.generations=20, search.parents=10,
@@ -38,6 +41,7 @@ search.eval_examples=0, supernet.eval_examples=0, train.epochs=200).
 """
 
 from cafe_tf import config as cfg
+from cafe_tf.bundle import bundle_section
 from cafe_tf.pipeline import deploy_section, retrain_section
 from cafe_tf.search.run import search_section
 from cafe_tf.train.supernet import supernet_section
@@ -97,4 +101,5 @@ def get_config():
 
     c.retrain = retrain_section()
     c.deploy = deploy_section()
+    c.bundle = bundle_section()  # python -m cafe_tf.bundle: one network per MACs budget, retrained and timed
     return cfg.lock(c)

@@ -13,6 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FLAGS = ("--config", "--workdir")
 PROGRAMS = {
     "cafe_tf.pipeline": CONFIG_FLAGS,
+    "cafe_tf.bundle": CONFIG_FLAGS,
     "cafe_tf.train_supernet": CONFIG_FLAGS,
     "cafe_tf.search": CONFIG_FLAGS,
     "cafe_tf.train": CONFIG_FLAGS + ("--widths", "--init_from_supernet"),
@@ -26,7 +27,7 @@ PROGRAMS = {
     "deploy.verify": ("--model", "--tflite", "--out", "--dataset", "--split"),
     "deploy.edgetpu": ("--model", "--out", "--[no]compile", "--min_runtime"),
     "deploy.benchmark": ("--target", "--model", "--out", "--threads", "--runs", "--benchmark_binary", "--serial",
-                         "--taskset", "--[no]use_gpu"),
+                         "--taskset", "--[no]use_gpu", "--bundle"),
     "deploy.latency_table": ("--model_name", "--model", "--input_size", "--quant", "--out", "--fractions"),
 }
 KNOWN_NONZERO: dict[str, str] = {}  # program -> why its --help does not exit 0 (none today)

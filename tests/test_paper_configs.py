@@ -81,11 +81,12 @@ def load(arg: str, *overrides: str):
 
 def validators() -> dict:
     """The section validators the programs pass to cafe_tf.config.validate."""
+    from cafe_tf.bundle import validate_bundle
     from cafe_tf.dagger.pipeline import extra_validators
     from cafe_tf.search.run import validate_search
     from cafe_tf.train.supernet import validate_supernet
 
-    return {"supernet": validate_supernet, "search": validate_search, **extra_validators()}
+    return {"supernet": validate_supernet, "search": validate_search, "bundle": validate_bundle, **extra_validators()}
 
 
 def input_of(c) -> tuple[tuple[int, int, int], int]:

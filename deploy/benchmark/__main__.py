@@ -8,10 +8,13 @@ Usage::
         --benchmark_binary android_aarch64_benchmark_model [--serial SERIAL --taskset f0 --threads 4] \\
         [--use_gpu | --use_nnapi | --nouse_xnnpack] [--noenable_op_profiling]
     python -m deploy.benchmark --target coral --model m_edgetpu.tflite --out bench.json
+    python -m deploy.benchmark --target host --bundle W/bundle/bundle.json [--runs 50 --rounds 5]
 
 host: LiteRT's interpreter with XNNPACK (``--nouse_xnnpack`` for the builtin kernels); several
 ``--model``/``--out`` pairs are timed in ``--rounds`` interleaved rounds (A B A B ...), so background
-load hits them alike, and each gets its own benchmark.json. android: the
+load hits them alike, and each gets its own benchmark.json. ``--bundle`` times every entry of a multi-width bundle's manifest
+(``python -m cafe_tf.bundle``) the same way, after checking each file's SHA-256, and writes each
+entry's latency into the manifest (``latency.host``, with the CPU), atomically. android: the
 official TFLite benchmark_model binary (supplied with --benchmark_binary) pushed to /data/local/tmp
 and run over adb. coral: the Edge TPU delegate (libedgetpu) through LiteRT. The schema of
 benchmark.json is documented in deploy/benchmark/schema.py. Exit codes: 0 done, 1 the benchmark
@@ -32,6 +35,8 @@ def define_flags() -> None:
     flags.DEFINE_enum("target", None, list(schema.TARGETS), "where to run: host, android (adb) or coral (Edge TPU)")
     flags.DEFINE_multi_string("model", None, "the .tflite to benchmark (host: repeat to time several, interleaved)")
     flags.DEFINE_multi_string("out", None, "where to write benchmark.json (one per --model, in the same order)")
+    flags.DEFINE_string("bundle", None, "host: a bundle.json of `python -m cafe_tf.bundle`: time every entry "
+                        "(interleaved) and write the latencies into it (instead of --model / --out)")
     flags.DEFINE_integer("rounds", 1, "host: interleaved rounds over the models (--runs are split over them)")
     flags.DEFINE_integer("threads", 1, "CPU threads (benchmark_model --num_threads on android)")
     flags.DEFINE_integer("runs", 100, "timed runs (benchmark_model --num_runs: a minimum, it runs for >= 1 s)")
@@ -59,6 +64,8 @@ def main() -> None:
     FLAGS = flags.FLAGS
     if FLAGS.target is None:
         raise UsageError(f"--target is required: one of {list(schema.TARGETS)}")
+    if FLAGS.bundle is not None:
+        return benchmark_bundle(FLAGS)
     if not FLAGS.model:
         raise UsageError("--model is required: the .tflite to benchmark")
     paths = [programs.require_file(m, "model") for m in FLAGS.model]
@@ -69,14 +76,7 @@ def main() -> None:
         raise UsageError(f"give one --out per --model: got {len(paths)} --model and {len(FLAGS.out)} --out")
     if len(paths) > 1 and FLAGS.target != "host":
         raise UsageError(f"several --model are timed on --target host only (got --target {FLAGS.target})")
-    if FLAGS.rounds < 1 or FLAGS.rounds > FLAGS.runs:
-        raise UsageError(f"--rounds must be between 1 and --runs ({FLAGS.runs}), got {FLAGS.rounds}")
-    if FLAGS.threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {FLAGS.threads}")
-    if FLAGS.runs < 1:
-        raise UsageError(f"--runs must be >= 1, got {FLAGS.runs}")
-    if FLAGS.warmup < 0:
-        raise UsageError(f"--warmup must be >= 0, got {FLAGS.warmup}")
+    _check_timing_flags(FLAGS)
     android_only = [n for n in ("serial", "benchmark_binary", "taskset") if FLAGS[n].present and FLAGS.target != "android"]
     android_only += [n for n in ("use_gpu", "use_nnapi") if FLAGS[n].value and FLAGS.target != "android"]
     if android_only:
@@ -134,6 +134,36 @@ def main() -> None:
             f"{record['model']['name']} mean {lat['mean']:.3f} ms, p50 {p50} ms over {record['runs']} runs{memory}"
             f"\nbenchmark: wrote {out}"
         )
+
+
+def _check_timing_flags(FLAGS) -> None:
+    if FLAGS.rounds < 1 or FLAGS.rounds > FLAGS.runs:
+        raise UsageError(f"--rounds must be between 1 and --runs ({FLAGS.runs}), got {FLAGS.rounds}")
+    if FLAGS.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {FLAGS.threads}")
+    if FLAGS.runs < 1:
+        raise UsageError(f"--runs must be >= 1, got {FLAGS.runs}")
+    if FLAGS.warmup < 0:
+        raise UsageError(f"--warmup must be >= 0, got {FLAGS.warmup}")
+
+
+def benchmark_bundle(FLAGS) -> None:
+    """--bundle: times every entry of the manifest on the host in interleaved rounds and writes the latencies into it."""
+    from cafe_tf import bundle as bundle_lib
+    from deploy.benchmark.host import benchmark_host_models
+
+    path = programs.require_file(FLAGS.bundle, "bundle")
+    if FLAGS.target != "host":
+        raise UsageError(f"--bundle is timed on --target host only (got --target {FLAGS.target}); time a bundle's "
+                         "files one by one with --model on other targets")
+    if FLAGS.model or FLAGS.out:
+        raise UsageError("give either --bundle (its latencies go into the manifest) or --model/--out, not both")
+    _check_timing_flags(FLAGS)
+    bundle = bundle_lib.load_bundle(path)  # every file must be the one the manifest records (SHA-256)
+    records = benchmark_host_models([e["path"] for e in bundle["entries"]], threads=FLAGS.threads, runs=FLAGS.runs,
+                                    warmup=FLAGS.warmup, rounds=FLAGS.rounds, use_xnnpack=FLAGS.use_xnnpack)
+    bundle = bundle_lib.record_latencies(path, "host", records)
+    print("\n".join(bundle_lib.summary_lines(bundle) + [f"benchmark: wrote the host latencies into {path}"]))
 
 
 if __name__ == "__main__":
