@@ -30,7 +30,8 @@ resized image) and labels int32 ``[batch, max_boxes]``; padding rows are ``-1`` 
   counts its detections as false positives);
 * a class id outside ``[0, num_classes)`` is an error (``tf.errors.InvalidArgumentError`` naming
   the id and the range, raised when the batch is made), since it means the wrong label map;
-* more than ``max_boxes`` boxes in one image: an error naming the count and ``max_boxes``.
+* more than ``max_boxes`` boxes in one image: an error naming ``max_boxes``;
+* unequal numbers of boxes and labels in one example (only tfds's mock data makes them): cut to the shorter.
 """
 
 from __future__ import annotations
@@ -239,6 +240,9 @@ def to_boxes(example: dict[str, Any], num_classes: int) -> dict[str, tf.Tensor]:
     h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
     boxes = tf.clip_by_value(tf.cast(example["objects"]["bbox"], tf.float32), 0.0, 1.0) * tf.stack([h, w, h, w])
     labels = tf.cast(example["objects"]["label"], tf.int32)
+    # A real example has one label per box; tfds's mock data draws the two lengths apart: cut to the shorter.
+    n = tf.minimum(tf.shape(boxes)[0], tf.shape(labels)[0])
+    boxes, labels = boxes[:n], labels[:n]
     checks = [
         tf.debugging.assert_greater_equal(labels, 0, message=f"class id below 0; valid: 0..{num_classes - 1}"),
         tf.debugging.assert_less(labels, num_classes, message=f"class id out of range; valid: 0..{num_classes - 1}"),
