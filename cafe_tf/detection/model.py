@@ -17,11 +17,13 @@ before each head's output (keras-hub's default is 4; fewer for small CPU runs).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
 import ml_collections
+import numpy as np
 
 from cafe_tf.config import ConfigError
 from cafe_tf.detection import backbone as backbone_lib
@@ -108,5 +110,21 @@ def build_detector(source: keras.Model, num_classes: int, detector: ml_collectio
     model = keras_hub.models.RetinaNetObjectDetector(
         backbone=retina, num_classes=int(num_classes), bounding_box_format=BOX_FORMAT,
         pre_logits_num_conv_layers=int(d.head_convs), prediction_decoder=nms)
+    fix_head_priors(model)
     model.compile(optimizer=optimizer)
     return model
+
+
+def fix_head_priors(model, prior_probability: float = 0.01) -> None:
+    """Puts RetinaNet's prior where the paper puts it: the class head's output bias, not the box head's.
+
+    keras-hub 0.32's ``RetinaNetObjectDetector`` builds its box head with ``use_prior_probability=True``
+    and its class head without, so a fresh detector predicts every class at sigmoid(0) = 0.5 (a
+    focal loss in the hundreds at the first step) and every box at exp(-4.6) = 1% of its anchor.
+    The RetinaNet paper (Lin et al. 2017, section 4.1) initializes the class bias to
+    -log((1 - pi) / pi), pi = 0.01, and the box bias to 0; this sets those two biases (nothing else).
+    """
+    box = model.box_head.prediction_layer
+    cls = model.classification_head.prediction_layer
+    box.bias.assign(np.zeros(box.bias.shape, np.float32))
+    cls.bias.assign(np.full(cls.bias.shape, -math.log((1 - prior_probability) / prior_probability), np.float32))
