@@ -136,3 +136,25 @@ def export_detector(detector, out_path: str, quant: str, calibration: Iterable[A
     return export_tflite(raw_model(detector), quant, out_path, representative_data=calibration,
                          normalization=normalization, label_names=label_names, num_calibration=num_calibration,
                          source=detector.name)
+
+
+def evaluate_tflite(detector, tflite: str | bytes, batches: Iterable, num_classes: int) -> dict[str, float]:
+    """COCO metrics of a ``.tflite`` from :func:`export_detector` on ``batches``, decoded by :func:`decode` (app-side NMS)."""
+    from cafe_tf.detection.evaluate import CocoAccumulator
+
+    acc = CocoAccumulator(num_classes)
+    for images, target in batches:
+        images = np.asarray(images, np.float32)
+        out = decode(detector, tflite_raw(tflite, images), images.shape[1:])
+        for j in range(len(images)):
+            acc.add(images.shape[1], images.shape[2], np.asarray(target["boxes"][j]), np.asarray(target["labels"][j]),
+                    out["boxes"][j], out["confidence"][j], out["labels"][j])
+    return acc.result()
+
+
+def load_detector(path: str):
+    """A ``detector.keras`` written by ``python -m cafe_tf.train_detector`` (its backbone class registered first)."""
+    from cafe_tf.detection.backbone import backbone_class
+
+    backbone_class()
+    return keras.models.load_model(path, compile=False)
