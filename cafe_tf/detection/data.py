@@ -23,8 +23,8 @@ resized image) and labels int32 ``[batch, max_boxes]``; padding rows are ``-1`` 
 **Bad input**, handled as stated (nothing silently wrong):
 
 * a box partly outside the image is clipped to it (COCO has boxes a fraction of a pixel past the
-  border); a box with zero area (after clipping) is dropped; both are counted when the offline
-  set is built and by :func:`check_examples`;
+  border); a box with zero area (after clipping) is dropped; :func:`check_examples` counts both
+  (and the rest of this list) over any examples before training;
 * an image without boxes is kept: for training it is a background-only example (keras-hub's loss
   then has only negatives from it), for evaluation an image with no ground truth (pycocotools
   counts its detections as false positives);
