@@ -6,9 +6,9 @@ encoding) then the class logits, concatenated so that ``deploy.export`` (one ima
 output) converts it unchanged: int8 full-integer quantization with float32 input and output,
 calibrated on training images, the normalization and the labels in its metadata.
 
-**NMS is an app-side step** (not TFLite's ``TFLite_Detection_PostProcess`` custom op, which the
-TFLite converter only emits for TF1 Object Detection API graphs and which the Edge TPU does not
-run). The app splits the output, decodes the deltas against the anchors and applies the sigmoid
+**NMS is an app-side step**, not in the ``.tflite`` (TFLite's ``TFLite_Detection_PostProcess``
+custom op comes from the TF Object Detection API's export tools, not from converting a Keras
+graph; see docs/deploy.md). The app splits the output, decodes the deltas against the anchors and applies the sigmoid
 and NMS; :func:`decode` does exactly that with the detector's own keras-hub code
 (``decode_predictions``: ``AnchorGenerator``, ``decode_deltas_to_boxes``, ``NonMaxSuppression``),
 so a Python app, the evaluation of a ``.tflite`` and the Keras model share one decoder. The anchors
