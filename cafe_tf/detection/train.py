@@ -108,13 +108,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if spe < 1:
         raise ConfigError(f"config.data.batch_size={data.batch_size} exceeds the {examples} training examples")
     total_steps = t.epochs * spe
-    schedule = standard.learning_rate(t, spe)
-    optimizer = standard.make_optimizer(t, schedule)
-    model = det_model.build_detector(source, info.num_classes, config.detector, size, optimizer=optimizer)
-    global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    ckpt = kernel.Checkpointer(tf.distribute.get_strategy(), workdir, "checkpoints", max_to_keep=t.keep_checkpoints,
-                               rng_models=[model], run_shape=(spe, data.batch_size), model=model,
-                               optimizer=optimizer, step=global_step)
+    model = det_model.build_detector(source, info.num_classes, config.detector, size)
+    # The standard loop's optimizer (built, so its slots are restored too), step and checkpointer.
+    schedule, optimizer, global_step, ckpt = standard.training_state(
+        t, model, tf.distribute.get_strategy(), workdir, spe, data.batch_size)
+    model.compile(optimizer=optimizer)  # keras-hub's losses with the loop's optimizer (saved with the model)
     resumed_from = ckpt.restore()
     start_step = int(global_step.numpy())
     history = kernel.History(workdir)
