@@ -78,6 +78,16 @@ def test_levels_of_builtin_backbones_by_stride():
     assert pyramid.get_layer("stem_conv") is mnv2.get_layer("stem_conv")
 
 
+def test_source_model_gets_the_configured_bn_momentum():
+    d = dm.detector_section()
+    d.backbone, d.width_mult, d.bn_momentum = "mobilenet_v2", 0.35, 0.9
+    model = dm.source_model(d, 64)
+    momenta = {l.momentum for l in model.layers if isinstance(l, keras.layers.BatchNormalization)}
+    assert momenta == {0.9}
+    d.bn_momentum = 0.0  # keep the architecture's own
+    assert {l.momentum for l in dm.source_model(d, 64).layers if isinstance(l, keras.layers.BatchNormalization)} == {0.999}
+
+
 def test_backbone_without_the_levels_names_the_levels_it_has():
     r20 = registry.build_builtin("resnet20", input_shape=(32, 32, 3), num_classes=10)
     with pytest.raises(bb.PyramidLevelError) as e:

@@ -41,6 +41,7 @@ def detector_section() -> ml_collections.ConfigDict:
         max_level=7,
         pyramid_layers=(),  # ("P3=layer_name", ...): take these layers instead of finding levels by stride
         head_convs=4,  # 3x3 convolutions before each head's output (keras-hub's default: 4)
+        bn_momentum=0.0,  # > 0: every BatchNormalization of the backbone gets this momentum (0: keep)
         max_boxes=100,  # ground-truth boxes per image (COCO's most is 93)
         score_threshold=0.05,  # NMS: detections below this score are dropped (COCO evaluation practice)
         iou_threshold=0.5,  # NMS
@@ -60,7 +61,21 @@ def parse_pyramid_layers(entries: Sequence[str]) -> dict[str, str]:
 
 
 def source_model(detector: ml_collections.ConfigDict, image_size: int, channels: int = 3) -> keras.Model:
-    """The classification network the backbone is cut from (see the module doc); built-ins at ``image_size``."""
+    """The classification network the backbone is cut from (see the module doc); built-ins at ``image_size``.
+
+    ``detector.bn_momentum`` > 0 sets every BatchNormalization's momentum: MobileNetV2 and ResNet-50
+    use 0.999 (for long ImageNet runs), whose moving statistics a short detection run leaves so far
+    from the data that inference-mode features hardly differ between images.
+    """
+    model = _source_model(detector, image_size, channels)
+    if detector.get("bn_momentum", 0.0):
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = float(detector.bn_momentum)
+    return model
+
+
+def _source_model(detector: ml_collections.ConfigDict, image_size: int, channels: int) -> keras.Model:
     from cafe_tf.models import registry
 
     spec = str(detector.backbone)

@@ -57,6 +57,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 1 <= int(d.min_level) <= int(d.backbone_max_level) <= int(d.max_level) <= 9:
         raise ConfigError(f"config.detector levels min_level={d.min_level} <= backbone_max_level="
                           f"{d.backbone_max_level} <= max_level={d.max_level} must hold, within 1..9")
+    if not 0.0 <= float(d.bn_momentum) < 1.0:
+        raise ConfigError(f"config.detector.bn_momentum={d.bn_momentum} must be in [0, 1) (0: keep the backbone's)")
     if int(d.head_convs) < 0 or int(d.max_boxes) < 1:
         raise ConfigError(f"config.detector.head_convs={d.head_convs} must be >= 0 and max_boxes={d.max_boxes} >= 1")
     det_model.parse_pyramid_layers(d.pyramid_layers)
