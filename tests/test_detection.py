@@ -277,6 +277,22 @@ def tiny_config(data_dir: str, epochs: int) -> ml_collections.ConfigDict:
     return c
 
 
+def test_config_errors_name_the_key():
+    from cafe_tf.config import ConfigError
+    from cafe_tf.detection import train as dt
+
+    c = tiny_config("/nonexistent", epochs=1)
+    c.data.image_size = 100
+    with pytest.raises(ConfigError, match=r"config.data.image_size=100 must divide by 32"):
+        dt.validate(c)
+    c.data.image_size, c.data.name = 64, "cifar10"
+    with pytest.raises(ConfigError, match=r"config.data.name='cifar10' is not a detection dataset"):
+        dt.validate(c)
+    c.data.name, c.detector.pyramid_layers = dd.OFFLINE_NAME, ("P3:relu_8",)
+    with pytest.raises(ConfigError, match=r"pyramid_layers entry 'P3:relu_8' is invalid"):
+        dt.validate(c)
+
+
 @pytest.mark.slow
 def test_training_starts_and_resumes(offline_dir, tmp_path, monkeypatch):
     from cafe_tf.detection import train as dt
