@@ -8,7 +8,9 @@ Backbone: MobileNetV2 at width 0.35, fresh weights, levels P3-P5 by stride; the 
 (keras-hub's, 256 channels); each head has one 3x3 convolution before its output (keras-hub's
 default is 4) to keep a CPU step short; BatchNormalization momentum 0.9 (MobileNetV2's 0.999 is
 for long runs: after 250 steps its moving statistics make every test image look alike).
-Adam 1e-3, cosine, 3 epochs of batch 16.
+Adam 1e-3, cosine, 3 epochs of batch 16. Items pasted at 1x (about 14-28 pixels) are partly
+smaller than P3's smallest anchor (32 pixels, keras-hub's anchor_size 4 x stride 8): RetinaNet
+matches a box to an anchor at IoU >= 0.5 only, so the smallest items are never learned.
 Other backbones: --config.detector.backbone=<a .keras file | a widths.json | resnet50>;
 uniform width: --config.detector.width_mult=0.5.
 """

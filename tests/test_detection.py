@@ -265,6 +265,28 @@ def test_detector_on_a_user_backbone_fixes_keras_hubs_head_priors():
     np.testing.assert_allclose(tf.sigmoid(det.classification_head.prediction_layer.bias).numpy(), 0.01, rtol=1e-5)
 
 
+def test_targets_decode_back_to_the_ground_truth(offline_dir):
+    # keras-hub's label encoder on the pipeline's boxes, then the detector's decoding and NMS on those
+    # targets as if predicted: every box an anchor matched comes back, with its class.
+    det = dm.build_detector(tiny_user_model(128), 10, tiny_detector_section(), 128)
+    ds, info = dd.load(dd.OFFLINE_NAME, "test", offline_dir)
+    images, target = next(iter(dd.detection_pipeline(ds, info, 128, 4, training=False, max_boxes=8)))
+    deltas, classes = det.label_encoder(images=images, gt_boxes=target["boxes"], gt_classes=target["labels"])
+    logits = tf.where(tf.one_hot(tf.cast(classes, tf.int32), 10) > 0, 10.0, -10.0)
+    out = det.decode_predictions({"bbox_regression": deltas, "cls_logits": logits}, images)
+    found = 0
+    for j in range(4):
+        gt = target["boxes"][j].numpy()[target["labels"][j].numpy() >= 0]
+        gl = target["labels"][j].numpy()[target["labels"][j].numpy() >= 0]
+        n = int(out["num_detections"][j])
+        for box, label in zip(out["boxes"][j][:n].numpy(), out["labels"][j][:n].numpy()):
+            k = int(np.argmin(np.abs(gt - box).sum(axis=1)))
+            np.testing.assert_allclose(box, gt[k], atol=1e-3)
+            assert label == gl[k]
+            found += 1
+    assert found >= 4  # boxes smaller than every anchor (IoU < 0.5 with all of them) are never matched
+
+
 def tiny_config(data_dir: str, epochs: int) -> ml_collections.ConfigDict:
     from cafe_tf import config as cfg
 
