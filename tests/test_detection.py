@@ -211,6 +211,13 @@ def test_offline_set_is_deterministic_and_feeds_the_pipeline(offline_dir):
     assert real.any(axis=1).all() and (target["boxes"].numpy()[~real] == -1).all()
     b = target["boxes"].numpy()[real]
     assert (b >= 0).all() and (b <= 64).all() and (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+    # After resizing and flipping, the boxes still sit on the items: no item pixel outside every box.
+    pixels = images.numpy()[..., 0] * info.std[0] + info.mean[0]
+    for j in range(4):
+        covered = np.zeros((64, 64), bool)
+        for y0, x0, y1, x1 in target["boxes"].numpy()[j][real[j]]:
+            covered[int(np.floor(y0)):int(np.ceil(y1)), int(np.floor(x0)):int(np.ceil(x1))] = True
+        assert (pixels[j][~covered] < 0.05).all() and (pixels[j][covered] > 0.05).mean() > 0.3
 
 
 def test_mock_coco_in_keras_hub_format(tmp_path):
