@@ -10,6 +10,7 @@ distribution strategy, mixed precision and recipe:
   runs; the pipeline's later stages need the supernet this one writes);
 * a ``prune`` section: ``python -m cafe_tf.prune`` (pretraining for one short epoch, then gate
   training, the loop with the program's own settings);
+* a ``detector`` section: ``python -m cafe_tf.train_detector`` (keras-hub RetinaNet);
 * otherwise ``python -m cafe_tf.train``.
 
 The run stops right after the first checkpoint of the loop under test (``kernel.Checkpointer.save``
@@ -32,7 +33,7 @@ from test_paper_configs import REPO, load
 CONFIG_FILES = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "*.py")))
 
 # Reduced input sizes for the configs whose native input is large (the rest keep theirs).
-REDUCED_IMAGE_SIZE = {"imagenet2012": 32, "celeb_a": 64}
+REDUCED_IMAGE_SIZE = {"imagenet2012": 32, "celeb_a": 64, "coco/2017": 64, "fashion_mnist_detection": 64}
 
 # Seconds each took here (2 busy CPU cores); tracing the first step is most of it and does not shrink
 # with the data. The default suite keeps one config per program, model family and setting that no
@@ -51,6 +52,7 @@ SLOW = {
     "configs/imagenet_resnet50_dagger.py": 146,  # prune program, ResNet-50, bfloat16 pretraining and gates
     "configs/imagenet_efficientnet_b0.py": 114,  # = imagenet_mobilenet_v2's recipe, EfficientNet-B0
     "configs/celeba_mobilenet_v2.py": 77,  # imagenet_mobilenet_v2's model on CelebA (its pipeline: test_data)
+    "configs/coco_retinanet_resnet50.py": 128,  # = detect_offline_mobilenet_v2's program, ResNet-50 and 4-conv heads
 }
 
 # Runs in the child: mock data, the stop after the first checkpoint of the folder under test, the program.
@@ -84,6 +86,10 @@ with tfds.testing.mock_data(num_examples=16):
 
 def program_of(config) -> tuple[str, str, list[str]]:
     """(program module, checkpoint folder of the loop under test, overrides that keep it to a few steps)."""
+    if "detector" in config:
+        # tfds's mock data draws 5-49 boxes per image, more than a config's max_boxes may allow.
+        return "cafe_tf.train_detector", "checkpoints", ["--config.train.checkpoint_every=1",
+                                                          "--config.train.log_every=1", "--config.detector.max_boxes=50"]
     if "prune" in config:
         return "cafe_tf.prune", "ckpt", [
             "--config.train.epochs=1", "--config.train.warmup_epochs=0", "--config.train.checkpoint_every=0",

@@ -20,6 +20,8 @@ PROGRAMS = {
     "cafe_tf.compare": CONFIG_FLAGS + ("--seeds", "--arms", "--budgets", "--macs_tolerance", "--ranking",
                                        "--noise_repeats", "--[no]summary_only"),
     "cafe_tf.prune": CONFIG_FLAGS,
+    "cafe_tf.train_detector": CONFIG_FLAGS,
+    "cafe_tf.export_detector": CONFIG_FLAGS + ("--quant", "--num_calibration", "--parity_images"),
     "cafe_tf.flops": ("--model", "--input_size", "--width_mult", "--num_classes", "--widths"),
     "cafe_tf.check": ("--model", "--input_size", "--num_classes", "--boundaries", "--json"),
     "deploy.export": ("--model", "--widths", "--checkpoint", "--quant", "--io_type", "--out", "--dataset",

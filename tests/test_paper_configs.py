@@ -126,6 +126,15 @@ def test_every_config_is_listed():
 def test_config_loads_validates_and_builds(arg):
     c, _ = load(arg)
     assert c.is_locked
+    if "detector" in c:  # a detection config: its program's checks, and its backbone has the pyramid levels
+        from cafe_tf.detection import backbone, model, train
+
+        cfg.validate(c, ("train",))
+        train.validate(c)
+        source = model.source_model(c.detector, train.image_size(c))
+        levels = range(c.detector.min_level, c.detector.backbone_max_level + 1)
+        assert list(backbone.find_levels(source, levels)) == [f"P{n}" for n in levels]
+        return
     cfg.validate(c, extra_validators=validators())
     shape, classes = input_of(c)
     graph_of(c.model.name, shape, classes, c.model.width_mult)  # asserts the shape and the classes
