@@ -2,7 +2,8 @@
 
 On Linux it asks the kernel to send this process SIGTERM when its parent dies
 (``prctl(PR_SET_PDEATHSIG)``), then replaces itself with ``python ARGS...``; the request survives
-``exec``, so a stage stops when its pipeline is killed, even by SIGKILL. It runs as a process of
+``exec``, so a stage stops when its pipeline is killed, even by SIGKILL. SIGINT and SIGTERM are
+reset to their defaults first, so a stage always honours what the pipeline forwards. It runs as a process of
 its own rather than as a ``preexec_fn`` because the pipeline has imported TensorFlow, whose threads
 make Python code between fork and exec unsafe. Elsewhere it only execs (the pipeline still forwards
 SIGTERM and SIGINT).
@@ -35,6 +36,10 @@ def main(argv: list[str]) -> None:
         sys.stderr.write(f"stage_launcher: usage error: expected PARENT_PID ARGS..., got {argv[1:]}\n")
         sys.exit(2)
     tie_to_parent(int(argv[1]))
+    # A pipeline started with SIGINT ignored (a background job of a script: `make demo &`) would pass
+    # that on through exec, and the stage's Python would then ignore the SIGINT the pipeline forwards.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
     os.execv(sys.executable, [sys.executable, *argv[2:]])
 
 

@@ -105,6 +105,8 @@ def _run_tied(command: Sequence[str], log_path: str, env: Mapping[str, str]) -> 
             for s, handler in previous.items():
                 signal.signal(s, handler)
     if received:  # the stage has stopped: now let the signal do to the pipeline what it was sent to do
+        if previous.get(received[0]) == signal.SIG_IGN:  # started ignoring it, yet forwarded it: die of it
+            signal.signal(received[0], signal.SIG_DFL)
         signal.raise_signal(received[0])
     return code
 

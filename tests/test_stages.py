@@ -54,9 +54,13 @@ def test_missing_artifact_after_success_is_an_error(tmp_path):
 # A pipeline stand-in: run_stages (the real stage launcher) over a quick stage and one that hangs
 # while the file `hang` exists, each leaving its pid and a count of its runs.
 _RUNNER = """
+import os
+import signal
 import sys
 from cafe_tf.stages import Stage, read_json, run_stages
 
+if os.environ.get("RUNNER_IGNORES_SIGINT"):  # started as a background job of a script: SIGINT ignored
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 d = sys.argv[1]
 code = (
     "import json, os, sys, time\\n"
@@ -89,17 +93,24 @@ def _wait_for(predicate, timeout: float) -> bool:
     return predicate()
 
 
-def _runner(tmp_path):
+def _runner(tmp_path, ignore_sigint: bool = False):
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("RUNNER_IGNORES_SIGINT", None)
+    if ignore_sigint:
+        env["RUNNER_IGNORES_SIGINT"] = "1"
     return subprocess.Popen([sys.executable, "-c", _RUNNER, str(tmp_path)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's prctl")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
-def test_a_killed_pipeline_takes_its_stage_with_it_and_resumes(tmp_path, sig):
+@pytest.mark.parametrize("sig,ignore_sigint", [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGKILL, False),
+                                               (signal.SIGINT, True)],
+                         ids=["SIGTERM", "SIGINT", "SIGKILL", "SIGINT-started-ignoring-SIGINT"])
+def test_a_killed_pipeline_takes_its_stage_with_it_and_resumes(tmp_path, sig, ignore_sigint):
+    # ignore_sigint: the pipeline started with SIGINT ignored (`make demo &` in a script); its stage
+    # must still stop on the SIGINT the pipeline forwards.
     (tmp_path / "hang").touch()
-    runner, stage_pid = _runner(tmp_path), None
+    runner, stage_pid = _runner(tmp_path, ignore_sigint), None
     try:
         assert _wait_for(lambda: (tmp_path / "slow.pid").exists(), 60), runner.communicate(timeout=5)[0]
         stage_pid = int((tmp_path / "slow.pid").read_text())
