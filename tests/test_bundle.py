@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from cafe_tf import bundle as bundle_lib
 from cafe_tf.config import ConfigError
+from config_helpers import demo_config
 from cafe_tf.io import ArtifactError, file_sha256, read_artifact, write_artifact
 from cafe_tf.search.budget import BudgetError
 from cafe_tf.search.evaluator import CACHE_SCHEMA, CACHE_VERSION
@@ -24,18 +25,6 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 L = keras.layers
 
 
-def demo_config(**overrides):
-    """The default config (configs/fashion_mnist_resnet20.py), with ``{"section.key": value}`` overrides."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("demo_config", os.path.join(REPO, "configs", "fashion_mnist_resnet20.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for key, value in overrides.items():
-        section_name, name = key.split(".")
-        config[section_name][name] = value
-    return config
 
 
 def section(**values):

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from cafe_tf import pipeline
 from cafe_tf.config import ConfigError
+from config_helpers import demo_config
 from cafe_tf.io import write_json
 from cafe_tf.programs import EXIT_USAGE
 from cafe_tf.stages import is_keras_file, is_metrics_file, is_tflite, read_json
@@ -19,17 +20,6 @@ from cafe_tf.stages import is_keras_file, is_metrics_file, is_tflite, read_json
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def demo_config(**overrides):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("demo_config", os.path.join(REPO, "configs", "fashion_mnist_resnet20.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for key, value in overrides.items():
-        section, name = key.split(".")
-        config[section][name] = value
-    return config
 
 
 def by_name(stages):
