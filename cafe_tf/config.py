@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
             checkpoint_every=0,  # steps between checkpoints; 0 = at each epoch end only
             keep_checkpoints=3,
             eval_splits=("validation", "test"),
-            eval_every=1,  # epochs between evaluations (the last epoch is always evaluated)
+            eval_every=1,  # epochs between evaluations; 0 = the last epoch only (the last is always evaluated)
             seed=0,
             deterministic=False,  # tf.config.experimental.enable_op_determinism (slower)
             jit_compile=False,  # XLA-compile the training step (benchmarks/step_speed.py: slower on CPU here)
@@ -237,7 +237,7 @@ def validate_train(train: ml_collections.ConfigDict) -> None:
     _check("train.keep_checkpoints", train.keep_checkpoints, train.keep_checkpoints >= 1, ">= 1")
     for split in train.eval_splits:
         _choice("train.eval_splits", split, ("train", "validation", "train_full", "test"))
-    _check("train.eval_every", train.eval_every, train.eval_every >= 1, ">= 1")
+    _check("train.eval_every", train.eval_every, train.eval_every >= 0, ">= 0 (0 = the last epoch only)")
     _choice("train.jit_compile", train.jit_compile, (False, True))
 
 

@@ -26,4 +26,5 @@ def get_config():
     c.search.parents = 10
     c.search.eval_examples = 0
     c.train.epochs = 200
+    c.train.eval_every = 10  # the demo evaluates after its last epoch only
     return c

@@ -70,6 +70,7 @@ def test_unknown_keys_and_wrong_types_are_refused_with_the_key():
         ("train.schedule", "linear", "valid values: ['cosine', 'constant', 'step']"),
         ("train.mixed_precision", "float16", "mixed_float16"),
         ("train.epochs", 0, "must be >= 1"),
+        ("train.eval_every", -1, ">= 0 (0 = the last epoch only)"),
         ("train.label_smoothing", 1.0, "in [0, 1)"),
         ("train.warmup_epochs", 9.0, "below train.epochs"),
         ("data.name", "mnist", "fashion_mnist"),

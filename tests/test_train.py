@@ -254,6 +254,15 @@ def test_fit_writes_artifacts_and_hooks_see_every_step(tmp_path):
     assert again["final"]["validation"]["loss"] == pytest.approx(metrics["final"]["validation"]["loss"], rel=1e-5)
 
 
+def test_eval_every_zero_evaluates_the_last_epoch_only(tmp_path):
+    assert [kernel.eval_due(e, 2, 5) for e in range(1, 6)] == [False, True, False, True, True]
+    assert [kernel.eval_due(e, 0, 3) for e in range(1, 4)] == [False, False, True]
+    metrics = standard.fit(lambda: tiny_model(), synthetic_source(), train_config(epochs=3, eval_every=0), str(tmp_path))
+    assert [("eval" in h) for h in metrics["history"]] == [False, False, True]
+    assert metrics["final"]["validation"]["examples"] == 64
+    assert [step for step, _ in tensorboard_scalars(tmp_path / "tensorboard" / "validation")["accuracy"]] == [24]
+
+
 def test_checkpoint_of_another_run_is_refused(tmp_path):
     standard.fit(lambda: tiny_model(), synthetic_source(), train_config(epochs=1), str(tmp_path))
     with pytest.raises(ValueError, match="does not match this model"):

@@ -163,7 +163,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 ckpt.save(step)
                 last_saved = step
         logs: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train": {"loss": loss_sum / max(count, 1)}}
-        if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+        if kernel.eval_due(epoch + 1, t.eval_every, t.epochs):
             logs["eval"] = det_eval.evaluate_detector(model, eval_batches(config, channels), info.num_classes)
             with writers["eval"].as_default():
                 for k in ("AP", "AP50", "AP75"):

@@ -216,6 +216,11 @@ def evaluate(eval_step: Callable, batches: Iterable, *args, max_batches: int | N
 # Weight decay
 
 
+def eval_due(epoch: int, every: int, epochs: int) -> bool:
+    """Whether the loop evaluates after 1-based ``epoch``: each ``every`` epochs (0 = none but the last), and always the last."""
+    return epoch == epochs or (every > 0 and epoch % every == 0)
+
+
 def is_decayed(variable) -> bool:
     """Whether weight decay applies to ``variable``: conv / dense / depthwise kernels, not biases or BatchNorm."""
     return getattr(variable, "path", variable.name).split("/")[-1].split(":")[0].endswith("kernel")

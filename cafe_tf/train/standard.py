@@ -284,7 +284,7 @@ def fit(
         epoch_logs: dict[str, Any] = {"epoch": epoch + 1, "step": step}
         if sums[2]:
             epoch_logs["train"] = {"loss": sums[0] / sums[2], "accuracy": sums[1] / sums[2]}
-        if (epoch + 1) % train.eval_every == 0 or epoch + 1 == train.epochs:
+        if kernel.eval_due(epoch + 1, train.eval_every, train.epochs):
             epoch_logs["eval"] = _evaluate_all(eval_step, strategy, data, writers, step)
             _log_eval(epoch + 1, epoch_logs["eval"], chief)
         history.append(epoch_logs)
