@@ -354,6 +354,17 @@ def test_int8_export_and_parity(offline_dir, tmp_path):
     report = dx.parity(det, result.path, images[:4], "int8")
     assert report["ok"], report
     raw = dx.tflite_raw(result.path, images[:2])
-    assert raw.shape == (2, 9 * (64 + 16 + 4), 14)
+    anchors = 9 * (64 + 16 + 4)
+    assert raw[dx.BOXES].shape == (2, anchors, 4) and raw[dx.SCORES].shape == (2, anchors, 10)
     decoded = dx.decode(det, raw, images.shape[1:])
     assert decoded["boxes"].shape == (2, 100, 4)
+    kinds = {o["name"]: o["kind"] for o in result.metadata["outputs"]}
+    assert kinds == dx.OUTPUT_KINDS
+    # Integer input and outputs (the Edge TPU's): the same parity, and the readiness checker sees no float tensor.
+    from deploy import edgetpu
+
+    io8 = dx.export_detector(det, str(tmp_path / "det_io8.tflite"), "int8", calibration=images, num_calibration=16,
+                             io_type="int8")
+    assert dx.parity(det, io8.path, images[:4], "int8")["ok"]
+    ready = edgetpu.readiness(io8.path)
+    assert ready["model_checks"]["float_tensors"] == 0 and ready["model_checks"]["ok"], ready["model_checks"]
