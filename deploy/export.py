@@ -100,11 +100,23 @@ def _input_spec(model: Any, image: bool = True) -> tuple[str, tuple[int, ...]]:
     return model.inputs[0].name, tuple(int(d) for d in shape[1:])  # type: ignore[return-value]
 
 
-def _output_name(model: Any) -> str:
-    if len(model.outputs) != 1:
-        raise DeployError(f"export needs a model with one output (logits); {model.name!r} has {len(model.outputs)}")
-    history = getattr(model.outputs[0], "_keras_history", None)
-    return history.operation.name if history is not None else "logits"
+def _output_names(model: Any) -> list[str]:
+    """The signature's output names: the layer that makes each output (``logits`` for one output without one).
+
+    A classifier has one output (its logits); a model with several (a detector's box deltas and
+    class scores) keeps them apart, so int8 quantization gives each its own scale. The names must
+    differ: name the output layers.
+    """
+    if not model.outputs:
+        raise DeployError(f"export needs a model with at least one output; {model.name!r} has none")
+    names = []
+    for i, output in enumerate(model.outputs):
+        history = getattr(output, "_keras_history", None)
+        names.append(history.operation.name if history is not None else ("logits" if len(model.outputs) == 1 else f"output_{i}"))
+    if len(set(names)) != len(names):
+        raise DeployError(f"the outputs of {model.name!r} come from layers {names}; a model with several outputs "
+                          "needs a distinct output layer for each (e.g. keras.layers.Identity(name=...))")
+    return names
 
 
 def convert_keras(
@@ -125,12 +137,17 @@ def convert_keras(
     from deploy.representative import representative_dataset
 
     input_name, input_shape = _input_spec(model, image=image_input)
-    output_name = _output_name(model)
+    output_names = _output_names(model)
     spec = tf.TensorSpec((batch_size, *input_shape), tf.float32, name=input_name)
+
+    def endpoint(x):
+        out = model(x, training=False)
+        return dict(zip(output_names, out if len(output_names) > 1 else [out]))
+
     with tempfile.TemporaryDirectory() as folder:
         archive = keras.export.ExportArchive()
         archive.track(model)
-        archive.add_endpoint(SIGNATURE, lambda x: {output_name: model(x, training=False)}, input_signature=[spec])
+        archive.add_endpoint(SIGNATURE, endpoint, input_signature=[spec])
         archive.write_out(folder, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=[SIGNATURE])
         if quant != "fp32":
@@ -173,8 +190,12 @@ def build_metadata(
     label_names: Sequence[str] | None = None,
     source: str | None = None,
     calibration_images: int = 0,
+    output_kinds: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The JSON document :func:`export_tflite` stores in the model (see the module docstring)."""
+    """The JSON document :func:`export_tflite` stores in the model (see the module docstring).
+
+    ``output_kinds``: what each output holds, by output name (default: ``logits``).
+    """
     import tensorflow as tf
 
     from deploy import tflite_model
@@ -182,7 +203,8 @@ def build_metadata(
     summary = tflite_model.summarize(flatbuffer)
     signature = summary.signatures.get(SIGNATURE, {"inputs": {}, "outputs": {}})
     inputs = [_tensor_record(summary, i, n) | {"layout": "NHWC"} for n, i in signature["inputs"].items()]
-    outputs = [_tensor_record(summary, i, n) | {"kind": "logits"} for n, i in signature["outputs"].items()]
+    kinds = dict(output_kinds or {})
+    outputs = [_tensor_record(summary, i, n) | {"kind": kinds.get(n, "logits")} for n, i in signature["outputs"].items()]
     if normalization is not None:
         normalization = {
             "scale": float(normalization.get("scale", 1.0 / 255.0)),
@@ -224,6 +246,7 @@ def export_tflite(
     qat_labels: np.ndarray | None = None,
     source: str | None = None,
     input_scaling: str = "mean_std",
+    output_kinds: Mapping[str, str] | None = None,
 ) -> ExportResult:
     """Converts the plain Keras 3 classifier ``model`` to ``out_path`` (``.tflite``) with quantization ``quant``.
 
@@ -232,6 +255,9 @@ def export_tflite(
     ``(image, label)`` pairs, resized to the model's input. ``normalization`` ({"mean", "std",
     "scale"}) is recorded in the metadata; a dataset name supplies it when not given, scaled as
     ``input_scaling`` says (``config.model.input_scaling``: mean_std, unit, raw or model).
+    A model with several outputs (e.g. a detector's box deltas and class scores) keeps them as
+    separate outputs named by their layers, each quantized with its own scale; ``output_kinds``
+    records what each holds in the metadata (default ``logits``). ``qat`` takes one-output classifiers only.
 
     Raises:
       UsageError: an invalid ``quant`` / ``io_type`` / ``batch_size`` combination.
@@ -251,6 +277,9 @@ def export_tflite(
     if not os.fspath(out_path).endswith(".tflite"):
         raise UsageError(f"the output path must end with .tflite, got {os.fspath(out_path)!r}")
     _, input_shape = _input_spec(model)
+    if quant == "qat" and len(model.outputs) != 1:
+        raise UsageError(f"quant 'qat' trains a classifier (one logits output); {model.name!r} has {len(model.outputs)} "
+                         "outputs: use --quant int8")
     if quant in INTEGER_MODES:
         check_quantizable(model)
 
@@ -301,6 +330,7 @@ def export_tflite(
         label_names=label_names,
         source=source or model.name,
         calibration_images=0 if calibration is None else len(calibration),
+        output_kinds=output_kinds,
     )
     flatbuffer = tflite_model.add_metadata(flatbuffer, metadata)
     tflite_model.check_loads(flatbuffer, os.fspath(out_path))

@@ -137,6 +137,48 @@ def test_uint8_io_and_float_io(model, tmp_path):
     assert "QUANTIZE" in {op.op for op in s.ops}
 
 
+def two_output_model() -> keras.Model:
+    """A detector-like head: wide-range "deltas" (x 8) and sigmoid "scores" from one trunk."""
+    x = inputs = keras.Input((16, 16, 3), name="image")
+    x = L.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="trunk")(x)
+    x = L.Reshape((64, 8), name="per_anchor")(x)
+    deltas = L.Dense(4, name="deltas_raw")(x)
+    deltas = L.Rescaling(8.0, name="deltas")(deltas)
+    scores = L.Dense(3, activation="sigmoid", name="scores")(x)
+    return keras.Model(inputs, [deltas, scores], name="two_heads")
+
+
+def test_several_outputs_keep_their_names_scales_and_kinds(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = two_output_model()
+    path = str(tmp_path / "two.tflite")
+    result = export.export_tflite(model, "int8", path, representative_data=images(64), io_type="int8",
+                                  output_kinds={"deltas": "box_deltas", "scores": "class_scores"})
+    runner = tflite_model.TFLiteRunner(path)
+    assert set(runner.output_details) == {"deltas", "scores"}
+    scales = {n: d["quantization_parameters"]["scales"][0] for n, d in runner.output_details.items()}
+    assert scales["scores"] <= 1.0 / 255 + 1e-6 < scales["deltas"]  # one scale each: scores keep a 1/255 step
+    kinds = {o["name"]: o["kind"] for o in result.metadata["outputs"]}
+    assert kinds == {"deltas": "box_deltas", "scores": "class_scores"}
+    x = images(16, seed=3)
+    got = runner(x)
+    want_deltas, want_scores = (np.asarray(v) for v in model(x, training=False))
+    assert np.max(np.abs(got["scores"] - want_scores)) < 0.03
+    assert np.max(np.abs(got["deltas"] - want_deltas)) < 0.05 * np.max(np.abs(want_deltas)) + 0.05
+
+
+def test_several_outputs_from_one_layer_or_qat_refused(tmp_path):
+    inputs = keras.Input((16, 16, 3), name="image")
+    shared = L.Conv2D(3, 3, padding="same", name="conv")
+    x = shared(inputs)
+    model = keras.Model(inputs, [x, shared(x)], name="same_layer")
+    with pytest.raises(DeployError, match=r"come from layers \['conv', 'conv'\].*distinct output layer"):
+        export.export_tflite(model, "fp32", str(tmp_path / "m.tflite"))
+    with pytest.raises(UsageError, match=r"quant 'qat' trains a classifier.*has 2 outputs: use --quant int8"):
+        export.export_tflite(two_output_model(), "qat", str(tmp_path / "q.tflite"), representative_data=images(8))
+    assert not os.listdir(tmp_path)
+
+
 @pytest.mark.parametrize("quant", ["fp16", "dynamic"])
 def test_fp16_and_dynamic_load_and_agree(model, tmp_path, quant):
     path = str(tmp_path / f"{quant}.tflite")

@@ -306,6 +306,26 @@ def tiny_config(data_dir: str, epochs: int) -> ml_collections.ConfigDict:
     return c
 
 
+def test_anchor_size_matches_the_offline_items_keras_hubs_default_misses_the_small_ones(offline_dir):
+    # The share of ground-truth boxes that some anchor overlaps at IoU >= 0.5 (keras-hub's positive
+    # threshold: a box below it is never learned), on the first 16 test canvases.
+    from cafe_tf.detection import export as dx
+
+    ds, info = dd.load(dd.OFFLINE_NAME, "test", offline_dir)
+    boxes = np.concatenate([t["boxes"][t["labels"] >= 0] for _, t in
+                            dd.detection_pipeline(ds, info, 128, 16, training=False, max_boxes=8).as_numpy_iterator()])
+    covered = {}
+    for size in (4.0, 2.0):
+        d = tiny_detector_section()
+        d.max_level, d.anchor_size = 7, size
+        det = dm.build_detector(tiny_user_model(128), 10, d, 128)
+        anchors = dx.anchors(det, (128, 128, 3))
+        side = np.sqrt((anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1]))
+        assert side.min() == pytest.approx(size * 8, rel=0.02)  # P3: anchor_size x stride 8 (aspect ratios round)
+        covered[size] = float(np.mean(dx.box_iou(boxes[:, None], anchors[None]).max(axis=1) >= 0.5))
+    assert covered[2.0] >= 0.95 and covered[4.0] < 0.9, covered
+
+
 def test_config_errors_name_the_key():
     from cafe_tf.config import ConfigError
     from cafe_tf.detection import train as dt
@@ -319,6 +339,9 @@ def test_config_errors_name_the_key():
         dt.validate(c)
     c.data.name, c.detector.pyramid_layers = dd.OFFLINE_NAME, ("P3:relu_8",)
     with pytest.raises(ConfigError, match=r"pyramid_layers entry 'P3:relu_8' is invalid"):
+        dt.validate(c)
+    c.detector.pyramid_layers, c.detector.anchor_size = (), 0.0
+    with pytest.raises(ConfigError, match=r"config.detector.anchor_size=0.0 must be > 0"):
         dt.validate(c)
 
 
@@ -354,6 +377,17 @@ def test_int8_export_and_parity(offline_dir, tmp_path):
     report = dx.parity(det, result.path, images[:4], "int8")
     assert report["ok"], report
     raw = dx.tflite_raw(result.path, images[:2])
-    assert raw.shape == (2, 9 * (64 + 16 + 4), 14)
+    anchors = 9 * (64 + 16 + 4)
+    assert raw[dx.BOXES].shape == (2, anchors, 4) and raw[dx.SCORES].shape == (2, anchors, 10)
     decoded = dx.decode(det, raw, images.shape[1:])
     assert decoded["boxes"].shape == (2, 100, 4)
+    kinds = {o["name"]: o["kind"] for o in result.metadata["outputs"]}
+    assert kinds == dx.OUTPUT_KINDS
+    # Integer input and outputs (the Edge TPU's): the same parity, and the readiness checker sees no float tensor.
+    from deploy import edgetpu
+
+    io8 = dx.export_detector(det, str(tmp_path / "det_io8.tflite"), "int8", calibration=images, num_calibration=16,
+                             io_type="int8")
+    assert dx.parity(det, io8.path, images[:4], "int8")["ok"]
+    ready = edgetpu.readiness(io8.path)
+    assert ready["model_checks"]["float_tensors"] == 0 and ready["model_checks"]["ok"], ready["model_checks"]

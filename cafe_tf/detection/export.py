@@ -1,12 +1,14 @@
 """The detector as a ``.tflite`` (fp32, int8): raw head outputs in the model, decoding and NMS in the app.
 
-**What is in the file.** :func:`raw_model` is the detector up to its heads, with one output
-``[batch, anchors, 4 + classes]``: per anchor the 4 box deltas (keras-hub's ``center_xywh``
-encoding) then the class scores (the sigmoid of the logits), concatenated so that
-``deploy.export`` (one image input, one output) converts it unchanged: int8 full-integer
-quantization with float32 input and output, calibrated on training images, the normalization and
-the labels in its metadata. Scores rather than logits: the int8 output has one scale for deltas
-and scores, and scores in [0, 1] keep that range (and so its step) small.
+**What is in the file.** :func:`raw_model` is the detector up to its heads, with two outputs:
+``box_deltas`` ``[batch, anchors, 4]`` (keras-hub's ``center_xywh`` encoding) and
+``class_scores`` ``[batch, anchors, classes]`` (the sigmoid of the logits). ``deploy.export``
+converts it as it converts a classifier (one mechanism): int8 full-integer quantization,
+calibrated on training images, float32 or (``io_type`` int8 / uint8, for the Edge TPU) integer
+input and outputs, the normalization, labels and output kinds in its metadata. Two outputs,
+not one: a single int8 output would share one scale between deltas (a range of several units) and
+scores (0..1), so a score would move in steps of several hundredths; apart, the scores get a step
+of 1/255. Scores rather than logits: their range, and so their step, is fixed and small.
 
 **NMS is an app-side step**, not in the ``.tflite`` (TFLite's ``TFLite_Detection_PostProcess``
 custom op comes from the TF Object Detection API's export tools, not from converting a Keras
@@ -44,28 +46,37 @@ PARITY_TOP_K = 100  # anchors per image whose boxes parity compares (keras-hub's
 _EPS = 1e-7
 
 
+BOXES, SCORES = "box_deltas", "class_scores"  # the raw outputs' names
+OUTPUT_KINDS = {BOXES: "box_deltas_center_xywh", SCORES: "class_scores_sigmoid"}  # in the .tflite metadata
+
+
 def raw_model(detector) -> keras.Model:
-    """``detector``'s image -> ``[batch, anchors, 4 + classes]`` (box deltas, then class scores), its layers shared."""
+    """``detector``'s image -> ``[box_deltas [batch, anchors, 4], class_scores [batch, anchors, classes]]``, its layers shared."""
     out = detector(detector.inputs[0])
-    scores = keras.layers.Activation("sigmoid", name="class_scores")(out["cls_logits"])
-    raw = keras.layers.Concatenate(axis=-1, name="raw_detections")([out["bbox_regression"], scores])
-    return keras.Model(detector.inputs[0], raw, name=f"{detector.name}_raw")
+    boxes = keras.layers.Identity(name=BOXES)(out["bbox_regression"])
+    scores = keras.layers.Activation("sigmoid", name=SCORES)(out["cls_logits"])
+    return keras.Model(detector.inputs[0], [boxes, scores], name=f"{detector.name}_raw")
 
 
-def split_raw(raw: np.ndarray | tf.Tensor) -> dict[str, tf.Tensor]:
-    """A raw output ``[batch, anchors, 4 + classes]`` as keras-hub's ``{"bbox_regression", "cls_logits"}``."""
-    raw = tf.convert_to_tensor(raw, tf.float32)
-    scores = tf.clip_by_value(raw[..., 4:], _EPS, 1.0 - _EPS)  # an int8 output may round to exactly 0 or 1
-    return {"bbox_regression": raw[..., :4], "cls_logits": tf.math.log(scores) - tf.math.log1p(-scores)}
+def keras_raw(detector, images: np.ndarray) -> dict[str, np.ndarray]:
+    """The raw outputs (``{BOXES, SCORES}``) of the Keras ``detector`` on ``images``."""
+    boxes, scores = raw_model(detector)(np.asarray(images, np.float32), training=False)
+    return {BOXES: np.asarray(boxes), SCORES: np.asarray(scores)}
 
 
-def decode(detector, raw: np.ndarray | tf.Tensor, image_shape: Sequence[int]) -> dict[str, np.ndarray]:
+def split_raw(raw: Mapping[str, Any]) -> dict[str, tf.Tensor]:
+    """Raw outputs ``{BOXES, SCORES}`` as keras-hub's ``{"bbox_regression", "cls_logits"}``."""
+    scores = tf.clip_by_value(tf.convert_to_tensor(raw[SCORES], tf.float32), _EPS, 1.0 - _EPS)  # int8 may round to 0 or 1
+    return {"bbox_regression": tf.convert_to_tensor(raw[BOXES], tf.float32),
+            "cls_logits": tf.math.log(scores) - tf.math.log1p(-scores)}
+
+
+def decode(detector, raw: Mapping[str, Any], image_shape: Sequence[int]) -> dict[str, np.ndarray]:
     """Detections (``boxes`` yxyx pixels, ``confidence``, ``labels``; -1 padding) of raw outputs, after NMS.
 
     The app-side step: the detector's own keras-hub decoding and ``NonMaxSuppression``.
     """
-    raw = tf.convert_to_tensor(raw, tf.float32)
-    images = tf.zeros((raw.shape[0], *image_shape), tf.float32)
+    images = tf.zeros((len(raw[BOXES]), *image_shape), tf.float32)
     out = detector.decode_predictions(split_raw(raw), images)
     return {k: np.asarray(v) for k, v in out.items()}
 
@@ -76,7 +87,7 @@ def anchors(detector, image_shape: Sequence[int]) -> np.ndarray:
     return np.concatenate([np.asarray(v) for v in boxes.values()], axis=0)
 
 
-def decoded_boxes(detector, raw: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
+def decoded_boxes(detector, raw: Mapping[str, Any], image_shape: Sequence[int]) -> np.ndarray:
     """Every anchor's box (``[batch, anchors, 4]`` yxyx pixels) decoded from raw deltas, before NMS."""
     return np.asarray(keras.utils.bounding_boxes.decode_deltas_to_boxes(
         anchors=tf.constant(anchors(detector, image_shape)), boxes_delta=split_raw(raw)["bbox_regression"],
@@ -99,18 +110,20 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), np.where(same, 1.0, 0.0))
 
 
-def tflite_raw(path_or_bytes: str | bytes, images: np.ndarray, threads: int = 1) -> np.ndarray:
-    """The raw outputs of a ``.tflite`` from :func:`export_detector` on ``images`` (one at a time, float32 I/O)."""
-    from deploy.benchmark.host import make_interpreter
+def tflite_raw(path_or_bytes: str | bytes, images: np.ndarray, threads: int = 1) -> dict[str, np.ndarray]:
+    """The raw outputs (``{BOXES, SCORES}``, float) of a ``.tflite`` from :func:`export_detector` on ``images``.
 
-    interpreter = make_interpreter(path_or_bytes, threads)
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    results = []
-    for image in np.asarray(images, np.float32):
-        interpreter.set_tensor(inp["index"], image[None])
-        interpreter.invoke()
-        results.append(np.array(interpreter.get_tensor(out["index"]))[0])
-    return np.stack(results)
+    ``deploy.tflite_model.TFLiteRunner`` runs it: integer (Edge TPU) input and outputs are quantized /
+    dequantized with their tensors' scales, so float and integer I/O give the same kind of result.
+    """
+    from deploy.errors import DeployError
+    from deploy.tflite_model import TFLiteRunner
+
+    runner = TFLiteRunner(path_or_bytes, num_threads=threads)
+    if set(runner.output_details) != {BOXES, SCORES}:
+        raise DeployError(f"the .tflite has outputs {sorted(runner.output_details)}; a detector export has "
+                          f"{[BOXES, SCORES]} (re-export it with python -m cafe_tf.export_detector)")
+    return runner(np.asarray(images, np.float32))
 
 
 def parity(detector, tflite: str | bytes, images: np.ndarray, quant: str) -> dict[str, Any]:
@@ -120,13 +133,13 @@ def parity(detector, tflite: str | bytes, images: np.ndarray, quant: str) -> dic
     """
     images = np.asarray(images, np.float32)
     shape = images.shape[1:]
-    keras_raw = np.asarray(raw_model(detector)(images, training=False))
-    lite_raw = tflite_raw(tflite, images)
-    top = np.argsort(-keras_raw[..., 4:].max(axis=-1), axis=1)[:, :PARITY_TOP_K]
-    keras_boxes = np.take_along_axis(decoded_boxes(detector, keras_raw, shape), top[..., None], axis=1)
-    lite_boxes = np.take_along_axis(decoded_boxes(detector, lite_raw, shape), top[..., None], axis=1)
+    reference = keras_raw(detector, images)
+    lite = tflite_raw(tflite, images)
+    top = np.argsort(-reference[SCORES].max(axis=-1), axis=1)[:, :PARITY_TOP_K]
+    keras_boxes = np.take_along_axis(decoded_boxes(detector, reference, shape), top[..., None], axis=1)
+    lite_boxes = np.take_along_axis(decoded_boxes(detector, lite, shape), top[..., None], axis=1)
     iou = box_iou(keras_boxes, lite_boxes)
-    score_diff = np.abs(keras_raw[..., 4:] - lite_raw[..., 4:])
+    score_diff = np.abs(reference[SCORES] - lite[SCORES])
     figures = {"mean_iou": float(iou.mean()), "p1_iou": float(np.percentile(iou, 1)),
                "mean_score_diff": float(score_diff.mean()), "max_score_diff": float(score_diff.max())}
     tol = TOLERANCES[quant]
@@ -137,16 +150,17 @@ def parity(detector, tflite: str | bytes, images: np.ndarray, quant: str) -> dic
 
 def export_detector(detector, out_path: str, quant: str, calibration: Iterable[Any] | None = None,
                     normalization: Mapping[str, Any] | None = None, label_names: Sequence[str] | None = None,
-                    num_calibration: int = 100):
+                    num_calibration: int = 100, io_type: str = "float32"):
     """:func:`raw_model` of ``detector`` through ``deploy.export.export_tflite`` (returns its ``ExportResult``).
 
-    ``calibration``: normalized training images (int8), e.g. the detection pipeline's batches.
+    ``calibration``: normalized training images (int8), e.g. the detection pipeline's batches;
+    ``io_type``: ``float32``, or ``int8`` / ``uint8`` (int8 only; what the Edge TPU needs).
     """
     from deploy.export import export_tflite
 
-    return export_tflite(raw_model(detector), quant, out_path, representative_data=calibration,
+    return export_tflite(raw_model(detector), quant, out_path, representative_data=calibration, io_type=io_type,
                          normalization=normalization, label_names=label_names, num_calibration=num_calibration,
-                         source=detector.name)
+                         source=detector.name, output_kinds=OUTPUT_KINDS)
 
 
 def evaluate_tflite(detector, tflite: str | bytes, batches: Iterable, num_classes: int) -> dict[str, float]:

@@ -41,6 +41,7 @@ def detector_section() -> ml_collections.ConfigDict:
         max_level=7,
         pyramid_layers=(),  # ("P3=layer_name", ...): take these layers instead of finding levels by stride
         head_convs=4,  # 3x3 convolutions before each head's output (keras-hub's default: 4)
+        anchor_size=4.0,  # anchor side at level l: anchor_size * 2**l (x 2**(0, 1/3, 2/3)); keras-hub's default: 4
         bn_momentum=0.0,  # > 0: every BatchNormalization of the backbone gets this momentum (0: keep)
         max_boxes=100,  # ground-truth boxes per image (COCO's most is 93)
         score_threshold=0.05,  # NMS: detections below this score are dropped (COCO evaluation practice)
@@ -122,9 +123,13 @@ def build_detector(source: keras.Model, num_classes: int, detector: ml_collectio
     nms = keras_hub.layers.NonMaxSuppression(
         bounding_box_format=BOX_FORMAT, from_logits=True, iou_threshold=float(d.iou_threshold),
         confidence_threshold=float(d.score_threshold), max_detections=int(d.max_detections))
+    # keras-hub's default anchors (3 scales x 3 aspect ratios per level) with the config's anchor_size.
+    anchor_generator = keras_hub.layers.AnchorGenerator(
+        BOX_FORMAT, min_level=int(d.min_level), max_level=int(d.max_level), num_scales=3,
+        aspect_ratios=[0.5, 1.0, 2.0], anchor_size=float(d.get("anchor_size", 4.0)))
     model = keras_hub.models.RetinaNetObjectDetector(
         backbone=retina, num_classes=int(num_classes), bounding_box_format=BOX_FORMAT,
-        pre_logits_num_conv_layers=int(d.head_convs), prediction_decoder=nms)
+        anchor_generator=anchor_generator, pre_logits_num_conv_layers=int(d.head_convs), prediction_decoder=nms)
     fix_head_priors(model)
     model.compile(optimizer=optimizer)
     return model

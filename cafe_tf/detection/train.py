@@ -61,6 +61,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.detector.bn_momentum={d.bn_momentum} must be in [0, 1) (0: keep the backbone's)")
     if int(d.head_convs) < 0 or int(d.max_boxes) < 1:
         raise ConfigError(f"config.detector.head_convs={d.head_convs} must be >= 0 and max_boxes={d.max_boxes} >= 1")
+    if not float(d.get("anchor_size", 4.0)) > 0:
+        raise ConfigError(f"config.detector.anchor_size={d.anchor_size} must be > 0 (keras-hub's default: 4)")
     det_model.parse_pyramid_layers(d.pyramid_layers)
     kernel.check_mixed_precision(config.train.mixed_precision)
     if config.train.mixed_precision != "none":
