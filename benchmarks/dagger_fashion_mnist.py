@@ -11,7 +11,12 @@ with the same recipe, and compare test accuracy with the unpruned model (goal: D
         --set dagger.target_ramp=0.5                           # an ablation arm on the same pretrained models
     python benchmarks/dagger_fashion_mnist.py --methods dagger --tag dagger_ft10 --reuse_selection dagger \
         --set finetune.epochs=10                               # fine-tuning alone, on the dagger arm's selection
+    python benchmarks/dagger_fashion_mnist.py --methods dagger,l1,uniform --tag '{method}_kd' \
+        --reuse_selection '{method}' --set finetune.distill_weight=0.5   # every arm again, distilled
     python benchmarks/dagger_fashion_mnist.py --summary_only  # the table from what exists so far
+
+The table gives each arm's mean ± std over seeds and its paired difference against ``--baseline``
+(same seed: same pretrained model, data and MACs target) with a 95% t-interval.
 
 Every stage resumes (rerun the same command after an interruption). The full run needs about
 30 + 10 + 3 x 20 training epochs of ResNet-20 on 55k images per seed, about 16 h on 2 CPU cores
