@@ -11,7 +11,12 @@ with the same recipe, and compare test accuracy with the unpruned model (goal: D
         --set dagger.target_ramp=0.5                           # an ablation arm on the same pretrained models
     python benchmarks/dagger_fashion_mnist.py --methods dagger --tag dagger_ft10 --reuse_selection dagger \
         --set finetune.epochs=10                               # fine-tuning alone, on the dagger arm's selection
+    python benchmarks/dagger_fashion_mnist.py --methods dagger,l1,uniform --tag '{method}_kd' \
+        --reuse_selection '{method}' --set finetune.distill_weight=0.5   # every arm again, distilled
     python benchmarks/dagger_fashion_mnist.py --summary_only  # the table from what exists so far
+
+The table gives each arm's mean ± std over seeds and its paired difference against ``--baseline``
+(same seed: same pretrained model, data and MACs target) with a 95% t-interval.
 
 Every stage resumes (rerun the same command after an interruption). The full run needs about
 30 + 10 + 3 x 20 training epochs of ResNet-20 on 55k images per seed, about 16 h on 2 CPU cores
@@ -132,6 +137,73 @@ def _summary_rows(workdir: str, tags: list[str], seeds: list[int]) -> list[dict]
     return rows
 
 
+
+def arm_tags(methods: list[str], tag: str, reuse_selection: str) -> tuple[list[str], list[str]]:
+    """(arm folder per method, the arm folder it reuses the selection of, or "") from --tag and
+    --reuse_selection, where ``{method}`` stands for each method."""
+    if tag and len(methods) != 1 and "{method}" not in tag:
+        raise SystemExit(f"--tag {tag!r} names one arm; give one method (got --methods {','.join(methods)!r}) or "
+                         "a tag with {method} in it, e.g. --tag {method}_kd")
+    tags = [tag.replace("{method}", m) for m in methods] if tag else list(methods)
+    sources = [reuse_selection.replace("{method}", m) for m in methods]
+    if reuse_selection and any(not tag or t == s for t, s in zip(tags, sources)):
+        raise SystemExit(f"--reuse_selection {reuse_selection!r} needs a --tag of its own for the new arm "
+                         f"(got --tag {tag!r})")
+    return tags, sources
+
+
+def summarize(rows: list[dict], tags: list[str], baseline: str) -> tuple[dict, list[str]]:
+    """Per arm: mean ± std over seeds (sample std, n - 1) of the fine-tuned accuracy, and the paired
+    difference against ``baseline`` on the same seed (same pretrained model, data and MACs target) with
+    its 95% t-interval (``compare.paired_difference``). Returns ({arm: numbers}, markdown lines)."""
+    import numpy as np
+
+    from cafe_tf.compare import paired_difference
+
+    base = {r["seed"]: r["finetuned"] for r in rows if r["method"] == baseline}
+    lines = [f"| arm | seeds | MACs ratio | before fine-tuning | fine-tuned test acc (mean ± std) | drop vs unpruned (pt) "
+             f"| minus {baseline}, same seed (pt) [95% t-interval] | per seed |",
+             "|---|---|---|---|---|---|---|---|"]
+    table = {}
+    for tag in tags:
+        sel = [r for r in rows if r["method"] == tag]
+        if not sel:
+            continue
+        acc = np.array([r["finetuned"] for r in sel])
+        std = float(acc.std(ddof=1)) if len(acc) > 1 else float("nan")
+        drop = 100 * (np.array([r["pretrained"] for r in sel]) - acc)
+        before = [r["before_finetune"] for r in sel if r["before_finetune"] is not None]
+        paired = paired_difference({r["seed"]: 100 * r["finetuned"] for r in sel},
+                                   {s: 100 * a for s, a in base.items()})
+        table[tag] = {"seeds": [r["seed"] for r in sel], "accuracy_mean": float(acc.mean()),
+                      "accuracy_std": std, "drop_pt_mean": float(drop.mean()),
+                      "before_finetune_mean": float(np.mean(before)) if before else None,
+                      "baseline": baseline, "minus_baseline_pt": paired,
+                      "macs_ratio": [r["macs_ratio"] for r in sel]}
+        if paired is None:
+            vs = "n/a"
+        elif paired["low"] is None:
+            vs = f"{paired['mean']:+.2f} (1 seed)"
+        else:
+            vs = f"{paired['mean']:+.2f} [{paired['low']:+.2f}, {paired['high']:+.2f}] ({paired['n']} seeds)"
+        lines.append(f"| {tag} | {len(sel)} | {np.mean([r['macs_ratio'] for r in sel]):.4f} | "
+                     f"{100 * np.mean(before) if before else float('nan'):.2f}% | "
+                     f"{100 * acc.mean():.2f}% ± {100 * std:.2f} | {drop.mean():+.2f} | {vs} | "
+                     f"{', '.join(f'{100 * a:.2f}' for a in acc)} |")
+    unpruned = {r["pretrained_model"]: r["pretrained"] for r in rows}  # one value per pretrained model
+    values = np.array(list(unpruned.values()))
+    lines.append(f"| unpruned ({len(unpruned)} model{'s' if len(unpruned) > 1 else ''}) | | 1.0000 | | "
+                 f"{100 * values.mean():.2f}% ± {100 * values.std(ddof=1) if len(values) > 1 else float('nan'):.2f} "
+                 f"| | | {', '.join(f'{100 * a:.2f}' for a in values)} |")
+    spread = {}
+    for seed in sorted({r["seed"] for r in rows}):
+        ratios = [r["macs_ratio"] for r in rows if r["seed"] == seed]
+        spread[seed] = (max(ratios) - min(ratios)) / min(ratios)
+    lines.append("MACs spread between the arms of a seed (max/min - 1): "
+                 + ", ".join(f"seed {k} {v:.3%}" for k, v in spread.items()))
+    return table, lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small subsets, few epochs, 1 seed (a smoke run)")
@@ -146,14 +218,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_train_examples", type=int, default=None, help="override (0 = all)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override any config key of the arms, e.g. dagger.target_ramp=0.5 (repeatable)")
-    parser.add_argument("--tag", default="", help="folder name of the arm (default: the method); with one method only")
+    parser.add_argument("--tag", default="",
+                        help="folder name of the arm (default: the method); with several methods it must contain "
+                             "{method}, e.g. --tag {method}_kd")
     parser.add_argument("--seed_ids", default="", help="comma-separated seeds to run (default: 0 .. --seeds - 1)")
     parser.add_argument("--shared_pretrain", action="store_true",
                         help="every seed prunes seed 0's pretrained model (the seeds vary gate training and "
                              "fine-tuning only; a third of the pretraining time)")
     parser.add_argument("--reuse_selection", default="", metavar="ARM",
                         help="start the arm (--tag) from arm ARM's gate training and pruned model of the same "
-                             "seed, so only fine-tuning runs (e.g. with --set finetune.epochs=10)")
+                             "seed, so only fine-tuning runs (e.g. with --set finetune.epochs=10); ARM may contain "
+                             "{method}: --methods dagger,l1 --tag {method}_kd --reuse_selection {method}")
     parser.add_argument("--baseline", default="l1", metavar="ARM",
                         help="the arm every other is compared with on the same seed (default l1; e.g. l1_ft10 "
                              "for arms fine-tuned as long as it)")
@@ -163,11 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds or (1 if args.quick else 3)
     seed_ids = [int(s) for s in args.seed_ids.split(",") if s.strip()] or list(range(seeds))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if args.tag and len(methods) != 1:
-        raise SystemExit(f"--tag {args.tag!r} names one arm; give one method (got --methods {args.methods!r})")
-    tags = [args.tag] if args.tag else methods
-    if args.reuse_selection and (not args.tag or args.tag == args.reuse_selection):
-        raise SystemExit(f"--reuse_selection {args.reuse_selection!r} needs a --tag of its own for the new arm")
+    tags, sources = arm_tags(methods, args.tag, args.reuse_selection)
     overridden = any(v is not None for v in (args.pretrain_epochs, args.gate_epochs, args.finetune_epochs,
                                               args.max_train_examples))
     workdir = os.path.join(args.workdir, ("quick" if args.quick else ("custom" if overridden else "full"))
@@ -191,14 +262,14 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         _, pretrained = pipeline.stage_pretrain(base, os.path.join(workdir, f"seed{pre_seed}"), data)
         print(f"seed {seed}: pretrained {pretrained} ({time.time() - t0:.0f} s)", flush=True)
-        for method, tag in zip(methods, tags):
+        for method, tag, source in zip(methods, tags, sources):
             c = _config(args, seed)
             c.prune.method = method
             c.prune.pretrained = pretrained
             c.finetune.eval_splits = ("test",)
             t0 = time.time()
             if args.reuse_selection:
-                _reuse_selection(os.path.join(seed_dir, args.reuse_selection), os.path.join(seed_dir, tag))
+                _reuse_selection(os.path.join(seed_dir, source), os.path.join(seed_dir, tag))
             pipeline.run(c, os.path.join(seed_dir, tag))
             rows += _summary_rows(workdir, [tag], [seed])  # the row the summary table reads, too
             r = rows[-1]
@@ -221,34 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.model} on Fashion-MNIST at {args.target:.2f} of the MACs, seeds {seed_ids}"
           f"{' [QUICK: subsets, few epochs; not the benchmark]' if args.quick else ''}"
           f"{' [custom epochs / data: not the full recipe]' if overridden and not args.quick else ''}")
-    # Paired differences against the baseline arm on the same seed (same pretrained model), when it ran.
-    base = {r["seed"]: r["finetuned"] for r in rows if r["method"] == args.baseline}
-    print("| arm | seeds | MACs ratio | before fine-tuning | fine-tuned test acc (mean ± std) | drop vs unpruned (pt) "
-          f"| minus {args.baseline}, same seed (pt) | per seed |")
-    print("|---|---|---|---|---|---|---|---|")
-    table = {}
-    for tag in tags:
-        sel = [r for r in rows if r["method"] == tag]
-        if not sel:
-            continue
-        acc = np.array([r["finetuned"] for r in sel])
-        drop = 100 * (np.array([r["pretrained"] for r in sel]) - acc)
-        before = [r["before_finetune"] for r in sel if r["before_finetune"] is not None]
-        paired = [100 * (r["finetuned"] - base[r["seed"]]) for r in sel if r["seed"] in base]
-        table[tag] = {"seeds": [r["seed"] for r in sel], "accuracy_mean": float(acc.mean()),
-                      "accuracy_std": float(acc.std()), "drop_pt_mean": float(drop.mean()),
-                      "before_finetune_mean": float(np.mean(before)) if before else None,
-                      "baseline": args.baseline, "minus_baseline_pt_mean": float(np.mean(paired)) if paired else None,
-                      "macs_ratio": [r["macs_ratio"] for r in sel]}
-        print(f"| {tag} | {len(sel)} | {np.mean([r['macs_ratio'] for r in sel]):.4f} | "
-              f"{100 * np.mean(before) if before else float('nan'):.2f}% | "
-              f"{100 * acc.mean():.2f}% ± {100 * acc.std():.2f} | {drop.mean():+.2f} | "
-              f"{np.mean(paired) if paired else float('nan'):+.2f} ({len(paired)} seeds) | "
-              f"{', '.join(f'{100 * a:.2f}' for a in acc)} |")
+    table, lines = summarize(rows, tags, args.baseline)
+    print("\n".join(lines))
     unpruned = {r["pretrained_model"]: r["pretrained"] for r in rows}  # one value per pretrained model
-    print(f"| unpruned ({len(unpruned)} model{'s' if len(unpruned) > 1 else ''}) | | 1.0000 | | "
-          f"{100 * np.mean(list(unpruned.values())):.2f}% ± {100 * np.std(list(unpruned.values())):.2f} | | | "
-          f"{', '.join(f'{100 * a:.2f}' for a in unpruned.values())} |")
     io.write_json(os.path.join(workdir, "benchmark.json"),
                   {"quick": args.quick, "overrides": {k: getattr(args, k) for k in (
                       "pretrain_epochs", "gate_epochs", "finetune_epochs", "max_train_examples", "set")},

@@ -877,3 +877,50 @@ def test_prune_config_channel_multiple_checked_before_training():
         _check_channel_multiple(config, model, graph)
     config.prune.channel_multiple = 16
     _check_channel_multiple(config, model, graph)
+
+
+def _dagger_benchmark():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                        "dagger_fashion_mnist.py")
+    spec = importlib.util.spec_from_file_location("dagger_fashion_mnist", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_benchmark_summary_pairs_arms_with_the_baseline_on_the_same_seed():
+    from scipy import stats
+
+    bench = _dagger_benchmark()
+    acc = {"l1": [0.90, 0.91, 0.92], "dagger": [0.89, 0.905, 0.90]}
+    rows = [{"seed": s, "method": m, "pretrained": 0.93, "before_finetune": 0.8, "finetuned": acc[m][s],
+             "macs_ratio": 0.4990 + 0.0001 * s, "relative_error": -0.002, "pretrained_model": f"p{s}"}
+            for m in acc for s in range(3)]
+    table, lines = bench.summarize(rows, ["dagger", "l1"], "l1")
+    d = 100 * (np.array(acc["dagger"]) - np.array(acc["l1"]))  # -1.0, -0.5, -2.0
+    paired = table["dagger"]["minus_baseline_pt"]
+    assert paired["mean"] == pytest.approx(d.mean()) and paired["diffs"] == pytest.approx(d.tolist())
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    assert (paired["low"], paired["high"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert table["l1"]["minus_baseline_pt"]["mean"] == 0.0
+    assert table["dagger"]["accuracy_std"] == pytest.approx(np.std(acc["dagger"], ddof=1))
+    row = next(line for line in lines if line.startswith("| dagger |"))
+    assert f"{d.mean():+.2f} [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}] (3 seeds)" in row
+    assert "unpruned (3 models)" in lines[-2] and "seed 0 0.000%" in lines[-1]
+    # Pairing is by seed: a baseline seed missing leaves that arm's seed out of the difference.
+    table, _ = bench.summarize([r for r in rows if not (r["method"] == "l1" and r["seed"] == 2)], ["dagger"], "l1")
+    assert table["dagger"]["minus_baseline_pt"]["n"] == 2
+    assert table["dagger"]["minus_baseline_pt"]["diffs"] == pytest.approx(d[:2].tolist())
+
+
+def test_benchmark_arm_tags_template():
+    bench = _dagger_benchmark()
+    assert bench.arm_tags(["dagger", "l1"], "", "") == (["dagger", "l1"], ["", ""])
+    assert bench.arm_tags(["dagger", "l1"], "{method}_kd", "{method}") == (["dagger_kd", "l1_kd"], ["dagger", "l1"])
+    assert bench.arm_tags(["dagger"], "dagger_ft10", "dagger") == (["dagger_ft10"], ["dagger"])
+    with pytest.raises(SystemExit, match="names one arm"):
+        bench.arm_tags(["dagger", "l1"], "kd", "")
+    with pytest.raises(SystemExit, match="needs a --tag of its own"):
+        bench.arm_tags(["dagger", "l1"], "", "{method}")
