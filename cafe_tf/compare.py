@@ -28,7 +28,8 @@ Arms (``--arms``; each search arm: its supernet, then a search at every budget):
 * ablations of CafeNet's parts, each its own supernet, evolution: ``zone_bins`` /
   ``zone_channels`` (what r counts), ``r2``, ``r4``, ``k4`` (K = 4 candidates per min-min step),
   ``k1_random`` (one random arrangement per step, no min-min), ``uniform_bins`` /
-  ``flops_bins`` (bin granularity).
+  ``flops_bins`` (bin granularity), ``m8`` (``channel_multiple=8``: what rounding widths to multiples of 8
+  costs against the config's multiple, usually 1).
 
 Each arm's network is retrained once per ``--seeds`` seed (the same seeds for every arm, so
 differences are paired). ``--ranking N`` (needs cafenet and fixed) draws N nets spread over
@@ -90,6 +91,7 @@ SUPERNETS = {
     "k1_random": {"sharing": "locally_free", "num_candidates": 1},
     "uniform_bins": {"sharing": "locally_free", "granularity": "uniform"},
     "flops_bins": {"sharing": "locally_free", "granularity": "flops_sensitive"},
+    "m8": {"sharing": "locally_free", "channel_multiple": 8},
 }
 ARMS = {
     "cafenet": Arm("cafenet", "evolution", "locally free sharing (the config's supernet), evolution"),

@@ -99,6 +99,24 @@ def test_budgets_and_tolerance_are_checked():
     assert compare.variants_of(["k4", "random"], 3) == ["cafenet", "fixed", "k4"]
 
 
+def test_m8_arm_searches_a_space_of_multiples_of_8(graph):
+    """The m8 arm's supernet overrides make every bin bound a multiple of 8 (or the group's full width);
+    the config's own space (channel_multiple 1) has bounds off the multiples."""
+    from cafe_tf.space import space_from_section
+    from cafe_tf.train.supernet import supernet_section
+
+    assert compare.ARMS["m8"].supernet == "m8" and compare.ARMS["m8"].method == "evolution"
+    assert compare.variants_of(["cafenet", "m8"], 0) == ["cafenet", "m8"]
+    section = supernet_section().to_dict()
+    section.update(zone_unit="channels")
+    plain = space_from_section(graph, section)
+    rounded = space_from_section(graph, {**section, **compare.SUPERNETS["m8"]})
+    assert rounded.channel_multiple == 8
+    assert any(b % 8 for g in plain.groups for b in g.bounds[1:])
+    for g in rounded.groups:
+        assert all(b % 8 == 0 or b == g.size for b in g.bounds[1:]), (g.name, g.bounds)
+
+
 # ---------------------------------------------------------------------------------------------- equal scoring
 
 
