@@ -240,7 +240,7 @@ def test_full_fashion_mnist_config_changes_only_the_lengths():
     assert changed == {
         "supernet.epochs": 200, "supernet.checkpoint_every": 1000, "supernet.eval_examples": 0,
         "search.population": 50, "search.generations": 20, "search.parents": 10, "search.eval_examples": 0,
-        "train.epochs": 200,
+        "train.epochs": 200, "train.eval_every": 10,
     }
 
 
