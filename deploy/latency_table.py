@@ -792,6 +792,55 @@ def random_subnets(
     return out
 
 
+def draw_subnets(
+    model: Any, calibration_subnets: int, holdout_subnets: int, fractions: Sequence[float], seed: int,
+    channel_multiple: int = 1,
+) -> tuple[list[Any], list[Any]]:
+    """The networks a table is built from: ``model`` and ``calibration_subnets - 1`` random subnets
+    (the additive fit's), then ``holdout_subnets`` held-out ones (its stated error), all from ``seed``."""
+    if calibration_subnets < 2:
+        raise UsageError(f"calibration_subnets must be >= 2 to fit the additive model, got {calibration_subnets!r}")
+    rng = np.random.default_rng(seed)
+    calibration = [model] + random_subnets(model, calibration_subnets - 1, rng, fractions, "calibration",
+                                           channel_multiple)
+    return calibration, random_subnets(model, holdout_subnets, rng, fractions, "holdout", channel_multiple)
+
+
+def finish_table(
+    table: LatencyTable, model: Any, calibration: Sequence[Any], holdout: Sequence[Any], measured: Sequence[float], *,
+    target: str, quant: str, threads: int, delegate: str, method: str, fractions: Sequence[float], seed: int,
+    channel_multiple: int, started: float, environment: Mapping[str, Any], source: Mapping[str, Any] | None = None,
+) -> LatencyTable:
+    """Fits ``table``'s constant and scale on the calibration nets' ``measured`` latencies (calibration
+    first, then hold-out, in ms) and records its provenance and its error on both sets in ``table.info``."""
+    cal_measured, hold_measured = list(measured[: len(calibration)]), list(measured[len(calibration) :])
+    table.constant_ms, table.scale = fit_additive([table.sum_layers_ms(m) for m in calibration], cal_measured)
+    table.info = {
+        "target": target,
+        "quant": quant,
+        "threads": int(threads),
+        "delegate": delegate,
+        "method": method,
+        "model_fingerprint": model_fingerprint(model),
+        "source": {
+            "model": model.name,
+            "input_shape": [int(d) for d in model.inputs[0].shape[1:]],
+            "fractions": list(fractions),
+            "channel_multiple": int(channel_multiple),
+            "calibration_subnets": len(calibration),
+            "holdout_subnets": len(holdout),
+            "seed": seed,
+            **dict(source or {}),
+        },
+        "fit": accuracy_rows(table, calibration, cal_measured),
+        "holdout": accuracy_rows(table, holdout, hold_measured),
+        "measurement_s": round(time.time() - started, 1),
+        "environment": dict(environment),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return table
+
+
 def build_table(
     model: Any,
     quant: str = "fp32",
@@ -809,48 +858,17 @@ def build_table(
 
     if threads < 1:
         raise UsageError(f"threads must be >= 1, got {threads!r}")
-    if calibration_subnets < 2:
-        raise UsageError(f"calibration_subnets must be >= 2 to fit the additive model, got {calibration_subnets!r}")
-    rng = np.random.default_rng(seed)
     say = progress or (lambda message: None)
     started = time.time()
-    calibration = [model] + random_subnets(model, calibration_subnets - 1, rng, fractions, "calibration",
-                                           channel_multiple)
-    holdout = random_subnets(model, holdout_subnets, rng, fractions, "holdout", channel_multiple)
+    calibration, holdout = draw_subnets(model, calibration_subnets, holdout_subnets, fractions, seed, channel_multiple)
     keys = {k for m in calibration for k in layer_keys(m)}
     say(f"{len(keys)} layer configurations in {len(calibration)} calibration subnets")
     entries = measure_keys(keys, quant, threads, rounds=rounds, progress=say)
     say(f"timing {len(calibration) + len(holdout)} whole subnets")
     measured = measure_models(calibration + holdout, quant, threads, rounds=max(rounds, 2))
-    cal_measured, hold_measured = measured[: len(calibration)], measured[len(calibration) :]
-    table = LatencyTable(entries)
-    constant, scale = fit_additive([table.sum_layers_ms(m) for m in calibration], cal_measured)
-    table.constant_ms, table.scale = constant, scale
-    fit = accuracy_rows(table, calibration, cal_measured)
-    held = accuracy_rows(table, holdout, hold_measured)
-    table.info = {
-        "target": "host",
-        "quant": quant,
-        "threads": int(threads),
-        "delegate": "xnnpack",
-        "method": "isolated",
-        "model_fingerprint": model_fingerprint(model),
-        "source": {
-            "model": model.name,
-            "input_shape": [int(d) for d in model.inputs[0].shape[1:]],
-            "fractions": list(fractions),
-            "channel_multiple": int(channel_multiple),
-            "calibration_subnets": len(calibration),
-            "holdout_subnets": len(holdout),
-            "seed": seed,
-        },
-        "fit": fit,
-        "holdout": held,
-        "measurement_s": round(time.time() - started, 1),
-        "environment": schema.host_environment(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    return table
+    return finish_table(LatencyTable(entries), model, calibration, holdout, measured, target="host", quant=quant,
+                        threads=threads, delegate="xnnpack", method="isolated", fractions=fractions, seed=seed,
+                        channel_multiple=channel_multiple, started=started, environment=schema.host_environment())
 
 
 if __name__ == "__main__":  # `python -m deploy.latency_table`: the program is deploy/latency_table_main.py

@@ -40,7 +40,6 @@ reported the same way.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import os
 import re
 import shlex
@@ -301,14 +300,10 @@ def build_profiled_table(
     threads = int(getattr(profiler, "threads", threads))
     if target not in lt.TARGETS:
         raise UsageError(f"target must be one of {list(lt.TARGETS)}, got {target!r}")
-    if calibration_subnets < 2:
-        raise UsageError(f"calibration_subnets must be >= 2 to fit the additive model, got {calibration_subnets!r}")
     say = progress or (lambda message: None)
     started = time.time()
-    rng = np.random.default_rng(seed)
-    calibration = [model] + lt.random_subnets(model, calibration_subnets - 1, rng, fractions, "calibration",
-                                              channel_multiple)
-    holdout = lt.random_subnets(model, holdout_subnets, rng, fractions, "holdout", channel_multiple)
+    calibration, holdout = lt.draw_subnets(model, calibration_subnets, holdout_subnets, fractions, seed,
+                                           channel_multiple)
     nets = calibration + holdout
     with tempfile.TemporaryDirectory() as tmp:
         flatbuffers, paths = [], []
@@ -330,33 +325,11 @@ def build_profiled_table(
         for key, values in times.items():
             samples.setdefault(key, []).extend(values)
     table = lt.LatencyTable({k: float(np.median(v)) for k, v in samples.items()})
-    measured = [float(p["latency_ms"]) for p in profiles]
-    cal_measured, hold_measured = measured[: len(calibration)], measured[len(calibration):]
-    table.constant_ms, table.scale = lt.fit_additive([table.sum_layers_ms(m) for m in calibration], cal_measured)
     first = profiles[0]
-    table.info = {
-        "target": target,
-        "quant": quant,
-        "threads": int(threads),
-        "delegate": "xnnpack" if getattr(profiler, "use_xnnpack", True) else "none",
-        "method": "op_profile",
-        "model_fingerprint": lt.model_fingerprint(model),
-        "source": {
-            "model": model.name,
-            "input_shape": [int(d) for d in model.inputs[0].shape[1:]],
-            "fractions": list(fractions),
-            "channel_multiple": int(channel_multiple),
-            "calibration_subnets": len(calibration),
-            "holdout_subnets": len(holdout),
-            "seed": seed,
-            "profiler": type(profiler).__name__,
-            "command": first.get("command"),
-            "unkeyed_ops_ms": unkeyed,  # per calibration subnet: ops no layer is keyed to (left to the constant)
-        },
-        "fit": lt.accuracy_rows(table, calibration, cal_measured),
-        "holdout": lt.accuracy_rows(table, holdout, hold_measured),
-        "measurement_s": round(time.time() - started, 1),
-        "environment": first.get("environment") or {},
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    return table
+    return lt.finish_table(
+        table, model, calibration, holdout, [float(p["latency_ms"]) for p in profiles], target=target, quant=quant,
+        threads=threads, delegate="xnnpack" if getattr(profiler, "use_xnnpack", True) else "none",
+        method="op_profile", fractions=fractions, seed=seed, channel_multiple=channel_multiple, started=started,
+        environment=first.get("environment") or {},
+        source={"profiler": type(profiler).__name__, "command": first.get("command"),
+                "unkeyed_ops_ms": unkeyed})  # per calibration subnet: ops no layer is keyed to (left to the constant)
