@@ -272,6 +272,37 @@ def test_detector_on_a_user_backbone_fixes_keras_hubs_head_priors():
     np.testing.assert_allclose(tf.sigmoid(det.classification_head.prediction_layer.bias).numpy(), 0.01, rtol=1e-5)
 
 
+def test_fpn_upsampling_converts_to_resize_nearest_neighbor_with_identical_outputs(tmp_path):
+    """keras-hub's UpSampling2D becomes TFLite RESHAPE + TILE (TILE ends the Edge TPU subgraph);
+    the swapped layer gives RESIZE_NEAREST_NEIGHBOR version 1, the same values, and survives a save."""
+    from cafe_tf.detection import export as dx
+    from deploy import tflite_model
+
+    det = dm.build_detector(tiny_user_model(), 10, tiny_detector_section(), 64)
+    fpn = det.backbone.feature_pyramid
+    assert isinstance(fpn.top_down_op, dm.NearestUpsampling2x)
+    assert dm.edge_upsampling(det) == 0  # already swapped: nothing to do
+    images = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    ours = dx.keras_raw(det, images)
+    object.__setattr__(fpn, "top_down_op", keras.layers.UpSampling2D(size=2))  # keras-hub's own
+    theirs = dx.keras_raw(det, images)
+    for name in (dx.BOXES, dx.SCORES):
+        np.testing.assert_array_equal(ours[name], theirs[name])
+
+    def ops(model):
+        result = dx.export_detector(model, str(tmp_path / f"{model.name}.tflite"), "fp32")
+        return {(op.op, op.version) for op in tflite_model.summarize(result.path).ops}
+
+    keras_hubs = {name for name, _ in ops(det)}
+    assert "TILE" in keras_hubs and "RESIZE_NEAREST_NEIGHBOR" not in keras_hubs
+    det.save(tmp_path / "detector.keras")
+    loaded = dx.load_detector(str(tmp_path / "detector.keras"))  # FeaturePyramid rebuilds UpSampling2D; swapped again
+    assert isinstance(loaded.backbone.feature_pyramid.top_down_op, dm.NearestUpsampling2x)
+    converted = ops(loaded)
+    assert ("RESIZE_NEAREST_NEIGHBOR", 1) in converted and "TILE" not in {name for name, _ in converted}
+    np.testing.assert_array_equal(dx.keras_raw(loaded, images)[dx.SCORES], ours[dx.SCORES])
+
+
 def test_targets_decode_back_to_the_ground_truth(offline_dir):
     # keras-hub's label encoder on the pipeline's boxes, then the detector's decoding and NMS on those
     # targets as if predicted: every box an anchor matched comes back, with its class.
@@ -391,3 +422,60 @@ def test_int8_export_and_parity(offline_dir, tmp_path):
     assert dx.parity(det, io8.path, images[:4], "int8")["ok"]
     ready = edgetpu.readiness(io8.path)
     assert ready["model_checks"]["float_tensors"] == 0 and ready["model_checks"]["ok"], ready["model_checks"]
+    # With the FPN's upsampling as RESIZE_NEAREST_NEIGHBOR every op maps (the checker's reading, no compiler here).
+    assert ready["ready"] and ready["ops_on_cpu"] == 0, ready["cpu_ops"]
+
+
+# --------------------------------------------------------------------------------------------
+# benchmarks/detect_backbones.py: the four trunks' table
+
+
+def _detect_benchmark():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "detect_backbones.py")
+    spec = importlib.util.spec_from_file_location("detect_backbones", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_detect_backbones_benchmark_wires_each_arm_and_tabulates_its_artifacts(tmp_path):
+    from cafe_tf import io
+
+    bench = _detect_benchmark()
+    args = bench.argparse.Namespace(workdir=str(tmp_path), target=0.5, class_epochs=3, gate_epochs=1.0,
+                                    finetune_epochs=2, det_epochs=6, rounds=5, runs=500)
+    stages = {s.name: s for s in bench.classifier_stages(args)}
+    dagger = stages["dagger"].command
+    assert f"--config.prune.pretrained={bench.classifier_path(str(tmp_path), 'full', 0.5)}" in dagger
+    assert "--budgets=0.5" in stages["cafenet_and_uniform"].command
+    for arm in bench.ARMS:  # every detector is trained and exported on its own arm's classifier
+        (train,), export = bench.detector_stages(args, arm)
+        wanted = f"--config.detector.backbone={bench.classifier_path(str(tmp_path), arm, 0.5)}"
+        assert wanted in train.command and wanted in export.command and "--config.train.epochs=6" in train.command
+    # Artifacts of two arms (one with a failed int8 parity); the others have none yet.
+    for arm, macs, ok in (("full", 1000, True), ("uniform", 503, False)):
+        det = tmp_path / f"det_{arm}"
+        io.write_artifact(det / "metrics.json", "detector_metrics", 1, {
+            "backbone_macs": macs, "backbone_params": 10 * macs, "steps": 750, "final": {"AP": 0.02, "AP50": 0.07}})
+        io.write_artifact(det / "export_int8.json", "detector_export", 1, {
+            "map_tflite": {"AP": 0.01, "AP50": 0.03}, "map_keras": {"AP": 0.02, "AP50": 0.07},
+            "parity": {"ok": ok, "max_score_diff": 0.3, "mean_iou": 0.95},
+            "edgetpu_readiness": {"ops_on_edgetpu": 108, "num_ops": 108}})
+        io.write_artifact(tmp_path / "latency" / f"{arm}.json", "benchmark", 1, {
+            "latency_ms": {"mean": 4.5, "std": 0.2, "p50": 4.4},
+            "environment": {"cpu": "Test CPU", "cpu_features": {"avx2": True, "amx_tile": False}}})
+    cls = bench.classifier_metrics(str(tmp_path), "full", 0.5)
+    io.write_artifact(cls, "train_metrics", 1, {"final": {"test": {"accuracy": 0.76, "examples": 10000}}})
+    rows = {r["arm"]: r for r in bench.collect(str(tmp_path), 0.5, list(bench.ARMS))}
+    assert rows["uniform"]["trunk_macs_ratio"] == pytest.approx(0.503) and rows["full"]["trunk_macs_ratio"] == 1.0
+    assert rows["full"]["classifier_test_acc"] == 0.76 and rows["uniform"].get("classifier_test_acc") is None
+    assert rows["full"]["cpu_features"] == ["avx2"] and rows["uniform"]["parity_ok"] is False
+    assert rows["dagger"] == {"arm": "dagger"}
+    lines = bench.table(list(rows.values()))
+    assert len(lines) == 2 + len(bench.ARMS)
+    assert "| uniform | 503 (0.5030) |" in lines[4] and "fails (0.300, 0.950)" in lines[4] and "108/108" in lines[4]
+    assert lines[-1].startswith("| dagger | - (-) |")
+    with pytest.raises(SystemExit):
+        bench.main(["--arms=full,resnet", "--workdir", str(tmp_path)])

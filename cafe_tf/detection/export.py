@@ -181,5 +181,9 @@ def load_detector(path: str):
     """A ``detector.keras`` written by ``python -m cafe_tf.train_detector`` (its backbone class registered first)."""
     from cafe_tf.detection.backbone import backbone_class
 
+    from cafe_tf.detection.model import edge_upsampling
+
     backbone_class()
-    return keras.models.load_model(path, compile=False)
+    detector = keras.models.load_model(path, compile=False)
+    edge_upsampling(detector)
+    return detector

@@ -131,8 +131,57 @@ def build_detector(source: keras.Model, num_classes: int, detector: ml_collectio
         backbone=retina, num_classes=int(num_classes), bounding_box_format=BOX_FORMAT,
         anchor_generator=anchor_generator, pre_logits_num_conv_layers=int(d.head_convs), prediction_decoder=nms)
     fix_head_priors(model)
+    edge_upsampling(model)
     model.compile(optimizer=optimizer)
     return model
+
+
+@keras.saving.register_keras_serializable(package="cafe_tf")
+class NearestUpsampling2x(keras.layers.Layer):
+    """``x`` [batch, h, w, c] upsampled 2x by repetition, as TFLite's ``RESIZE_NEAREST_NEIGHBOR`` (version 1).
+
+    For a factor of 2 the classic resize (no half-pixel centres, no corner alignment) picks source
+    pixel ``i // 2`` for output pixel ``i``, exactly what ``UpSampling2D``'s repetition picks, so the
+    values are identical; the half-pixel form (``keras.ops.image.resize``) raises the op's version to
+    3, which edgetpu_compiler has reported as "Operation version not supported" (google-coral/edgetpu#420).
+    """
+
+    def call(self, x):
+        import tensorflow as tf
+
+        shape = tf.shape(x)
+        height = x.shape[1] if x.shape[1] is not None else shape[1]
+        width = x.shape[2] if x.shape[2] is not None else shape[2]
+        return tf.raw_ops.ResizeNearestNeighbor(images=x, size=[2 * height, 2 * width], align_corners=False,
+                                                half_pixel_centers=False)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        return (b, None if h is None else 2 * h, None if w is None else 2 * w, c)
+
+
+def edge_upsampling(detector) -> int:
+    """Makes the FPN's top-down 2x upsampling convert to ``RESIZE_NEAREST_NEIGHBOR``; returns how many FPNs changed.
+
+    keras-hub's ``FeaturePyramid`` upsamples with ``UpSampling2D``, which Keras 3 computes as
+    ``repeat``: TFLite gets 5-D ``RESHAPE`` + ``TILE`` ops, and ``TILE`` (not an Edge TPU op, on
+    tensors with a dimension > 1 outside the 3 innermost) ends the Edge TPU subgraph inside the FPN.
+    This replaces the FPN's ``top_down_op`` (no weights; the same layer serves every level) with a
+    nearest-neighbour resize whose values are identical (:class:`NearestUpsampling2x`), so the saved weights,
+    the training and the outputs do not change. ``FeaturePyramid`` rebuilds ``UpSampling2D`` when a
+    ``.keras`` file is loaded, so :func:`cafe_tf.detection.export.load_detector` calls this again.
+    """
+    import keras_hub
+
+    fpn_class = keras_hub.src.models.retinanet.feature_pyramid.FeaturePyramid
+    changed = 0
+    for layer in detector._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, fpn_class) and not isinstance(getattr(layer, "top_down_op", None), NearestUpsampling2x):
+            # Set past Keras's tracker (locked once built): the new layer has no state, and the saved
+            # file's structure stays the one FeaturePyramid rebuilds on load.
+            object.__setattr__(layer, "top_down_op", NearestUpsampling2x(dtype=layer.dtype_policy, name="upsampling"))
+            changed += 1
+    return changed
 
 
 def fix_head_priors(model, prior_probability: float = 0.01) -> None:

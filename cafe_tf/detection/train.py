@@ -184,6 +184,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     metrics = {
         "dataset": data.name, "num_classes": info.num_classes, "image_size": size, "backbone": config.detector.backbone,
         "params": int(model.count_params()), "backbone_params": int(source_params(model)),
+        "backbone_macs": int(source_macs(model)),
         "epochs": t.epochs, "steps": step, "steps_per_epoch": spe, "batch": data.batch_size,
         "resumed_from_step": start_step if resumed_from is not None else None,
         "train_seconds_this_run": round(time.time() - t0, 3), "final": final, "history": history.entries,
@@ -200,3 +201,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 def source_params(model) -> int:
     """Parameters of the detector's backbone (the pyramid levels' network, without FPN and heads)."""
     return int(model.backbone.image_encoder.count_params())
+
+
+def source_macs(model) -> int:
+    """MACs of the detector's backbone at its image size (the layers up to P3-P5; not the FPN and heads)."""
+    from cafe_tf.flops import count_keras_model
+
+    return count_keras_model(model.backbone.image_encoder)["macs"]

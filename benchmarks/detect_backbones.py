@@ -1,0 +1,241 @@
+"""RetinaNet on four MobileNetV2 trunks at equal MACs: full, CafeNet-searched, uniform width, Dagger-pruned.
+
+The issue's measurement on the offline detection set (``fashion_mnist_detection``): for each trunk,
+its detector's COCO mAP (Keras), the int8 ``.tflite``'s mAP and parity against Keras, and host
+latency, the int8 files timed in one interleaved run.
+
+    python benchmarks/detect_backbones.py --workdir runs/detect_backbones
+    python benchmarks/detect_backbones.py --workdir runs/detect_backbones --summary_only   # the table so far
+
+Stages (each skipped when its artifact is valid; rerun the command to resume):
+
+1. ``full``: MobileNetV2-0.35 (BN momentum 0.9) trained as a Fashion-MNIST classifier at 32x32
+   with the demo's retraining recipe (``configs/fashion_mnist_resnet20.py``: SGD 0.1 cosine,
+   ``--class_epochs`` epochs from scratch).
+2. ``cafenet`` and ``uniform``: ``python -m cafe_tf.compare --arms=cafenet,uniform --budgets=<target>``
+   on the same model and recipe: a min-min supernet and an evolution search (equal scoring noise),
+   and uniform width by bisection, both within +-1% of the target MACs, each retrained from
+   scratch with the same recipe (seed 0).
+3. ``dagger``: ``python -m cafe_tf.prune`` of the ``full`` classifier to the target
+   (``configs/fashion_mnist_resnet20_dagger.py``, exact-target selection), ``--gate_epochs`` of gate
+   training and ``--finetune_epochs`` of fine-tuning (SGD 0.01 cosine). It trains on top of the
+   full net's epochs, so it has seen more training than the others: the table says how much.
+4. per arm: ``python -m cafe_tf.train_detector --config configs/detect_offline_mobilenet_v2.py``
+   on the classifier (``--det_epochs`` epochs of 125 steps), then ``python -m
+   cafe_tf.export_detector --quant int8`` (its parity verdict is recorded; a failed parity does not
+   stop the benchmark).
+5. ``python -m deploy.benchmark --target host`` on the int8 files, ``--rounds`` interleaved rounds.
+
+Writes ``<workdir>/results.json`` and ``results.md``. One seed: differences between arms carry no
+confidence interval here (see the README for what a second seed moved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+ARMS = ("full", "cafenet", "uniform", "dagger")
+MODEL = ("--config.model.name=mobilenet_v2", "--config.model.width_mult=0.35", "--config.model.bn_momentum=0.9",
+         "--config.data.image_size=32")
+# The demo's supernet recipe (SGD 0.1, no warm-up) diverges on this MobileNetV2 (loss nan at step 80):
+# half the rate, a quarter epoch of warm-up.
+SUPERNET = ("--config.supernet.lr=0.05", "--config.supernet.warmup_epochs=0.25")
+CLASS_CONFIG = os.path.join(ROOT, "configs", "fashion_mnist_resnet20.py")
+DAGGER_CONFIG = os.path.join(ROOT, "configs", "fashion_mnist_resnet20_dagger.py")
+DETECT_CONFIG = os.path.join(ROOT, "configs", "detect_offline_mobilenet_v2.py")
+
+
+def budget_key(target: float) -> str:
+    from cafe_tf.compare import budget_key as key
+
+    return key(target)
+
+
+def classifier_path(workdir: str, arm: str, target: float) -> str:
+    """Where each arm's trained classifier (the detector's trunk source) lands."""
+    return {
+        "full": os.path.join(workdir, "full", "model.keras"),
+        "cafenet": os.path.join(workdir, "compare", f"budget_{budget_key(target)}", "cafenet", "retrain_s0", "model.keras"),
+        "uniform": os.path.join(workdir, "compare", f"budget_{budget_key(target)}", "uniform", "retrain_s0", "model.keras"),
+        "dagger": os.path.join(workdir, "dagger", "finetune", "model.keras"),
+    }[arm]
+
+
+def classifier_metrics(workdir: str, arm: str, target: float) -> str:
+    return os.path.join(os.path.dirname(classifier_path(workdir, arm, target)), "metrics.json")
+
+
+def classifier_stages(args) -> list:
+    from cafe_tf.stages import Stage, is_metrics_file, read_json
+
+    w, t = args.workdir, args.target
+    epochs = f"--config.train.epochs={args.class_epochs}"
+    return [
+        Stage("full_classifier", ["-m", "cafe_tf.train", f"--config={CLASS_CONFIG}", *MODEL, epochs,
+                                  f"--workdir={os.path.join(w, 'full')}"],
+              classifier_metrics(w, "full", t), is_metrics_file),
+        Stage("cafenet_and_uniform", ["-m", "cafe_tf.compare", f"--config={CLASS_CONFIG}", *MODEL, epochs,
+                                      *SUPERNET, f"--workdir={os.path.join(w, 'compare')}", "--arms=cafenet,uniform",
+                                      f"--budgets={t}", "--seeds=0", "--ranking=0", "--noise_repeats=0"],
+              os.path.join(w, "compare", "compare.json"), read_json),
+        Stage("dagger", ["-m", "cafe_tf.prune", f"--config={DAGGER_CONFIG}", *MODEL, "--config.data.augment=flip",
+                         f"--config.prune.pretrained={classifier_path(w, 'full', t)}",
+                         f"--config.prune.target_macs_ratio={t}", f"--config.dagger.epochs={args.gate_epochs}",
+                         f"--config.finetune.epochs={args.finetune_epochs}", "--config.finetune.eval_every=0",
+                         f"--workdir={os.path.join(w, 'dagger')}"],
+              classifier_metrics(w, "dagger", t), is_metrics_file),
+    ]
+
+
+def detector_stages(args, arm: str) -> list:
+    from cafe_tf.stages import Stage, is_metrics_file
+
+    det = os.path.join(args.workdir, f"det_{arm}")
+    common = [f"--config={DETECT_CONFIG}", f"--workdir={det}",
+              f"--config.detector.backbone={classifier_path(args.workdir, arm, args.target)}"]
+    return [Stage(f"{arm}_detector", ["-m", "cafe_tf.train_detector", *common,
+                                      f"--config.train.epochs={args.det_epochs}"],
+                  os.path.join(det, "metrics.json"), is_metrics_file)], \
+        Stage(f"{arm}_int8", ["-m", "cafe_tf.export_detector", *common, "--quant=int8"],
+              os.path.join(det, "export_int8.json"), _is_export_record)
+
+
+def _is_export_record(path: str) -> None:
+    from cafe_tf.stages import read_json
+
+    if "parity" not in read_json(path).get("payload", read_json(path)):
+        raise ValueError(f"{path} holds no parity record")
+
+
+def _payload(path: str) -> dict:
+    from cafe_tf.stages import read_json
+
+    record = read_json(path)
+    return record.get("payload", record)
+
+
+def latency_stage(args, arms: list[str]):
+    from cafe_tf.stages import Stage, read_json
+
+    pairs = []
+    for arm in arms:
+        pairs += ["--model", os.path.join(args.workdir, f"det_{arm}", "detector_int8.tflite"),
+                  "--out", os.path.join(args.workdir, "latency", f"{arm}.json")]
+    return Stage("host_latency", ["-m", "deploy.benchmark", "--target=host", *pairs, f"--rounds={args.rounds}",
+                                  f"--runs={args.runs}", "--threads=1"],
+                 os.path.join(args.workdir, "latency", f"{arms[-1]}.json"), read_json)
+
+
+def collect(workdir: str, target: float, arms: list[str]) -> list[dict]:
+    """One row per arm from the artifacts that exist (missing figures are None)."""
+    rows = []
+    for arm in arms:
+        row: dict = {"arm": arm}
+        cls = classifier_metrics(workdir, arm, target)
+        if os.path.isfile(cls):
+            final = _payload(cls).get("final") or {}
+            row["classifier_test_acc"] = final.get("test", {}).get("accuracy", final.get("test_accuracy"))
+        det = os.path.join(workdir, f"det_{arm}")
+        if os.path.isfile(os.path.join(det, "metrics.json")):
+            m = _payload(os.path.join(det, "metrics.json"))
+            row.update(trunk_macs=m.get("backbone_macs"), trunk_params=m.get("backbone_params"), steps=m.get("steps"),
+                       AP=m["final"]["AP"], AP50=m["final"]["AP50"])
+        if os.path.isfile(os.path.join(det, "export_int8.json")):
+            e = _payload(os.path.join(det, "export_int8.json"))
+            row.update(int8_AP=e["map_tflite"]["AP"], int8_AP50=e["map_tflite"]["AP50"],
+                       int8_AP50_keras=e["map_keras"]["AP50"], parity_ok=e["parity"]["ok"],
+                       max_score_diff=e["parity"]["max_score_diff"], mean_iou=e["parity"]["mean_iou"])
+            ready = e.get("edgetpu_readiness") or {}
+            row["edgetpu_ops"] = f"{ready.get('ops_on_edgetpu')}/{ready.get('num_ops')}" if ready else None
+        lat = os.path.join(workdir, "latency", f"{arm}.json")
+        if os.path.isfile(lat):
+            b = _payload(lat)
+            env, ms = b.get("environment", {}), b.get("latency_ms", {})
+            row.update(latency_ms_p50=ms.get("p50"), latency_ms_mean=ms.get("mean"), latency_ms_std=ms.get("std"),
+                       cpu=env.get("cpu"), cpu_features=sorted(k for k, v in env.get("cpu_features", {}).items() if v))
+        rows.append(row)
+    full = next((r.get("trunk_macs") for r in rows if r["arm"] == "full"), None)
+    for r in rows:
+        if full and r.get("trunk_macs"):
+            r["trunk_macs_ratio"] = r["trunk_macs"] / full
+    return rows
+
+
+def table(rows: list[dict]) -> list[str]:
+    def f(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    lines = ["| trunk | trunk MACs (ratio) | trunk params | classifier test acc | AP / AP50 (Keras) | "
+             "int8 AP / AP50 | int8 parity (max score diff, mean IoU) | Edge TPU ops (checker) | "
+             "int8 host latency p50 (mean ± std) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        parity = "-" if r.get("parity_ok") is None else (
+            f"{'ok' if r['parity_ok'] else 'fails'} ({r['max_score_diff']:.3f}, {r['mean_iou']:.3f})")
+        lines.append(
+            f"| {r['arm']} | {f(r.get('trunk_macs'), ',')} ({f(r.get('trunk_macs_ratio'), '.4f')}) "
+            f"| {f(r.get('trunk_params'), ',')} | {f(r.get('classifier_test_acc'), '.4f')} "
+            f"| {f(r.get('AP'), '.4f')} / {f(r.get('AP50'), '.4f')} | {f(r.get('int8_AP'), '.4f')} / "
+            f"{f(r.get('int8_AP50'), '.4f')} | {parity} | {r.get('edgetpu_ops') or '-'} "
+            f"| {f(r.get('latency_ms_p50'), '.3f')} ms ({f(r.get('latency_ms_mean'), '.3f')} ± "
+            f"{f(r.get('latency_ms_std'), '.3f')}) |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "detect_backbones"))
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}")
+    parser.add_argument("--target", type=float, default=0.5, help="trunk MACs as a fraction of the full (default 0.5)")
+    parser.add_argument("--class_epochs", type=int, default=3, help="classifier epochs (full, cafenet, uniform)")
+    parser.add_argument("--gate_epochs", type=float, default=1.0, help="dagger: gate-training epochs")
+    parser.add_argument("--finetune_epochs", type=int, default=2, help="dagger: fine-tuning epochs")
+    parser.add_argument("--det_epochs", type=int, default=6, help="detector epochs (125 steps of batch 16 each)")
+    parser.add_argument("--rounds", type=int, default=5, help="host latency: interleaved rounds")
+    parser.add_argument("--runs", type=int, default=500, help="host latency: runs split over the rounds")
+    parser.add_argument("--summary_only", action="store_true", help="tabulate what exists; run nothing")
+    args = parser.parse_args(argv)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    bad = [a for a in arms if a not in ARMS]
+    if bad or not arms:
+        parser.error(f"--arms={args.arms!r}: {bad or 'none'} invalid; choose from {', '.join(ARMS)}")
+    if not 0 < args.target < 1:
+        parser.error(f"--target={args.target} must be in (0, 1)")
+
+    from cafe_tf import io
+    from cafe_tf.stages import StageError, run_stages
+
+    logs = os.path.join(args.workdir, "logs")
+    if not args.summary_only:
+        needed = {"full_classifier"}  # the dagger arm prunes it, too
+        needed |= {"cafenet_and_uniform"} if {"cafenet", "uniform"} & set(arms) else set()
+        needed |= {"dagger"} if "dagger" in arms else set()
+        run_stages([s for s in classifier_stages(args) if s.name in needed], logs)
+        for arm in arms:
+            trains, export = detector_stages(args, arm)
+            run_stages(trains, logs)
+            try:
+                run_stages([export], logs)
+            except StageError as e:  # parity outside its tolerances exits 1 after writing its record
+                if not export.is_done():
+                    raise
+                print(f"      {arm}: {e} (the record is kept: the table shows the parity figures)", flush=True)
+        run_stages([latency_stage(args, arms)], logs)
+    rows = collect(args.workdir, args.target, arms)
+    lines = table(rows)
+    print("\n".join(lines))
+    io.write_json(os.path.join(args.workdir, "results.json"), {"args": vars(args), "rows": rows})
+    with io.atomic_path(os.path.join(args.workdir, "results.md")) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
