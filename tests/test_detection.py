@@ -450,6 +450,8 @@ def test_detect_backbones_benchmark_wires_each_arm_and_tabulates_its_artifacts(t
     dagger = stages["dagger"].command
     assert f"--config.prune.pretrained={bench.classifier_path(str(tmp_path), 'full', 0.5)}" in dagger
     assert "--budgets=0.5" in stages["cafenet_and_uniform"].command
+    for name in ("full_classifier", "cafenet_and_uniform"):  # one classifier recipe for the full, searched and uniform nets
+        assert set(bench.RETRAIN) | {"--config.train.epochs=3"} <= set(stages[name].command)
     for arm in bench.ARMS:  # every detector is trained and exported on its own arm's classifier
         (train,), export = bench.detector_stages(args, arm)
         wanted = f"--config.detector.backbone={bench.classifier_path(str(tmp_path), arm, 0.5)}"
