@@ -170,6 +170,13 @@ def test_settings_of_a_checkpoint_must_match(tmp_path):
         S.train(cnn, src, section(epochs=1, sharing="fixed"), str(tmp_path), model_info=INFO)
 
 
+def test_divergence_stops_training_and_names_the_settings_that_help(tmp_path):
+    with pytest.raises(FloatingPointError, match=r"diverged at step \d+: loss (nan|inf).*config.supernet.lr \(now 1e\+30\)"
+                       r".*warmup_epochs, now 0.0.*sandwich=True, now False"):
+        S.train(cnn, separable_source(n=64), section(epochs=1, lr=1e30), str(tmp_path), model_info=INFO)
+    assert not (tmp_path / "supernet.keras").exists()  # no half-trained supernet left for a search to read
+
+
 def test_config_section_errors_name_the_key():
     s = S.supernet_section()
     s.sharing = "loose"
