@@ -180,7 +180,6 @@ def evaluate_tflite(detector, tflite: str | bytes, batches: Iterable, num_classe
 def load_detector(path: str):
     """A ``detector.keras`` written by ``python -m cafe_tf.train_detector`` (its backbone class registered first)."""
     from cafe_tf.detection.backbone import backbone_class
-
     from cafe_tf.detection.model import edge_upsampling
 
     backbone_class()
