@@ -20,7 +20,8 @@ Stages (each skipped when its artifact is valid; rerun the command to resume):
 3. ``dagger``: ``python -m cafe_tf.prune`` of the ``full`` classifier to the target
    (``configs/fashion_mnist_resnet20_dagger.py``, exact-target selection), ``--gate_epochs`` of gate
    training and ``--finetune_epochs`` of fine-tuning (SGD 0.01 cosine). It trains on top of the
-   full net's epochs, so it has seen more training than the others: the table says how much.
+   full net's epochs, so it has seen more training than the others (``--gate_epochs`` +
+   ``--finetune_epochs`` more).
 4. per arm: ``python -m cafe_tf.train_detector --config configs/detect_offline_mobilenet_v2.py``
    on the classifier (``--det_epochs`` epochs of 125 steps), then ``python -m
    cafe_tf.export_detector --quant int8`` (its parity verdict is recorded; a failed parity does not
@@ -28,7 +29,7 @@ Stages (each skipped when its artifact is valid; rerun the command to resume):
 5. ``python -m deploy.benchmark --target host`` on the int8 files, ``--rounds`` interleaved rounds.
 
 Writes ``<workdir>/results.json`` and ``results.md``. One seed: differences between arms carry no
-confidence interval here (see the README for what a second seed moved).
+confidence interval here (README, Detection: how far a second full trunk moved AP50).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ MODEL = ("--config.model.name=mobilenet_v2", "--config.model.width_mult=0.35", "
 # step 80), at 0.05 with warm-up too (step 293); one random width per step learns next to nothing
 # (after 150 steps of 0.05: full-width validation accuracy 0.31 with fixed sharing, 0.20 with K = 1,
 # 0.13 with channel_multiple 8), while the sandwich rule (the max and min nets every step as well)
-# reaches 0.74 in the same 150 steps, at ~3x the step cost. README, Detection, has the figures.
+# reaches 0.74 in the same 150 steps, at ~3x the step cost (README, Width search).
 SUPERNET = ("--config.supernet.lr=0.05", "--config.supernet.warmup_epochs=0.25", "--config.supernet.sandwich=True")
 # The demo's retraining recipe (SGD 0.1 from scratch, no warm-up) collapsed the searched net to a
 # constant output from epoch 2 (loss 2.303, 10% accuracy); every classifier here trains at half the
