@@ -441,43 +441,63 @@ def _detect_benchmark():
 
 
 def test_detect_backbones_benchmark_wires_each_arm_and_tabulates_its_artifacts(tmp_path):
+    from scipy import stats
+
     from cafe_tf import io
 
     bench = _detect_benchmark()
-    args = bench.argparse.Namespace(workdir=str(tmp_path), target=0.5, class_epochs=3, gate_epochs=1.0,
-                                    finetune_epochs=2, det_epochs=6, rounds=5, runs=500)
-    stages = {s.name: s for s in bench.classifier_stages(args)}
-    dagger = stages["dagger"].command
-    assert f"--config.prune.pretrained={bench.classifier_path(str(tmp_path), 'full', 0.5)}" in dagger
-    assert "--budgets=0.5" in stages["cafenet_and_uniform"].command
-    for name in ("full_classifier", "cafenet_and_uniform"):  # one classifier recipe for the full, searched and uniform nets
+    w = str(tmp_path)
+    args = bench.argparse.Namespace(workdir=w, target=0.5, class_epochs=3, gate_epochs=1.0, finetune_epochs=2,
+                                    det_epochs=6, rounds=5, runs=500, seeds=[0, 1])
+    stages = {s.name: s for s in bench.classifier_stages(args, list(bench.ARMS))}
+    assert set(stages) == {"full_classifier_s0", "full_classifier_s1", "cafenet_and_uniform", "dagger_s0", "dagger_s1"}
+    assert f"--config.prune.pretrained={bench.classifier_path(w, 'full', 0.5, 1)}" in stages["dagger_s1"].command
+    assert {"--budgets=0.5", "--seeds=0,1"} <= set(stages["cafenet_and_uniform"].command)
+    for name in ("full_classifier_s0", "cafenet_and_uniform"):  # one classifier recipe for the full, searched and uniform nets
         assert set(bench.RETRAIN) | {"--config.train.epochs=3"} <= set(stages[name].command)
-    for arm in bench.ARMS:  # every detector is trained and exported on its own arm's classifier
-        (train,), export = bench.detector_stages(args, arm)
-        wanted = f"--config.detector.backbone={bench.classifier_path(str(tmp_path), arm, 0.5)}"
-        assert wanted in train.command and wanted in export.command and "--config.train.epochs=6" in train.command
-    # Artifacts of two arms (one with a failed int8 parity); the others have none yet.
-    for arm, macs, ok in (("full", 1000, True), ("uniform", 503, False)):
-        det = tmp_path / f"det_{arm}"
-        io.write_artifact(det / "metrics.json", "detector_metrics", 1, {
-            "backbone_macs": macs, "backbone_params": 10 * macs, "steps": 750, "final": {"AP": 0.02, "AP50": 0.07}})
-        io.write_artifact(det / "export_int8.json", "detector_export", 1, {
-            "map_tflite": {"AP": 0.01, "AP50": 0.03}, "map_keras": {"AP": 0.02, "AP50": 0.07},
-            "parity": {"ok": ok, "max_score_diff": 0.3, "mean_iou": 0.95},
+    assert {s.name for s in bench.classifier_stages(args, ["uniform"])} == {"full_classifier_s0", "full_classifier_s1",
+                                                                            "cafenet_and_uniform"}
+    for arm in bench.ARMS:  # every detector is trained and exported on its own arm's classifier of its seed
+        train, export = bench.detector_stages(args, arm, 1)
+        wanted = f"--config.detector.backbone={bench.classifier_path(w, arm, 0.5, 1)}"
+        assert wanted in train.command and wanted in export.command
+        assert {"--config.train.epochs=6", "--config.train.seed=1"} <= set(train.command)
+    latency = bench.latency_stage(args, list(bench.ARMS)).command
+    assert latency.count("--model") == 8 and latency[-3:] == ["--rounds=5", "--runs=500", "--threads=1"]
+    # Artifacts of two arms over two seeds (one with a failed int8 parity); the others have none yet.
+    ap50 = {("full", 0): 0.07, ("full", 1): 0.05, ("uniform", 0): 0.03, ("uniform", 1): 0.04}
+    for (arm, seed), value in ap50.items():
+        macs = 1000 if arm == "full" else 503
+        det = bench.detector_dir(w, arm, seed)
+        io.write_artifact(os.path.join(det, "metrics.json"), "detector_metrics", 1, {
+            "backbone_macs": macs, "backbone_params": 10 * macs, "steps": 750, "final": {"AP": 0.02, "AP50": value}})
+        io.write_artifact(os.path.join(det, "export_int8.json"), "detector_export", 1, {
+            "map_tflite": {"AP": 0.01, "AP50": 0.03}, "map_keras": {"AP": 0.02, "AP50": value},
+            "parity": {"ok": arm == "full", "max_score_diff": 0.3, "mean_iou": 0.95},
             "edgetpu_readiness": {"ops_on_edgetpu": 108, "num_ops": 108}})
-        io.write_artifact(tmp_path / "latency" / f"{arm}.json", "benchmark", 1, {
+        io.write_artifact(bench.latency_path(w, arm, seed), "benchmark", 1, {
             "latency_ms": {"mean": 4.5, "std": 0.2, "p50": 4.4},
             "environment": {"cpu": "Test CPU", "cpu_features": {"avx2": True, "amx_tile": False}}})
-    cls = bench.classifier_metrics(str(tmp_path), "full", 0.5)
-    io.write_artifact(cls, "train_metrics", 1, {"final": {"test": {"accuracy": 0.76, "examples": 10000}}})
-    rows = {r["arm"]: r for r in bench.collect(str(tmp_path), 0.5, list(bench.ARMS))}
-    assert rows["uniform"]["trunk_macs_ratio"] == pytest.approx(0.503) and rows["full"]["trunk_macs_ratio"] == 1.0
-    assert rows["full"]["classifier_test_acc"] == 0.76 and rows["uniform"].get("classifier_test_acc") is None
-    assert rows["full"]["cpu_features"] == ["avx2"] and rows["uniform"]["parity_ok"] is False
-    assert rows["dagger"] == {"arm": "dagger"}
-    lines = bench.table(list(rows.values()))
-    assert len(lines) == 2 + len(bench.ARMS)
-    assert "| uniform | 503 (0.5030) |" in lines[4] and "fails (0.300, 0.950)" in lines[4] and "108/108" in lines[4]
-    assert lines[-1].startswith("| dagger | - (-) |")
+    io.write_artifact(bench.classifier_metrics(w, "full", 0.5, 0), "train_metrics", 1,
+                      {"final": {"test": {"accuracy": 0.76, "examples": 10000}}})
+    rows = bench.collect(w, 0.5, list(bench.ARMS), [0, 1])
+    by = {(r["arm"], r["seed"]): r for r in rows}
+    assert by["uniform", 1]["trunk_macs_ratio"] == pytest.approx(0.503) and by["full", 0]["trunk_macs_ratio"] == 1.0
+    assert by["full", 0]["classifier_test_acc"] == 0.76 and by["uniform", 0].get("classifier_test_acc") is None
+    assert by["full", 0]["cpu_features"] == ["avx2"] and by["uniform", 0]["parity_ok"] is False
+    assert by["dagger", 1] == {"arm": "dagger", "seed": 1}
+    diffs = bench.paired(rows, "uniform")
+    assert set(diffs) == {"full", "cafenet", "dagger"} and diffs["cafenet"]["AP50"] is None
+    d = diffs["full"]["AP50"]  # +0.04 and +0.01 over the two seeds
+    half = stats.t.ppf(0.975, 1) * np.std([0.04, 0.01], ddof=1) / np.sqrt(2)
+    assert d["n"] == 2 and d["mean"] == pytest.approx(0.025) and d["low"] == pytest.approx(0.025 - half)
+    lines = bench.table(rows, diffs, "uniform")
+    assert len([line for line in lines if line.startswith("| full |")]) == 3  # two seeds, one difference row
+    uniform0 = next(line for line in lines if line.startswith("| uniform | 0 |"))
+    assert "503 (0.5030)" in uniform0 and "fails (0.300, 0.950)" in uniform0 and "108/108" in uniform0
+    assert f"+0.0250 [{0.025 - half:+.4f}, {0.025 + half:+.4f}]" in next(
+        line for line in lines if line.startswith("| full |") and "[" in line)
     with pytest.raises(SystemExit):
-        bench.main(["--arms=full,resnet", "--workdir", str(tmp_path)])
+        bench.main(["--arms=full,resnet", "--workdir", w])
+    with pytest.raises(SystemExit):
+        bench.main(["--seeds=0,x", "--workdir", w])

@@ -212,13 +212,13 @@ def evaluate(eval_step: Callable, batches: Iterable, *args, max_batches: int | N
     return {"loss": loss / count, "accuracy": correct / count, "examples": int(count)}
 
 
-# --------------------------------------------------------------------------------------------
-# Weight decay
-
-
 def eval_due(epoch: int, every: int, epochs: int) -> bool:
     """Whether the loop evaluates after 1-based ``epoch``: each ``every`` epochs (0 = none but the last), and always the last."""
     return epoch == epochs or (every > 0 and epoch % every == 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Weight decay
 
 
 def is_decayed(variable) -> bool:
