@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "detect_backbones"))
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}")
-    parser.add_argument("--target", type=float, default=0.5, help="trunk MACs as a fraction of the full (default 0.5)")
+    parser.add_argument("--target", type=float, default=0.5, help="the MACs budget as a fraction of the full 32x32 classifier's, where compare and Dagger fit it (default 0.5)")
     parser.add_argument("--class_epochs", type=int, default=3, help="classifier epochs (full, cafenet, uniform)")
     parser.add_argument("--gate_epochs", type=float, default=1.0, help="dagger: gate-training epochs")
     parser.add_argument("--finetune_epochs", type=int, default=2, help="dagger: fine-tuning epochs")
