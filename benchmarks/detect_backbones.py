@@ -18,7 +18,7 @@ Stages (each skipped when its artifact is valid; rerun the command to resume):
    evolution search (equal scoring noise),
    and uniform width by bisection, both within +-1% of the target MACs, each retrained from
    scratch with the same recipe, once per seed (one supernet and one search for all seeds).
-3. ``dagger``: ``python -m cafe_tf.prune`` of the ``full`` classifier to the target
+3. ``dagger``: ``cafe-tf prune`` of the ``full`` classifier to the target
    (``configs/fashion_mnist_resnet20_dagger.py``, exact-target selection), ``--gate_epochs`` of gate
    training and ``--finetune_epochs`` of fine-tuning (SGD 0.01 cosine). It trains on top of the
    full net's epochs, so it has seen more training than the others (``--gate_epochs`` +
@@ -99,7 +99,7 @@ def classifier_stages(args, arms: list[str]) -> list:
 
     w, t = args.workdir, args.target
     recipe = (f"--config.train.epochs={args.class_epochs}", *RETRAIN)
-    stages = [Stage(f"full_classifier_s{s}", ["-m", "cafe_tf.train", f"--config={CLASS_CONFIG}", *MODEL, *recipe,
+    stages = [Stage(f"full_classifier_s{s}", ["-m", "cafe_tf.cli.train", f"--config={CLASS_CONFIG}", *MODEL, *recipe,
                                               f"--config.train.seed={s}", f"--workdir={os.path.join(w, f'full_s{s}')}"],
                     classifier_metrics(w, "full", t, s), is_metrics_file) for s in args.seeds]
     if {"cafenet", "uniform"} & set(arms):  # one supernet and search; compare retrains the nets once per seed
@@ -110,7 +110,7 @@ def classifier_stages(args, arms: list[str]) -> list:
             os.path.join(w, "compare", "compare.json"), read_json))
     if "dagger" in arms:
         stages += [Stage(f"dagger_s{s}", [
-            "-m", "cafe_tf.prune", f"--config={DAGGER_CONFIG}", *MODEL, "--config.data.augment=flip",
+            "-m", "cafe_tf.cli.prune", f"--config={DAGGER_CONFIG}", *MODEL, "--config.data.augment=flip",
             f"--config.prune.pretrained={classifier_path(w, 'full', t, s)}", f"--config.prune.target_macs_ratio={t}",
             f"--config.dagger.epochs={args.gate_epochs}", f"--config.finetune.epochs={args.finetune_epochs}",
             "--config.finetune.eval_every=0", f"--config.train.seed={s}", f"--config.finetune.seed={s}",

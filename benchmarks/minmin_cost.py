@@ -36,8 +36,8 @@ import tensorflow as tf
 from cafe_tf import models
 from cafe_tf.slim import Supernet
 from cafe_tf.space import SearchSpace
-from cafe_tf.train import kernel
-from cafe_tf.train.supernet import MinMinOptions, MinMinTrainer, Slot, plan_step, step_rng
+from cafe_tf.training import kernel
+from cafe_tf.training.supernet import MinMinOptions, MinMinTrainer, Slot, plan_step, step_rng
 
 
 def plain_step_fn(model: keras.Model, optimizer, num_classes: int, weight_decay: float):

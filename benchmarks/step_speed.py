@@ -37,7 +37,7 @@ from cafe_tf import data as data_lib
 from cafe_tf import flops
 from cafe_tf.models.registry import build_builtin
 from cafe_tf.slim import Supernet
-from cafe_tf.train import kernel, standard
+from cafe_tf.training import kernel, standard
 from deploy.benchmark import schema
 
 SHAPE, CLASSES = (28, 28, 1), 10

@@ -310,7 +310,7 @@ def entry_stages(config, workdir: str, config_args: list[str], ratio: float, max
     work = os.path.join(workdir, "bundle", "work", ident)
     widths, model = os.path.join(work, "widths.json"), os.path.join(work, "retrain", "model.keras")
     tflite = os.path.join(workdir, "bundle", f"{ident}_{section.format}.tflite")
-    retrain = ["-m", "cafe_tf.train", *config_args, f"--workdir={os.path.dirname(model)}", f"--widths={widths}"]
+    retrain = ["-m", "cafe_tf.cli.train", *config_args, f"--workdir={os.path.dirname(model)}", f"--widths={widths}"]
     if "retrain" in config and config.retrain.init_from_supernet:
         retrain.append(f"--init_from_supernet={supernet}")
     data_dir = [f"--data_dir={config.data.data_dir}"] if config.data.data_dir else []

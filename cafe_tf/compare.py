@@ -293,7 +293,7 @@ def search_stages(config, workdir: str, arms: list[str], budgets: list[float], f
 def retrain_stage(name: str, widths: str, workdir: str, seed: int):
     from cafe_tf.stages import Stage, is_metrics_file
 
-    return Stage(name, ["-m", "cafe_tf.train", *programs.config_argv(), f"--config.train.seed={seed}",
+    return Stage(name, ["-m", "cafe_tf.cli.train", *programs.config_argv(), f"--config.train.seed={seed}",
                         f"--workdir={workdir}", f"--widths={widths}"], os.path.join(workdir, "metrics.json"),
                  is_metrics_file)
 
@@ -738,7 +738,7 @@ def main(config, workdir: str) -> None:
 
 if __name__ == "__main__":
     from cafe_tf.search.run import validate_search
-    from cafe_tf.train.supernet import validate_supernet
+    from cafe_tf.training.supernet import validate_supernet
 
     define_flags()
     programs.run_program(main, extra_validators={"supernet": validate_supernet, "search": validate_search})

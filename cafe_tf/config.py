@@ -18,7 +18,7 @@ Sections (later stages add their own, e.g. ``supernet``, ``search``, ``dagger``,
 * ``data``: which dataset and how it is fed (:mod:`cafe_tf.data`).
 * ``model``: which registered model (:mod:`cafe_tf.models`), its width multiplier, and input shape /
   class-count overrides (0 / empty = take them from the dataset).
-* ``train``: the standard training recipe (:mod:`cafe_tf.train.standard`).
+* ``train``: the standard training recipe (:mod:`cafe_tf.training.standard`).
 * ``distribute``: the ``tf.distribute`` strategy (:mod:`cafe_tf.distribute`).
 
 Unset values use the field's type's empty value (``""``, ``0``, ``()``) rather than ``None``: a
@@ -34,7 +34,7 @@ import ml_collections
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant", "step")
-# Every training loop runs each of these (cafe_tf.train.kernel builds the model under the policy and
+# Every training loop runs each of these (cafe_tf.training.kernel builds the model under the policy and
 # scales the loss for float16), so validating against this list refuses exactly what they refuse.
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")

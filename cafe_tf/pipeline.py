@@ -10,7 +10,7 @@ stopped (and each stage resumes from its own checkpoints). Artifacts, all under 
 
     supernet.keras               python -m cafe_tf.train_supernet
     widths.json                  python -m cafe_tf.search
-    retrain/model.keras          python -m cafe_tf.train --widths widths.json
+    retrain/model.keras          cafe-tf train --widths widths.json
     deploy/model_<f>.tflite      python -m deploy.export --quant <f>   (each f of config.deploy.formats)
     deploy/verify_<f>.json       python -m deploy.verify   (each model against retrain/model.keras)
     deploy/benchmark_<f>.json    python -m deploy.benchmark --target host   (all models in one process,
@@ -135,7 +135,7 @@ def recommend_format(rows: list[dict], max_accuracy_drop: float, environment: di
 def validators() -> dict[str, Callable]:
     """Validators of the sections the stages read, besides cafe_tf.config's own (data, model, train, distribute)."""
     from cafe_tf.search.run import validate_search
-    from cafe_tf.train.supernet import validate_supernet
+    from cafe_tf.training.supernet import validate_supernet
 
     return {"supernet": validate_supernet, "search": validate_search, "deploy": validate_deploy}
 
@@ -159,7 +159,7 @@ def build_stages(config, workdir: str, config_args: list[str] | None = None) -> 
     def w(*parts: str) -> str:
         return os.path.join(workdir, *parts)
 
-    retrain = ["-m", "cafe_tf.train", *cfg, f"--workdir={w('retrain')}", f"--widths={w('widths.json')}"]
+    retrain = ["-m", "cafe_tf.cli.train", *cfg, f"--workdir={w('retrain')}", f"--widths={w('widths.json')}"]
     if _section(config, "retrain").init_from_supernet:
         retrain.append(f"--init_from_supernet={w('supernet.keras')}")
     stages = [

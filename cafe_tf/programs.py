@@ -1,6 +1,6 @@
 """The one frame of every cafe-tf and deploy program: flags, logging, errors, exit codes and ``--help``.
 
-Two kinds of program use it. A *job* (``cafe_tf.train``, ``search``, ``pipeline``, ...) takes
+Two kinds of program use it. A *job* (``train``, ``search``, ``pipeline``, ...) takes
 ``--config`` and ``--workdir`` and calls :func:`run_program`::
 
     \"\"\"One paragraph that --help prints.\"\"\"
@@ -92,7 +92,7 @@ def config_argv() -> list[str]:
 
 
 def program_name() -> str:
-    """The running program's short name (``train`` for ``python -m cafe_tf.train``, ``export`` for ``deploy.export``)."""
+    """The running program's short name (``train`` for ``cafe-tf train``, ``export`` for ``deploy.export``)."""
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     name = spec.name if spec is not None else os.path.splitext(os.path.basename(sys.argv[0] or "program"))[0]

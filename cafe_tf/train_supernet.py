@@ -5,7 +5,7 @@ r"""Train a CafeNet supernet with locally free weight sharing and the min-min st
       --config.supernet.sharing=fixed
 
 The recipe and the min-min options are the config's ``supernet`` section (see
-cafe_tf/train/supernet.py: sharing, bins, r, num_candidates, sandwich, epochs, lr, ...); the data
+cafe_tf/training/supernet.py: sharing, bins, r, num_candidates, sandwich, epochs, lr, ...); the data
 and the model are its ``data`` and ``model`` sections. Running again with the same --workdir resumes
 from the last checkpoint.
 
@@ -32,10 +32,10 @@ def main(config, workdir: str) -> None:
     from cafe_tf import distribute as distribute_lib
     from cafe_tf.config import ConfigError, to_dict
     from cafe_tf.models import source as source_lib
-    from cafe_tf.train import supernet as supernet_lib
+    from cafe_tf.training import supernet as supernet_lib
 
     if "supernet" not in config:
-        raise ConfigError("the config has no 'supernet' section; start from cafe_tf.train.supernet.supernet_section() "
+        raise ConfigError("the config has no 'supernet' section; start from cafe_tf.training.supernet.supernet_section() "
                           "(see configs/fashion_mnist_resnet20.py)")
     section = config.supernet
     strategy = distribute_lib.strategy_from_config(config.distribute)
@@ -60,6 +60,6 @@ def main(config, workdir: str) -> None:
 
 
 if __name__ == "__main__":
-    from cafe_tf.train.supernet import validate_supernet
+    from cafe_tf.training.supernet import validate_supernet
 
     programs.run_program(main, extra_validators={"supernet": validate_supernet})

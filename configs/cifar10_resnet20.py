@@ -26,7 +26,7 @@ so the recipe is the spec's CIFAR one, our choice):
 from cafe_tf import config as cfg
 from cafe_tf.pipeline import deploy_section, retrain_section
 from cafe_tf.search.run import search_section
-from cafe_tf.train.supernet import supernet_section
+from cafe_tf.training.supernet import supernet_section
 
 
 def get_config():

@@ -4,7 +4,7 @@ SGD lr 0.1, momentum 0.9, weight decay 5e-4 (L2 in the loss), cosine decay over 
 batch 128, pad-4 random crop + horizontal flip. Needs CIFAR-10 prepared in the data_dir
 (add --config.data.download=True once, with network access).
 
-    python -m cafe_tf.train --config configs/cifar10_resnet20_train.py --workdir runs/c10_r20
+    cafe-tf train --config configs/cifar10_resnet20_train.py --workdir runs/c10_r20
 """
 
 from cafe_tf import config as cfg

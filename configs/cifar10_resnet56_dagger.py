@@ -1,7 +1,7 @@
 r"""CIFAR-10, ResNet-56, Dagger filter pruning to 50% of the MACs, then fine-tuning.
 
-    python -m cafe_tf.prune --config configs/cifar10_resnet56_dagger.py --workdir runs/c10_r56_dagger
-    python -m cafe_tf.prune --config configs/cifar10_resnet56_dagger.py --workdir runs/c10_r56_l1 \
+    cafe-tf prune --config configs/cifar10_resnet56_dagger.py --workdir runs/c10_r56_dagger
+    cafe-tf prune --config configs/cifar10_resnet56_dagger.py --workdir runs/c10_r56_l1 \
         --config.prune.method=l1 --config.prune.pretrained=runs/c10_r56_dagger/pretrain/model.keras
 
 Stage 0 (without --config.prune.pretrained) trains ResNet-56 with the standard CIFAR recipe: SGD

@@ -2,7 +2,7 @@ r"""RetinaNet (keras-hub) on MobileNetV2-0.35 over the offline Fashion-MNIST det
 
     # 1. the backbone as a Fashion-MNIST classifier, ~5 min on 2 busy cores (32x32 here, as measured in the
     #    README; a classifier at the native 28x28 works too: its levels are found at the detector's 128x128)
-    python -m cafe_tf.train --config configs/fashion_mnist_cnn.py --workdir runs/fm_mnv2 \
+    cafe-tf train --config configs/fashion_mnist_cnn.py --workdir runs/fm_mnv2 \
         --config.model.name=mobilenet_v2 --config.model.width_mult=0.35 --config.model.bn_momentum=0.9 \
         --config.data.image_size=32 --config.train.epochs=3
     # 2. the detector on it

@@ -1,6 +1,6 @@
-"""Fashion-MNIST, small CNN, plain training: the offline example of `python -m cafe_tf.train`.
+"""Fashion-MNIST, small CNN, plain training: the offline example of `cafe-tf train`.
 
-    python -m cafe_tf.train --config configs/fashion_mnist_cnn.py --workdir runs/fmnist_cnn
+    cafe-tf train --config configs/fashion_mnist_cnn.py --workdir runs/fmnist_cnn
 
 Measured: 92.3% test accuracy (93.1% validation) after 4 epochs, 168 s wall on 2 shared CPU cores
 including the one-off offline build of the dataset.

@@ -2,7 +2,7 @@ r"""Fashion-MNIST, ResNet-20, CafeNet at 50% of the MACs: the offline default, s
 
     python -m cafe_tf.train_supernet --config configs/fashion_mnist_resnet20.py --workdir runs/fm_r20
     python -m cafe_tf.search --config configs/fashion_mnist_resnet20.py --workdir runs/fm_r20
-    python -m cafe_tf.train --config configs/fashion_mnist_resnet20.py --workdir runs/fm_r20/retrain \
+    cafe-tf train --config configs/fashion_mnist_resnet20.py --workdir runs/fm_r20/retrain \
         --widths runs/fm_r20/widths.json
 
 Stages and their sizes (our choices: the paper's numbers are unavailable, see the spec):
@@ -13,7 +13,7 @@ Stages and their sizes (our choices: the paper's numbers are unavailable, see th
   widths sampled per group costs about 0.9-1.05x a plain step of the full net (K = 2 selection
   passes, then one forward/backward of a smaller net; benchmarks/minmin_cost.py), so this is ~2
   epochs of plain ResNet-20 time. Candidate selection compares the K arrangements with BN on the
-  batch's own statistics and updates no moving statistics (cafe_tf/train/supernet.py).
+  batch's own statistics and updates no moving statistics (cafe_tf/training/supernet.py).
 * search: evolution at 50% of the full net's MACs, candidates kept in [0.8, 1] x budget; population
   16, 6 generations, top-4 parents (the spec's 50 / 20 / 10 are the library defaults, reduced here
   for time); each candidate scored as the best of K = 2 arrangements after BN recalibration on 256
@@ -22,7 +22,7 @@ Stages and their sizes (our choices: the paper's numbers are unavailable, see th
   finishes only the best: 0.75x the images, 0.82x the search's scoring time, Kendall tau 0.95
   (95% CI 0.87-1.00) against full scoring on 30 fixed candidates, same best candidate and top 5
   (benchmarks/scoring_screen.py).
-* train (the retraining recipe `python -m cafe_tf.train --widths` uses): from scratch, SGD 0.1
+* train (the retraining recipe `cafe-tf train --widths` uses): from scratch, SGD 0.1
   cosine, 3 epochs.
 * retrain: init_from_supernet=True makes the pipeline's retrain stage fine-tune from the supernet's
   weights (`--init_from_supernet`) instead of training from scratch; several seeds: `python -m
@@ -44,7 +44,7 @@ from cafe_tf import config as cfg
 from cafe_tf.bundle import bundle_section
 from cafe_tf.pipeline import deploy_section, retrain_section
 from cafe_tf.search.run import search_section
-from cafe_tf.train.supernet import supernet_section
+from cafe_tf.training.supernet import supernet_section
 
 
 

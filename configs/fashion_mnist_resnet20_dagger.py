@@ -1,7 +1,7 @@
 r"""Fashion-MNIST, ResNet-20, Dagger filter pruning to 50% of the MACs, then fine-tuning.
 
-    python -m cafe_tf.prune --config configs/fashion_mnist_resnet20_dagger.py --workdir runs/fm_r20_dagger
-    python -m cafe_tf.prune --config configs/fashion_mnist_resnet20_dagger.py --workdir runs/fm_r20_l1 \
+    cafe-tf prune --config configs/fashion_mnist_resnet20_dagger.py --workdir runs/fm_r20_dagger
+    cafe-tf prune --config configs/fashion_mnist_resnet20_dagger.py --workdir runs/fm_r20_l1 \
         --config.prune.method=l1
 
 Without --config.prune.pretrained, stage 0 trains ResNet-20 with the standard recipe (SGD 0.1,

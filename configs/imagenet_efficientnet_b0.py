@@ -11,7 +11,7 @@ at **1.5x** width (863,173,104 MACs), so the search can move width between layer
 instead of returning B0 itself (our choice, AutoSlim's wide-supernet protocol as we recall it;
 the CafeNet text was unavailable). ImageNet must be prepared in the data_dir by hand.
 
-The fair baseline is B0 retrained with this same recipe (`python -m cafe_tf.train --config
+The fair baseline is B0 retrained with this same recipe (`cafe-tf train --config
 configs/imagenet_efficientnet_b0.py --config.model.width_mult=1.0 --workdir ...`): the official
 B0 recipe (RMSProp, AutoAugment, EMA of weights, 350 epochs) is not expressible in our configs
 (optimizers: sgd | adam), so the published 76.88 / 77.29 are context, not targets.

@@ -35,7 +35,7 @@ recipe", our choices):
 from cafe_tf import config as cfg
 from cafe_tf.pipeline import deploy_section, retrain_section
 from cafe_tf.search.run import search_section
-from cafe_tf.train.supernet import supernet_section
+from cafe_tf.training.supernet import supernet_section
 
 
 # Config string -> search.max_macs (multiply-accumulates).

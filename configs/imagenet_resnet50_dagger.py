@@ -1,6 +1,6 @@
 r"""ImageNet, ResNet-50, Dagger filter pruning to 50% of the MACs, then fine-tuning.
 
-    python -m cafe_tf.prune --config configs/imagenet_resnet50_dagger.py --workdir runs/in_r50_dagger \
+    cafe-tf prune --config configs/imagenet_resnet50_dagger.py --workdir runs/in_r50_dagger \
         --config.prune.pretrained=resnet50_imagenet.keras
 
 Give a pretrained ResNet-50 (stage 0 would otherwise train one: 90 epochs, SGD 0.4 for batch 1024

@@ -401,7 +401,7 @@ _SHAPE_MISMATCH = re.compile(
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> str:
-    """The checkpoint prefix ``path`` names: a prefix, a checkpoints folder, or a cafe_tf.train workdir (latest).
+    """The checkpoint prefix ``path`` names: a prefix, a checkpoints folder, or a `cafe-tf train` workdir (latest).
 
     Raises:
       DeployError: nothing at ``path``, or a folder holding no checkpoint (naming the path).
@@ -418,14 +418,14 @@ def resolve_checkpoint(path: str | os.PathLike) -> str:
             if latest:
                 return latest
         raise DeployError(
-            f"no checkpoint in {path!r}: pass the cafe_tf.train workdir (holding checkpoints/), its checkpoints "
+            f"no checkpoint in {path!r}: pass the `cafe-tf train` workdir (holding checkpoints/), its checkpoints "
             f"folder, or one checkpoint prefix such as {os.path.join(path, 'checkpoints', 'ckpt-100')}"
         )
     raise DeployError(f"checkpoint {path!r} does not exist (neither a folder nor a checkpoint prefix with {prefix}.index)")
 
 
 def load_widths_checkpoint(widths_path: str | os.PathLike, checkpoint: str | os.PathLike) -> Any:
-    """The slim model of ``widths_path`` (rebuilt as cafe_tf.train built it) with the weights of ``checkpoint``.
+    """The slim model of ``widths_path`` (rebuilt as `cafe-tf train` built it) with the weights of ``checkpoint``.
 
     Raises:
       DeployError: a missing checkpoint, or one of other widths / another model (naming the variable and
@@ -433,13 +433,13 @@ def load_widths_checkpoint(widths_path: str | os.PathLike, checkpoint: str | os.
     """
     import tensorflow as tf
 
-    from cafe_tf.train.subnet import build_subnet
+    from cafe_tf.training.subnet import build_subnet
 
     prefix = resolve_checkpoint(checkpoint)
     widths_path = os.fspath(widths_path)
     model = build_subnet(widths_path)
     checkpoint_ = tf.train.Checkpoint(model=model)
-    retry = "pass the checkpoint that `python -m cafe_tf.train --widths` wrote for these widths"
+    retry = "pass the checkpoint that `cafe-tf train --widths` wrote for these widths"
     try:
         status = checkpoint_.restore(prefix)
         status.expect_partial()  # training also saved the optimizer, step and RNG states: not needed here

@@ -6,7 +6,7 @@ r"""Export a plain Keras 3 image classifier, or a searched network's checkpoint,
 
 Quantization (--quant): fp32, fp16 (float16 weights), dynamic (int8 weights), int8 (full integer,
 calibrated on --num_calibration training images of --dataset) or qat (quantization-aware
-fine-tuning, then int8). --widths with --checkpoint rebuilds the network `python -m cafe_tf.train
+fine-tuning, then int8). --widths with --checkpoint rebuilds the network `cafe-tf train
 --widths` trained and restores its weights (the workdir, its checkpoints/ folder or one prefix).
 How the conversion works: deploy/export.py.
 
@@ -29,7 +29,7 @@ def define_flags() -> None:
     """The program's flags."""
     flags.DEFINE_string("model", None, "the Keras 3 model to export (.keras file); or give --widths and --checkpoint")
     flags.DEFINE_string("widths", None, "instead of --model: the widths.json of a searched network (with --checkpoint)")
-    flags.DEFINE_string("checkpoint", None, "with --widths: the `python -m cafe_tf.train --widths` workdir, its "
+    flags.DEFINE_string("checkpoint", None, "with --widths: the `cafe-tf train --widths` workdir, its "
                         "checkpoints/ folder (latest is used) or one checkpoint prefix (.../checkpoints/ckpt-120)")
     flags.DEFINE_enum("quant", None, list(export.QUANT_MODES), "quantization: fp32, fp16 (float16 weights), dynamic "
                       "(int8 weights), int8 (full integer, calibrated), qat (quantization-aware fine-tune + int8)")
@@ -73,11 +73,11 @@ def main() -> None:
     if f.widths or f.checkpoint:
         if not (f.widths and f.checkpoint):
             raise UsageError("--widths and --checkpoint go together: the widths.json of the searched network and the "
-                             "checkpoint (workdir, checkpoints folder or prefix) `python -m cafe_tf.train --widths` wrote")
+                             "checkpoint (workdir, checkpoints folder or prefix) `cafe-tf train --widths` wrote")
         widths_path = programs.require_file(f.widths, "widths")
         checkpoint = os.path.expanduser(f.checkpoint)
         if not export.checkpoint_exists(checkpoint):
-            raise UsageError(f"--checkpoint={f.checkpoint!r} does not exist (a cafe_tf.train workdir, its "
+            raise UsageError(f"--checkpoint={f.checkpoint!r} does not exist (a `cafe-tf train` workdir, its "
                              "checkpoints folder or a checkpoint prefix such as W/retrain/checkpoints/ckpt-120)")
         source = None
     else:

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from cafe_tf import data, io, models
-from cafe_tf.train import standard
+from cafe_tf.training import standard
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.dirname(os.path.abspath(__file__))

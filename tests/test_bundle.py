@@ -217,7 +217,7 @@ def test_entry_stages_search_retrain_and_export_at_the_budget(tmp_path):
     assert search.command == ["-m", "cafe_tf.search", "--config=C.py", "--config.train.epochs=1", f"--workdir={work}",
                               "--config.search.max_macs=9300000", "--config.search.supernet=/s/supernet.keras"]
     assert search.artifact == str(work / "widths.json")
-    assert retrain.command == ["-m", "cafe_tf.train", "--config=C.py", "--config.train.epochs=1",
+    assert retrain.command == ["-m", "cafe_tf.cli.train", "--config=C.py", "--config.train.epochs=1",
                                f"--workdir={work / 'retrain'}", f"--widths={work / 'widths.json'}",
                                "--init_from_supernet=/s/supernet.keras"]
     assert export.artifact == str(tmp_path / "bundle" / "macs30_int8.tflite")

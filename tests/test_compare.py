@@ -17,7 +17,7 @@ from cafe_tf import config as cfg
 from cafe_tf.io import write_json
 from cafe_tf.search import run as search_run
 from cafe_tf.space import read_widths
-from cafe_tf.train import supernet as supernet_lib
+from cafe_tf.training import supernet as supernet_lib
 from supernet_helpers import INFO, cnn, separable_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

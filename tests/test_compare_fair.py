@@ -103,7 +103,7 @@ def test_m8_arm_searches_a_space_of_multiples_of_8(graph):
     """The m8 arm's supernet overrides make every bin bound a multiple of 8 (or the group's full width);
     the config's own space (channel_multiple 1) has bounds off the multiples."""
     from cafe_tf.space import space_from_section
-    from cafe_tf.train.supernet import supernet_section
+    from cafe_tf.training.supernet import supernet_section
 
     assert compare.ARMS["m8"].supernet == "m8" and compare.ARMS["m8"].method == "evolution"
     assert compare.variants_of(["cafenet", "m8"], 0) == ["cafenet", "m8"]
@@ -206,7 +206,7 @@ def test_paired_difference_t_interval_by_hand():
 
 
 def test_distillation_term_by_definition():
-    from cafe_tf.train import kernel
+    from cafe_tf.training import kernel
 
     rng = np.random.default_rng(0)
     student = tf.constant(rng.normal(size=(5, 4)), tf.float32)
@@ -256,7 +256,7 @@ def test_finetune_distills_from_the_teacher_it_is_given(tmp_path):
 
     from cafe_tf import config as cfg
     from cafe_tf.config import ConfigError, validate_train
-    from cafe_tf.train import standard
+    from cafe_tf.training import standard
 
     L = keras.layers
     inp = keras.Input((8, 8, 1))
@@ -330,7 +330,7 @@ def test_benchmark_script_command_and_estimate():
 
 
 def test_k1_arm_trains_one_random_arrangement_per_step(graph):
-    from cafe_tf.train import supernet as S
+    from cafe_tf.training import supernet as S
 
     assert compare.SUPERNETS["k1_random"]["num_candidates"] == 1 and compare.SUPERNETS["k4"]["num_candidates"] == 4
     space = SearchSpace(graph, zone_unit="channels")

@@ -163,7 +163,7 @@ def test_strategy_from_config():
 
 def run_train(*args, env=None, timeout=120):
     return subprocess.run(
-        [sys.executable, "-m", "cafe_tf.train", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "cafe_tf.cli.train", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
     )
 

@@ -8,10 +8,10 @@ distribution strategy, mixed precision and recipe:
 
 * a ``supernet`` section: ``python -m cafe_tf.train_supernet`` (the first stage ``cafe_tf.pipeline``
   runs; the pipeline's later stages need the supernet this one writes);
-* a ``prune`` section: ``python -m cafe_tf.prune`` (pretraining for one short epoch, then gate
+* a ``prune`` section: ``cafe-tf prune`` (pretraining for one short epoch, then gate
   training, the loop with the program's own settings);
 * a ``detector`` section: ``python -m cafe_tf.train_detector`` (keras-hub RetinaNet);
-* otherwise ``python -m cafe_tf.train``.
+* otherwise ``cafe-tf train``.
 
 The run stops right after the first checkpoint of the loop under test (``kernel.Checkpointer.save``
 records it and ends the process). Only the data size changes: a few examples, batches of 4, and
@@ -59,7 +59,7 @@ SLOW = {
 CHILD = r"""
 import json, os, runpy, sys
 import tensorflow_datasets as tfds
-from cafe_tf.train import kernel
+from cafe_tf.training import kernel
 
 module, marker, stop_folder, argv = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 # Under mock_data nothing is on disk; pretend the dataset was prepared so load() proceeds.
@@ -91,14 +91,14 @@ def program_of(config) -> tuple[str, str, list[str]]:
         return "cafe_tf.train_detector", "checkpoints", ["--config.train.checkpoint_every=1",
                                                           "--config.train.log_every=1", "--config.detector.max_boxes=50"]
     if "prune" in config:
-        return "cafe_tf.prune", "ckpt", [
+        return "cafe_tf.cli.prune", "ckpt", [
             "--config.train.epochs=1", "--config.train.warmup_epochs=0", "--config.train.checkpoint_every=0",
             "--config.train.log_every=1", "--config.dagger.checkpoint_every=1", "--config.dagger.log_every=1"]
     if "supernet" in config:
         # log_every past the first step: logging runs a probe of the max and min nets, a second trace.
         return "cafe_tf.train_supernet", "checkpoints", [
             "--config.supernet.checkpoint_every=1", "--config.supernet.log_every=1000"]
-    return "cafe_tf.train", "checkpoints", ["--config.train.checkpoint_every=1", "--config.train.log_every=1"]
+    return "cafe_tf.cli.train", "checkpoints", ["--config.train.checkpoint_every=1", "--config.train.log_every=1"]
 
 
 def loop_policy(config) -> str:

@@ -670,7 +670,7 @@ def _user_fmnist_model(prunable=True):
 def _prune_cmd(workdir, pretrained, data_dir, *extra):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = os.path.join(root, "configs", "fashion_mnist_resnet20_dagger.py")
-    return [sys.executable, "-m", "cafe_tf.prune", "--config", config, "--workdir", str(workdir),
+    return [sys.executable, "-m", "cafe_tf.cli.prune", "--config", config, "--workdir", str(workdir),
             f"--config.prune.pretrained={pretrained}", f"--config.data.data_dir={data_dir}",
             "--config.data.max_train_examples=256", "--config.data.max_eval_examples=128",
             "--config.data.batch_size=64", "--config.data.augment=flip", "--config.dagger.epochs=1", "--config.dagger.log_every=2",

@@ -308,13 +308,13 @@ def test_program_runtime_error_exit_1(tmp_path):
 
 @pytest.fixture(scope="module")
 def searched_run(tmp_path_factory):
-    """A cnn_small subnet (28x28x1, half of every group) and a checkpoint written as cafe_tf.train's fit() writes it."""
+    """A cnn_small subnet (28x28x1, half of every group) and a checkpoint written as cafe_tf.training.standard.fit() writes it."""
     import tensorflow as tf
 
     from cafe_tf import models
     from cafe_tf.graph import ChannelGraph
     from cafe_tf.space import write_widths
-    from cafe_tf.train.subnet import build_subnet
+    from cafe_tf.training.subnet import build_subnet
 
     root = tmp_path_factory.mktemp("searched")
     full = models.build("cnn_small", input_shape=(28, 28, 1), num_classes=10)
@@ -327,7 +327,7 @@ def searched_run(tmp_path_factory):
     rng = np.random.default_rng(3)  # "trained" weights, unlike a fresh build, so a restore that did nothing fails
     model.set_weights([np.abs(w) + 0.5 if "variance" in v.path else w + rng.normal(0, 0.05, w.shape).astype(w.dtype)
                        for v, w in zip(model.weights, model.get_weights())])
-    # What cafe_tf.train.standard.fit checkpoints: model, optimizer (with slots), step, run shape, RNG states.
+    # What cafe_tf.training.standard.fit checkpoints: model, optimizer (with slots), step, run shape, RNG states.
     optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
     optimizer.build(model.trainable_variables)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=tf.Variable(12, dtype=tf.int64),
@@ -376,7 +376,7 @@ def test_checkpoint_of_other_widths_names_variable_and_both_shapes(searched_run)
     assert "does not match" in message and str(narrow) in message and "ckpt-12" in message
     import re
 
-    from cafe_tf.train.subnet import build_subnet
+    from cafe_tf.training.subnet import build_subnet
 
     found = re.search(r"variable '(\S+)' has shape (\(.*?\)) in the model built from the widths but (\(.*?\)) in the "
                       r"checkpoint", message)

@@ -16,8 +16,8 @@ from cafe_tf.flops import CostModel
 from cafe_tf.graph import ChannelGraph
 from cafe_tf.slim import Supernet
 from cafe_tf.space import SearchSpace
-from cafe_tf.train import kernel
-from cafe_tf.train import supernet as S
+from cafe_tf.training import kernel
+from cafe_tf.training import supernet as S
 from supernet_helpers import INFO, cnn, separable_source
 
 # Largest relative difference allowed between a mixed-precision run's per-step losses and the float32

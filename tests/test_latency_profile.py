@@ -366,7 +366,7 @@ def test_search_job_reports_measured_and_predicted_and_stops_over_budget(tmp_pat
     the host measurement next to the prediction; a table that predicts far too little stops the run
     before widths.json is written."""
     from cafe_tf import config as cfg
-    from cafe_tf.train import supernet as supernet_lib
+    from cafe_tf.training import supernet as supernet_lib
     from supernet_helpers import INFO, cnn, separable_source
 
     src = separable_source()

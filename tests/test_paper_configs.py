@@ -84,7 +84,7 @@ def validators() -> dict:
     from cafe_tf.bundle import validate_bundle
     from cafe_tf.dagger.pipeline import extra_validators
     from cafe_tf.search.run import validate_search
-    from cafe_tf.train.supernet import validate_supernet
+    from cafe_tf.training.supernet import validate_supernet
 
     return {"supernet": validate_supernet, "search": validate_search, "bundle": validate_bundle, **extra_validators()}
 
@@ -144,7 +144,7 @@ def test_config_loads_validates_and_builds(arg):
 def test_budget_is_feasible_and_the_published_one(arg):
     from cafe_tf.search.budget import Budget, BudgetChecker
     from cafe_tf.search.run import budget_from_section
-    from cafe_tf.train.supernet import space_from_section
+    from cafe_tf.training.supernet import space_from_section
 
     c, _ = load(arg)
     expected = PAPER[arg]

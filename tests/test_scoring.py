@@ -11,7 +11,7 @@ from cafe_tf.search.run import search_section, validate_search
 from cafe_tf.config import ConfigError
 from cafe_tf.slim import Supernet
 from cafe_tf.space import space_from_section
-from cafe_tf.train.supernet import supernet_section
+from cafe_tf.training.supernet import supernet_section
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from cafe_tf.search import (Budget, BudgetChecker, BudgetError, EvolutionSetting
 from cafe_tf.search import run as search_run
 from cafe_tf.slim import Supernet
 from cafe_tf.space import SearchSpace, read_widths, selection_from_record
-from cafe_tf.train import supernet as supernet_lib
-from cafe_tf.train.subnet import build_subnet
+from cafe_tf.training import supernet as supernet_lib
+from cafe_tf.training.subnet import build_subnet
 from supernet_helpers import INFO, cnn, separable_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -440,7 +440,7 @@ def test_retraining_flags_of_the_train_program(fashion_mnist_dir, tmp_path):
     info = {"name": "cnn_small", "input_shape": [28, 28, 1], "num_classes": 10, "width_mult": 1.0}
     record = write_widths(tmp_path / "widths.json", graph,
                           {g.id: np.arange(0, g.size, 2) for g in graph.prunable_groups}, info)
-    common = [sys.executable, "-m", "cafe_tf.train", "--config", "configs/fashion_mnist_cnn.py",
+    common = [sys.executable, "-m", "cafe_tf.cli.train", "--config", "configs/fashion_mnist_cnn.py",
               f"--config.data.data_dir={fashion_mnist_dir}", "--config.data.max_train_examples=256",
               "--config.data.max_eval_examples=128", "--config.train.epochs=1", "--config.data.cache=False",
               f"--widths={tmp_path / 'widths.json'}"]

@@ -13,8 +13,8 @@ from cafe_tf.search import SupernetEvaluator
 from cafe_tf.search import run as search_run
 from cafe_tf.slim import Supernet
 from cafe_tf.space import read_widths
-from cafe_tf.train import kernel
-from cafe_tf.train import supernet as S
+from cafe_tf.training import kernel
+from cafe_tf.training import supernet as S
 from supernet_helpers import cnn
 
 ATTRIBUTES = 4

@@ -15,8 +15,8 @@ import tensorflow as tf
 from cafe_tf.config import ConfigError
 from cafe_tf.slim import Supernet
 from cafe_tf.space import SearchSpace
-from cafe_tf.train import standard
-from cafe_tf.train import supernet as S
+from cafe_tf.training import standard
+from cafe_tf.training import supernet as S
 from supernet_helpers import INFO, HangAfterFirstCheckpoint, child_result, cnn, kill_after_first_checkpoint, separable_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

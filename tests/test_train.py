@@ -1,4 +1,4 @@
-"""cafe_tf.train.standard and `python -m cafe_tf.train`: recipe pieces, artifacts, resume after SIGKILL,
+"""cafe_tf.training.standard and `cafe-tf train`: recipe pieces, artifacts, resume after SIGKILL,
 mixed precision, MirroredStrategy on 2 logical CPUs and a 2-worker cluster on loopback.
 
 The distributed checks need fresh processes (logical devices and TF_CONFIG are fixed at start-up), so
@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from cafe_tf import config as cfg
 from cafe_tf import data, io
-from cafe_tf.train import kernel, standard
+from cafe_tf.training import kernel, standard
 from supernet_helpers import HangAfterFirstCheckpoint, free_ports, kill_after_first_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -329,7 +329,7 @@ def test_train_program_on_fashion_mnist(fashion_mnist_dir, tmp_path):
     overrides = small_fmnist_config(fashion_mnist_dir, epochs=2, checkpoint_every=0)
     args = [f"--config.{k}={v}" for k, v in overrides.items()]
     result = subprocess.run(
-        [sys.executable, "-m", "cafe_tf.train", "--config", "configs/fashion_mnist_cnn.py", "--workdir",
+        [sys.executable, "-m", "cafe_tf.cli.train", "--config", "configs/fashion_mnist_cnn.py", "--workdir",
          str(tmp_path), *args], cwd=REPO, capture_output=True, text=True, timeout=240,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -363,7 +363,7 @@ def test_killed_run_resumes_from_its_checkpoint_and_finishes(fashion_mnist_dir, 
 
     # The same job, run again through the program, continues from step 4.
     result = subprocess.run(
-        [sys.executable, "-m", "cafe_tf.train", "--config", "configs/fashion_mnist_cnn.py", "--workdir", workdir,
+        [sys.executable, "-m", "cafe_tf.cli.train", "--config", "configs/fashion_mnist_cnn.py", "--workdir", workdir,
          *[f"--config.{k}={v}" for k, v in overrides.items()]],
         cwd=REPO, capture_output=True, text=True, timeout=240, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-3000:]

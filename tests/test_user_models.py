@@ -20,7 +20,7 @@ from cafe_tf.flops import CostModel
 from cafe_tf.graph import ChannelGraph
 from cafe_tf.models import source as source_lib
 from cafe_tf.space import read_widths, write_widths
-from cafe_tf.train.subnet import build_subnet, subnet_factory
+from cafe_tf.training.subnet import build_subnet, subnet_factory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -159,7 +159,7 @@ def test_widths_json_records_a_keras_file_and_refuses_it_changed(user_file, tmp_
         subnet_factory(str(path))
     # The train program refuses it (exit 1, a stale artifact) and writes nothing but its log.
     workdir = tmp_path / "retrain"
-    proc = subprocess.run([sys.executable, "-m", "cafe_tf.train", "--config", "configs/fashion_mnist_cnn.py",
+    proc = subprocess.run([sys.executable, "-m", "cafe_tf.cli.train", "--config", "configs/fashion_mnist_cnn.py",
                            f"--workdir={workdir}", f"--widths={path}"], cwd=REPO, env=ENV, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 1 and old in proc.stderr and new in proc.stderr, proc.stderr[-2000:]
@@ -304,7 +304,7 @@ def test_cafenet_stages_on_a_users_keras_model(user_file, tmp_path, fashion_mnis
     stored = read_widths(workdir / "widths.json")
     assert stored["model_source"] == {"kind": "keras_file", "path": user_file,
                                       "sha256": source_lib.sha256_of(user_file), "input_scaling": "unit"}
-    run("cafe_tf.train", f"--workdir={workdir / 'retrain'}", f"--widths={workdir / 'widths.json'}")
+    run("cafe_tf.cli.train", f"--workdir={workdir / 'retrain'}", f"--widths={workdir / 'widths.json'}")
     retrained = keras.models.load_model(workdir / "retrain" / "model.keras")
     assert CostModel(ChannelGraph.from_model(retrained)).macs() == stored["macs"]
     metrics = json.load(open(workdir / "retrain" / "metrics.json"))

@@ -5,7 +5,7 @@ The paper states the idea (an auxiliary network that reads the pretrained weight
 regulariser); the module architecture, regulariser options and exact-target routine here are
 **cafe-tf's design** (the method section was not available to us). See ``module.py``.
 
-Pipeline (``python -m cafe_tf.prune``)::
+Pipeline (``cafe-tf prune``)::
 
     with strategy.scope():                                         # any tf.distribute strategy
         pretrained = load_model(path)                              # any functional Keras model

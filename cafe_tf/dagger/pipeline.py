@@ -1,10 +1,10 @@
-"""The Dagger pruning pipeline behind ``python -m cafe_tf.prune``: stages, artifacts, resume.
+"""The Dagger pruning pipeline behind ``cafe-tf prune``: stages, artifacts, resume.
 
 Stages (each writes its artifact under ``workdir`` and is skipped when that artifact exists and is
 valid for the same settings; the training stages also resume from their own checkpoints):
 
 0. ``pretrain/``: only without ``prune.pretrained``: the standard training loop
-   (``cafe_tf.train.standard``) trains ``config.model`` with ``config.train`` -> ``model.keras``.
+   (``cafe_tf.training.standard``) trains ``config.model`` with ``config.train`` -> ``model.keras``.
 1. ``gates/``: gate training (methods ``dagger`` and ``free``) -> ``gates.json`` (logits per
    group, history) and ``model.keras`` (the main network after joint training).
 2. ``prune/``: exact-target selection -> ``widths.json`` (kept channels, MACs) and ``pruned.keras``
@@ -266,7 +266,7 @@ def _fit(model_fn: Callable[[], keras.Model], data, section: ml_collections.Conf
     The standard loop writes them on the chief only; the other workers of a cluster save their own
     copy in their scratch root (``distribute.worker_root``), which the next stage reads."""
     from cafe_tf import distribute as distribute_lib
-    from cafe_tf.train import standard
+    from cafe_tf.training import standard
 
     class KeepModel(standard.Hook):
         def on_train_begin(self, context):
@@ -323,7 +323,7 @@ def _check_pretrained(config: ml_collections.ConfigDict, data, model: keras.Mode
 def stage_pretrain(config: ml_collections.ConfigDict, workdir: str, data,
                    strategy: tf.distribute.Strategy | None = None) -> tuple[keras.Model, str]:
     """Stage 0: the pretrained model (the user's file, or ours trained with the standard loop)."""
-    from cafe_tf.train import standard
+    from cafe_tf.training import standard
 
     if config.prune.pretrained:
         source = model_source(config, data.image_shape, data.info.num_classes)
@@ -382,7 +382,7 @@ def stage_gates(config: ml_collections.ConfigDict, workdir: str, data, model: ke
     """Stage 1: gate training under ``strategy`` (default: the current one) -> (main network after it,
     {group id: logits}, history); baselines skip it."""
     from cafe_tf import distribute as distribute_lib
-    from cafe_tf.train import standard
+    from cafe_tf.training import standard
 
     if config.prune.method not in ("dagger", "free"):
         return model, None, []
@@ -506,7 +506,7 @@ def stage_finetune(config: ml_collections.ConfigDict, workdir: str, data, pruned
 
     With ``finetune.distill_weight`` > 0 the loop distills from ``teacher()`` (the unpruned model),
     the same for every prune.method (dagger, l1, uniform, free)."""
-    from cafe_tf.train import standard
+    from cafe_tf.training import standard
 
     folder = os.path.join(workdir, "finetune")
     metrics_path = os.path.join(folder, "metrics.json")
@@ -528,7 +528,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     ``<workdir>/.scratch_<worker>`` (so the workers need no shared filesystem; keep that folder to
     resume), and only the chief writes the report.
     """
-    from cafe_tf.train import standard
+    from cafe_tf.training import standard
 
     from cafe_tf import distribute as distribute_lib
 

@@ -31,7 +31,7 @@ Task: single-label data (softmax cross-entropy, top-1) or multi-label data (mean
 cross-entropy over the attributes, per-attribute accuracy), as ``task`` says or, by default, as
 the labels' rank says ([batch] class ids or [batch, attributes] 0/1 vectors).
 
-Everything around the step comes from ``cafe_tf.train.kernel``: checkpoints (main network, gate
+Everything around the step comes from ``cafe_tf.training.kernel``: checkpoints (main network, gate
 module, both optimizers, step, random-seed states) in ``<workdir>/ckpt`` every ``checkpoint_every``
 steps and at the end (``distribute.worker_root``: the other workers of a multi-worker cluster save
 to their scratch folder, as saving is collective); the versioned ``history.json``; TensorBoard
@@ -59,7 +59,7 @@ from cafe_tf import io
 from cafe_tf.flops import CostModel
 from cafe_tf.graph import ChannelGraph
 from cafe_tf.slim import Supernet
-from cafe_tf.train import kernel
+from cafe_tf.training import kernel
 from cafe_tf.dagger.module import GATE_MODES, GateModule, gate_masks, gates_from_logits
 from cafe_tf.dagger.regularizer import FlopsRegularizer
 
@@ -119,12 +119,12 @@ class GateTrainer:
         task: str | None = None,
     ):
         """``main_optimizer``: the main network's optimizer in joint mode (default SGD, lr 1e-3, momentum 0.9;
-        the program builds it with ``cafe_tf.train.standard.make_optimizer``). ``target_ramp``: the fraction of
+        the program builds it with ``cafe_tf.training.standard.make_optimizer``). ``target_ramp``: the fraction of
         the steps over which the regulariser's target falls from the full MACs to its target (:func:`target_at`;
         0 = the target from the first step). ``min_open``: per group (``module.group_ids`` order), how many
         of its highest-logit gates stay open (the exact-target floor, ``prune.group_floor``; default none).
         ``weight_decay``: L2 on the main network's kernels in the loss, the convention of
-        ``cafe_tf.train.standard``. ``strategy``
+        ``cafe_tf.training.standard``. ``strategy``
         (default: the current one): ``model``, ``module`` and ``main_optimizer`` must be built in its scope.
         ``task``: "classification" or "multilabel"; None (default) reads it from the labels' rank."""
         if gate_mode not in GATE_MODES:
@@ -164,7 +164,7 @@ class GateTrainer:
         self.chief = distribute_lib.is_chief(self.strategy)
         self.policy = kernel.policy_of(model)
         self.main_vars = list(model.trainable_variables) if main == "joint" else []
-        # Kernels only (not biases, not BN): the L2 convention of cafe_tf.train.standard.
+        # Kernels only (not biases, not BN): the L2 convention of cafe_tf.training.standard.
         self.decayed = kernel.decayed(self.main_vars)
         self.weight_decay = float(weight_decay)
         with self.strategy.scope():  # optimizer slots and the step are mirrored like the weights

@@ -4,10 +4,10 @@
 
 * a built-in architecture (``resnet50``, ``mobilenet_v2``; ``width_mult`` scales it uniformly),
   built at the detector's image size, fresh weights;
-* a ``.keras`` file: a classification checkpoint (``model.keras`` of ``python -m cafe_tf.train``),
-  a Dagger-pruned model (``python -m cafe_tf.prune``) or a user's model, weights kept;
+* a ``.keras`` file: a classification checkpoint (``model.keras`` of ``cafe-tf train``),
+  a Dagger-pruned model (``cafe-tf prune``) or a user's model, weights kept;
 * a ``widths.json`` (``python -m cafe_tf.search``): the searched network, fresh weights, or the
-  weights of ``config.detector.backbone_checkpoint`` (the checkpoint ``cafe_tf.train --widths`` wrote).
+  weights of ``config.detector.backbone_checkpoint`` (the checkpoint ``cafe-tf train --widths`` wrote).
 
 The classifier head of the source model is dropped (:func:`backbone.pyramid_trunk` calls only the
 layers the levels need). The FPN (P3-P7 from P3-P5, 256 channels) and the heads are keras-hub's
@@ -95,7 +95,7 @@ def _source_model(detector: ml_collections.ConfigDict, image_size: int, channels
             from deploy.export import load_widths_checkpoint
 
             return load_widths_checkpoint(spec, detector.backbone_checkpoint)
-        from cafe_tf.train.subnet import build_subnet
+        from cafe_tf.training.subnet import build_subnet
 
         return build_subnet(spec)
     raise ConfigError(f"config.detector.backbone={spec!r} is invalid; valid: a built-in model {registry.names()}, "

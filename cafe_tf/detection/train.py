@@ -1,6 +1,6 @@
 """The detector's training loop: keras-hub's RetinaNet losses in the training kernel's plumbing.
 
-Reads top to bottom like the standard loop (``cafe_tf/train/standard.py``), whose recipe pieces
+Reads top to bottom like the standard loop (``cafe_tf/training/standard.py``), whose recipe pieces
 it reuses (``train`` section: optimizer, learning-rate schedule, L2 on kernels, epochs, seed):
 
 1. the data (:mod:`cafe_tf.detection.data`), the backbone's source network and the detector
@@ -36,7 +36,7 @@ from cafe_tf.config import ConfigError, to_dict
 from cafe_tf.detection import data as det_data
 from cafe_tf.detection import evaluate as det_eval
 from cafe_tf.detection import model as det_model
-from cafe_tf.train import kernel, standard
+from cafe_tf.training import kernel, standard
 
 METRICS_SCHEMA = "detection_metrics"
 METRICS_VERSION = 1

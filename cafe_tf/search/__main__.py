@@ -15,7 +15,7 @@ max_latency_ms all 0), the budget is config.search.macs_ratio of the full net's 
 scored on the validation split (never test), cached in search_cache.json; the evolution's state goes
 to search_state.json after each generation, so running the same command again resumes. widths.json
 holds the chosen channels, MACs, params, the score, the Pareto set of everything scored and the
-history; train it with `python -m cafe_tf.train --config C --workdir R --widths <workdir>/widths.json`.
+history; train it with `cafe-tf train --config C --workdir R --widths <workdir>/widths.json`.
 
 Under max_latency_ms, the table must be for this supernet's model (and for
 config.search.latency_target when set). The chosen net is then exported with the table's

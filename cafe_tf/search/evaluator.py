@@ -40,7 +40,7 @@ from absl import logging
 from cafe_tf import io
 from cafe_tf.slim import Supernet
 from cafe_tf.space import SearchSpace
-from cafe_tf.train import kernel
+from cafe_tf.training import kernel
 
 CACHE_SCHEMA = "cafe_tf.search_cache"
 CACHE_VERSION = 1

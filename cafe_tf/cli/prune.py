@@ -1,9 +1,9 @@
 r"""Prune a pretrained CNN's filters to a MACs budget with Dagger, then fine-tune it.
 
-  python -m cafe_tf.prune --config configs/fashion_mnist_resnet20_dagger.py --workdir runs/dagger
-  python -m cafe_tf.prune --config configs/fashion_mnist_resnet20_dagger.py --workdir runs/d30 \
+  cafe-tf prune --config configs/fashion_mnist_resnet20_dagger.py --workdir runs/dagger
+  cafe-tf prune --config configs/fashion_mnist_resnet20_dagger.py --workdir runs/d30 \
       --config.prune.target_macs_ratio=0.3 --config.prune.pretrained=my_model.keras
-  python -m cafe_tf.prune --config ... --workdir runs/l1 --config.prune.method=l1   # baseline
+  cafe-tf prune --config ... --workdir runs/l1 --config.prune.method=l1   # baseline
 
 Stages, each skipped when its artifact in --workdir is valid (training stages resume from their
 checkpoints): pretrain (only without --config.prune.pretrained: trains config.model with the

@@ -1,9 +1,9 @@
 """Train a plain (non-supernet) model on any dataset with the standard training loop.
 
-  python -m cafe_tf.train --config configs/fashion_mnist_cnn.py --workdir runs/fmnist_cnn
-  python -m cafe_tf.train --config configs/fashion_mnist_cnn.py --workdir runs/x --config.train.epochs=2
-  python -m cafe_tf.train --config C --workdir W/retrain --widths W/widths.json      # a searched net, from scratch
-  python -m cafe_tf.train --config C --workdir W/finetune --widths W/widths.json --init_from_supernet W/supernet.keras
+  cafe-tf train --config configs/fashion_mnist_cnn.py --workdir runs/fmnist_cnn
+  cafe-tf train --config configs/fashion_mnist_cnn.py --workdir runs/x --config.train.epochs=2
+  cafe-tf train --config C --workdir W/retrain --widths W/widths.json      # a searched net, from scratch
+  cafe-tf train --config C --workdir W/finetune --widths W/widths.json --init_from_supernet W/supernet.keras
 
 The config (configs/*.py) names the dataset, the registered model, the recipe and the
 tf.distribute strategy; any field can be overridden with --config.<section>.<key>=<value>.
@@ -28,7 +28,7 @@ from cafe_tf import programs
 _CONFIG, _WORKDIR = programs.define_config_flags()
 
 # --widths / --init_from_supernet (issue 4) become a model_fn handed to standard.run() (see
-# cafe_tf.train.standard's module doc); the loop itself does not change.
+# cafe_tf.training.standard's module doc); the loop itself does not change.
 _WIDTHS = flags.DEFINE_string(
     "widths", None, "a widths.json from `python -m cafe_tf.search`: train that searched network (instead of "
     "config.model) from scratch")
@@ -39,13 +39,13 @@ _INIT_FROM_SUPERNET = flags.DEFINE_string(
 
 def main(config, workdir: str) -> None:
     from cafe_tf.config import ConfigError
-    from cafe_tf.train import standard
+    from cafe_tf.training import standard
 
     model_fn = None  # the registry model config.model names
     if _INIT_FROM_SUPERNET.value and not _WIDTHS.value:
         raise ConfigError("--init_from_supernet needs --widths (which channels of the supernet to train)")
     if _WIDTHS.value:
-        from cafe_tf.train.subnet import subnet_factory
+        from cafe_tf.training.subnet import subnet_factory
 
         model_fn = subnet_factory(_WIDTHS.value, _INIT_FROM_SUPERNET.value, config.model.input_scaling)
     metrics = standard.run(config, workdir, model_fn=model_fn)

@@ -1,6 +1,6 @@
 """The standard training loop: a plain Keras model, a dataset, a recipe; resumable and distributed.
 
-Used by ``python -m cafe_tf.train`` and reusable for fine-tuning a pruned model or retraining a
+Used by ``cafe-tf train`` and reusable for fine-tuning a pruned model or retraining a
 searched network: :func:`fit` takes a model (or a factory building one under the strategy's scope),
 a :class:`DataSource` and the ``train`` config section; :func:`run` builds all three from a full
 config. The loop reads top to bottom:
@@ -15,7 +15,7 @@ config. The loop reads top to bottom:
 4. ``<workdir>/metrics.json`` (versioned artifact) and ``<workdir>/model.keras``, written atomically.
 
 Only the step function is this loop's own; checkpoints, history, progress, the L2 penalty, the
-losses and the evaluation come from :mod:`cafe_tf.train.kernel`, shared with the supernet and gate
+losses and the evaluation come from :mod:`cafe_tf.training.kernel`, shared with the supernet and gate
 training loops.
 
 Recipe choices (documented here once):
@@ -62,7 +62,7 @@ from cafe_tf import distribute as distribute_lib
 from cafe_tf import io
 from cafe_tf.config import ConfigError, to_dict
 from cafe_tf.data import DataSource
-from cafe_tf.train import kernel
+from cafe_tf.training import kernel
 
 METRICS_SCHEMA = "metrics"
 METRICS_VERSION = 1

@@ -7,7 +7,7 @@ from the trained supernet instead, weights included (the spec's fine-tuning opti
 result is a standalone functional model of standard layers, which the standard training loop,
 ``.keras`` saving and TFLite export take like any other.
 
-The programs' flags (``python -m cafe_tf.train --widths=... [--init_from_supernet=...]``) call
+The programs' flags (``cafe-tf train --widths=... [--init_from_supernet=...]``) call
 :func:`subnet_factory`.
 """
 
@@ -61,7 +61,7 @@ def build_subnet(widths_path: str, init_from_supernet: str | None = None) -> ker
 
 def subnet_factory(widths_path: str, init_from_supernet: str | None = None,
                    input_scaling: str | None = None) -> Callable[[], keras.Model]:
-    """A ``model_fn`` for ``cafe_tf.train.standard.run`` that builds :func:`build_subnet` (inside the strategy scope).
+    """A ``model_fn`` for ``cafe_tf.training.standard.run`` that builds :func:`build_subnet` (inside the strategy scope).
 
     The files are checked at once, so a bad path, a changed ``.keras`` source or an ``input_scaling``
     (``config.model.input_scaling``) other than the recorded one fails before any data is loaded.

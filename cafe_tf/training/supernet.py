@@ -26,8 +26,8 @@ Cost per step ~ K cheap forward passes + one forward/backward per slot (``benchm
 measures the ratio to a plain step of the max net).
 
 The recipe (optimizer, schedule, epochs, weight decay, mixed precision, checkpoints, seed) is a
-``train``-shaped config section (:func:`supernet_section`), built with ``cafe_tf.train.standard``'s
-helpers, and everything around the step comes from ``cafe_tf.train.kernel``, so the supernet and the
+``train``-shaped config section (:func:`supernet_section`), built with ``cafe_tf.training.standard``'s
+helpers, and everything around the step comes from ``cafe_tf.training.kernel``, so the supernet and the
 plain models share one learning-rate schedule, one optimizer builder (with loss scaling under
 ``mixed_float16``), one progress display, one history and one checkpoint/resume scheme
 (``<workdir>/checkpoints``, resumed exactly mid-epoch). Under ``mixed_bfloat16`` /
@@ -59,7 +59,7 @@ from cafe_tf.slim import Supernet
 from cafe_tf.data import DataSource, calibration_batches, take_batches
 from cafe_tf.space import (GRANULARITIES, SHARINGS, SUPERNET_SCHEMA, SUPERNET_VERSION,  # noqa: F401 - re-exported
                            ZONE_UNITS, SearchSpace, read_supernet, space_from_section)
-from cafe_tf.train import kernel, standard
+from cafe_tf.training import kernel, standard
 
 SELECTION_BN = ("batch", "moving")
 
