@@ -32,6 +32,8 @@ PROGRAMS = {
                          "--taskset", "--[no]use_gpu", "--bundle"),
     "deploy.latency_table": ("--model_name", "--model", "--input_size", "--quant", "--out", "--fractions"),
 }
+# The same programs by the module `python -m` runs (cafe_tf.flops forwards to cafe_tf.cli.flops).
+PROGRAMS_BY_MODULE = {*PROGRAMS, "cafe_tf.cli.flops", "cafe_tf.cli.check"}
 KNOWN_NONZERO: dict[str, str] = {}  # program -> why its --help does not exit 0 (none today)
 
 
@@ -101,6 +103,32 @@ def test_a_failed_tool_prints_one_line_and_exits_1(tmp_path):
                      "expected b'TFL3' "
                      "(a .tflite written by the TFLite converter / deploy.export)"], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cafe_tf_command_lists_and_runs_every_program():
+    from cafe_tf.cli.main import PROGRAMS
+
+    listing = _run(["cafe_tf", "--help"])
+    assert listing.returncode == 0, listing.stderr
+    assert all(f"  {name} " in listing.stdout for name in PROGRAMS), listing.stdout
+    # Every program of the table is one of those whose --help is checked above.
+    assert {module.removesuffix("_main") for module, _ in PROGRAMS.values()} <= set(PROGRAMS_BY_MODULE), PROGRAMS
+    via_command = _run(["cafe_tf", "check", "--help"])
+    direct = _run(["cafe_tf.cli.check", "--help"])
+    assert via_command.returncode == direct.returncode == 0
+    assert via_command.stdout == direct.stdout
+
+
+def test_cafe_tf_command_refuses_an_unknown_program():
+    proc = _run(["cafe_tf", "trian"])
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("cafe-tf: usage error: unknown program 'trian'; valid programs: pipeline, ")
+
+
+def test_cafe_tf_script_is_installed():
+    script = os.path.join(os.path.dirname(sys.executable), "cafe-tf")
+    proc = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "programs:" in proc.stdout, proc.stderr
 
 
 def test_one_usage_error_class_for_every_program():
