@@ -48,7 +48,11 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+from absl import logging
 import tensorflow as tf
+
+from cafe_tf.errors import UsageError
 
 ENV_DATA_DIR = "CAFE_TF_DATA_DIR"
 ENV_FASHION_MNIST_DIR = "CAFE_TF_FASHION_MNIST_DIR"
@@ -67,6 +71,15 @@ CENTER_CROP_FRACTION = 0.875
 
 class DatasetError(ValueError):
     """A dataset is unknown, not prepared, or its source files are missing or corrupt."""
+
+
+class DataSourceError(DatasetError, UsageError):
+    """A data source that cannot work as given (a usage error: programs exit 2).
+
+    Raised for an empty or malformed image folder, one class, a class folder without images, mixed
+    image sizes without ``image_size``, labels outside ``[0, num_classes)``, an undecodable file, or a
+    ``tfds:`` dataset that is not prepared; the one-line message names the path and what is valid.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,8 +185,40 @@ def scaled_normalization(mean: tuple[float, ...], std: tuple[float, ...], input_
 
 
 def names() -> list[str]:
-    """The dataset names :func:`load` accepts."""
+    """The built-in dataset names :func:`load` accepts (besides ``folder:PATH`` and ``tfds:NAME``)."""
     return sorted(_CATALOG)
+
+
+FOLDER_PREFIX = "folder:"
+TFDS_PREFIX = "tfds:"
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is a built-in dataset (with known statistics), not ``folder:`` / ``tfds:`` data."""
+    return name in _CATALOG
+
+
+def canonical_name(name: str) -> str:
+    """``name`` as a config can load it again from anywhere: ``folder:`` with an absolute path."""
+    if name.startswith(FOLDER_PREFIX):
+        return FOLDER_PREFIX + os.path.abspath(os.path.expanduser(name[len(FOLDER_PREFIX):]))
+    return name
+
+
+def check_name(name: str) -> str:
+    """Returns ``name`` when :func:`load` accepts it: a built-in name, ``folder:PATH`` or ``tfds:NAME``.
+
+    Raises:
+      DataSourceError: naming it and what is valid.
+    """
+    if name in _CATALOG:
+        return name
+    for prefix in (FOLDER_PREFIX, TFDS_PREFIX):
+        if isinstance(name, str) and name.startswith(prefix) and name[len(prefix):].strip():
+            return name
+    raise DataSourceError(
+        f"unknown dataset {name!r}; valid: a built-in name {names()}, folder:PATH (class subfolders of images) "
+        "or tfds:NAME[/CONFIG][:VERSION]")
 
 
 def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -219,32 +264,108 @@ def load(
     attribute: str | None = None,
     shuffle_files: bool = False,
     decode_images: bool = True,
+    image_size: int | Sequence[int] | None = None,
+    validation_split: float | None = None,
+    channels: int = 0,
+    seed: int = 0,
+    stats: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Loads split ``split`` of dataset ``name`` as ``(image uint8 HxWxC, label int64)`` pairs.
 
-    ``validation_size`` overrides the dataset's held-out size (see the module doc); ``attribute``
-    picks one CelebA attribute; ``decode_images=False`` yields JPEG bytes (ImageNet's fast path:
-    :func:`input_pipeline` then decodes only the crop).
+    Args:
+      name: a built-in name (:func:`names`), ``"folder:PATH"`` (class subfolders of PNG/JPEG/BMP/GIF
+        files, see :mod:`cafe_tf.image_folder`) or ``"tfds:NAME[/CONFIG][:VERSION]"`` (any tfds
+        image-classification dataset prepared in ``data_dir``, with ``image`` and ``label`` features).
+      split: ``train``, ``validation``, ``train_full`` or ``test`` (which ``folder:`` and ``tfds:``
+        data may lack: :class:`DataSourceError`; ``info.split_sizes`` lists the splits they have).
+      data_dir: the tfds data folder (default :func:`default_data_dir`).
+      download: whether tfds may download and prepare a missing dataset.
+      validation_size: built-in data: the held-out size (see the module doc).
+      attribute: ``celeb_a``: one attribute as a 2-class task.
+      shuffle_files: tfds's file shuffling.
+      decode_images: ``False`` yields JPEG bytes (ImageNet's fast path: :func:`input_pipeline` then
+        decodes only the crop).
+      image_size: ``folder:`` / ``tfds:``: an int or ``(height, width)`` every image is resized to
+        (bilinear, no crop); default the images' own size when they all share one.
+      validation_split: the fraction held out as validation where the data has no validation split
+        (``None``: 0.1); for a built-in name it replaces ``validation_size`` (that fraction of the
+        official training split).
+      channels: ``folder:`` / ``tfds:``: 1 or 3 forces gray or RGB; 0 keeps the files' own.
+      seed: ``folder:``: seeds the stratified carve-out and the files' order.
+      stats: ``folder:`` / ``tfds:``: known ``(mean, std)`` of the training split (a data record),
+        which skips computing them.
+
+    Returns:
+      The split's dataset and the :class:`DatasetInfo` (``folder:`` / ``tfds:``: ``mean`` / ``std``
+      computed on the training split after the resize, in [0, 1] scale).
+
+    Raises:
+      DataSourceError: a data source that cannot work (see the class).
+      DatasetError: an unknown name or split, or a built-in dataset that is not prepared.
     """
-    spec = _spec(name)
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r} for dataset {name!r}; valid splits: {list(SPLITS)}")
+    info, get_split = _open(name, data_dir, download, validation_size=validation_size, attribute=attribute,
+                            shuffle_files=shuffle_files, decode_images=decode_images, image_size=image_size,
+                            validation_split=validation_split, channels=channels, seed=seed, stats=stats)
+    return get_split(split), info
+
+
+SplitFn = Callable[[str], tf.data.Dataset]
+
+
+def _open(name: str, data_dir: str | None, download: bool, *, validation_size: int | None = None,
+          attribute: str | None = None, shuffle_files: bool = False, decode_images: bool = True,
+          image_size: int | Sequence[int] | None = None, validation_split: float | None = None,
+          channels: int = 0, seed: int = 0,
+          stats: tuple[Sequence[float], Sequence[float]] | None = None) -> tuple[DatasetInfo, SplitFn]:
+    """:func:`load`'s work once per source: the :class:`DatasetInfo` and a function of a split name."""
+    check_name(name)
+    if name.startswith(FOLDER_PREFIX):
+        return _open_folder(name[len(FOLDER_PREFIX):], image_size, validation_split, channels, seed, stats)
+    if name.startswith(TFDS_PREFIX):
+        return _open_tfds(name[len(TFDS_PREFIX):], data_dir, download, image_size, validation_split, channels,
+                          stats)
+    spec = _spec(name)
     if attribute is not None and name != "celeb_a":
         raise DatasetError(f"attribute={attribute!r} applies to celeb_a only, not to {name!r}")
     if not decode_images and name != "imagenet2012":
         raise DatasetError(f"decode_images=False is supported for imagenet2012 only, not {name!r}")
     data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
     builder = _prepared_builder(name, spec, data_dir, download)
+    if validation_split is not None and validation_size is None and spec.validation_size:
+        _check_fraction(validation_split, name)
+        validation_size = max(1, int(round(validation_split * builder.info.splits["train"].num_examples)))
     info = _dataset_info(name, spec, builder, data_dir, validation_size, attribute)
     tfds = _tfds()
     decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
-    ds = builder.as_dataset(
-        split=_tfds_split(spec, split, info.validation_size),
-        shuffle_files=shuffle_files,
-        decoders=decoders,
-        read_config=tfds.ReadConfig(try_autocache=False),
-    )
-    return ds.map(_example_to_pair(info), num_parallel_calls=tf.data.AUTOTUNE), info
+
+    def get_split(split: str) -> tf.data.Dataset:
+        _check_split(name, split)
+        ds = builder.as_dataset(
+            split=_tfds_split(spec, split, info.validation_size),
+            shuffle_files=shuffle_files,
+            decoders=decoders,
+            read_config=tfds.ReadConfig(try_autocache=False),
+        )
+        return ds.map(_example_to_pair(info), num_parallel_calls=tf.data.AUTOTUNE)
+
+    if channels:
+        return _with_channels(info, get_split, channels)
+    return info, get_split
+
+
+def _check_split(name: str, split: str, available: Sequence[str] = SPLITS) -> None:
+    if split in available:
+        return
+    if split in SPLITS:
+        raise DataSourceError(f"{name!r} has no {split!r} split; its splits: {list(available)}")
+    raise DatasetError(f"unknown split {split!r} for dataset {name!r}; valid splits: {list(available)}")
+
+
+def _check_fraction(fraction: float, name: str) -> None:
+    if not 0.0 < float(fraction) < 1.0:
+        raise DataSourceError(f"validation_split={fraction!r} for {name!r} is invalid; it must be in (0, 1)")
 
 
 def _prepared_builder(name: str, spec: _Spec, data_dir: str, download: bool):
@@ -684,24 +805,70 @@ def _num_examples(ds: tf.data.Dataset, info: DatasetInfo, split: str) -> int:
 
 
 def make_data_source(data: Any, seed: int, eval_splits: Sequence[str] = ("validation", "test"),
-                     drop_eval_remainder: bool = False, input_scaling: str = "mean_std") -> DataSource:
+                     drop_eval_remainder: bool = False, input_scaling: str = "mean_std",
+                     workdir: str | None = None) -> DataSource:
     """Builds the :class:`DataSource` the ``data`` config section describes (see cafe_tf.config), its
-    images scaled as ``input_scaling`` (``config.model.input_scaling``) says."""
-    load_kwargs = dict(
+    images scaled as ``input_scaling`` (``config.model.input_scaling``) says.
+
+    Args:
+      data: the ``data`` config section.
+      seed: seeds the training order and augmentation.
+      eval_splits: the splits to evaluate; a ``test`` split the data lacks (``folder:`` without
+        ``test/``) is skipped with a logged note.
+      drop_eval_remainder: whether eval batches drop a partial last batch.
+      input_scaling: ``config.model.input_scaling``.
+      workdir: for ``folder:`` / ``tfds:`` data, where the data record (``data.json``, with the
+        training split's mean / std) is reused from (this folder or its parent, when the data name
+        and shapes match) or else written, so later stages do not recompute the statistics.
+
+    Returns:
+      The :class:`DataSource`.
+    """
+    kwargs = _section_load_kwargs(data)
+    record = None
+    if workdir and not is_builtin(data.name):
+        record = find_data_record(workdir, data.name)
+    info, get_split = _open(data.name, **kwargs, stats=None if record is None else (record["mean"], record["std"]))
+    if record is not None and not record_matches(record, info):
+        logging.info("data record %s does not match %s; recomputing its statistics", record["path"], data.name)
+        info, get_split = _open(data.name, **kwargs)
+        record = None
+    if workdir and not is_builtin(data.name) and record is None:
+        write_data_record(workdir, info)
+    return build_source(info, get_split, data, seed, eval_splits, drop_eval_remainder, input_scaling)
+
+
+def _section_load_kwargs(data: Any) -> dict[str, Any]:
+    validation_split = float(data.get("validation_split", 0.0) or 0.0)
+    return dict(
         data_dir=data.data_dir or None,
         download=data.download,
         validation_size=None if data.validation_size < 0 else data.validation_size,
         attribute=data.attribute or None,
+        image_size=None if is_builtin(data.name) else (data.image_size or None),
+        validation_split=validation_split or None,
+        channels=int(data.get("channels", 0) or 0),
     )
-    train_ds, info = load(data.name, "train", **load_kwargs)
+
+
+def build_source(info: DatasetInfo, get_split: SplitFn, data: Any, seed: int,
+                 eval_splits: Sequence[str] = ("validation", "test"), drop_eval_remainder: bool = False,
+                 input_scaling: str = "mean_std", image_size: int | None = None) -> DataSource:
+    """The :class:`DataSource` of loaded data: ``get_split(name)`` gives a split's unbatched pairs.
+
+    The one wiring of a ``data`` section (batch sizes, augmentation, image size, ``max_*_examples``,
+    cache) into :func:`input_pipeline`, shared by :func:`make_data_source` and :meth:`Data.source`.
+    ``image_size`` is the size used when the section's ``image_size`` is 0.
+    """
     info = dataclasses.replace(info, input_scaling=input_scaling)  # the pipelines read it from info
+    train_ds = get_split("train")
     n_train = _num_examples(train_ds, info, "train")
     if data.max_train_examples:
         n_train = min(n_train, data.max_train_examples)
         train_ds = train_ds.take(n_train)
     if data.cache:
         train_ds = train_ds.cache()  # one cache shared by every epoch's pipeline
-    image_size = data.image_size or None
+    image_size = data.image_size or image_size or None
     image_shape = resolve_image_size(info, image_size)
     eval_batch = data.eval_batch_size or data.batch_size
 
@@ -713,7 +880,7 @@ def make_data_source(data: Any, seed: int, eval_splits: Sequence[str] = ("valida
         )
 
     def eval_maker(split: str):
-        ds, _ = load(data.name, split, **load_kwargs)
+        ds = get_split(split)
         if data.max_eval_examples:
             ds = ds.take(data.max_eval_examples)
         if data.cache:
@@ -725,8 +892,81 @@ def make_data_source(data: Any, seed: int, eval_splits: Sequence[str] = ("valida
 
         return make_eval
 
+    splits = []
+    for split in eval_splits:
+        if split == "test" and info.split_sizes and "test" not in info.split_sizes:
+            logging.warning("%s has no test split (no test/ folder): skipping its evaluation on 'test'", info.name)
+            continue
+        splits.append(split)
     return DataSource(info=info, image_shape=image_shape, train_examples=n_train, global_batch=data.batch_size,
-                      make_train=make_train, make_eval={split: eval_maker(split) for split in eval_splits})
+                      make_train=make_train, make_eval={split: eval_maker(split) for split in splits})
+
+
+# --------------------------------------------------------------------------------------------
+# Data records: the statistics of non-built-in data, written once into a workdir
+
+DATA_RECORD = "data.json"
+DATA_SCHEMA = "data"
+DATA_SCHEMA_VERSION = 1
+
+
+def write_data_record(workdir: str, info: DatasetInfo) -> str:
+    """Writes ``workdir/data.json`` (versioned, schema ``data``): what later stages need of ``info``.
+
+    Args:
+      workdir: the folder (created if missing).
+      info: the loaded data's :class:`DatasetInfo`.
+
+    Returns:
+      The record's path.
+    """
+    from cafe_tf import io
+
+    path = os.path.join(workdir, DATA_RECORD)
+    os.makedirs(workdir, exist_ok=True)
+    io.write_artifact(path, DATA_SCHEMA, DATA_SCHEMA_VERSION, {
+        "name": info.name, "class_names": list(info.label_names), "image_shape": list(info.image_shape),
+        "mean": list(info.mean), "std": list(info.std), "split_sizes": dict(info.split_sizes),
+    })
+    return path
+
+
+def read_data_record(path: str) -> dict[str, Any]:
+    """Reads a ``data.json`` written by :func:`write_data_record` (``path``: the file or its folder).
+
+    Raises:
+      cafe_tf.io.ArtifactError: naming the file and what is wrong with it.
+    """
+    from cafe_tf import io
+
+    if os.path.isdir(path):
+        path = os.path.join(path, DATA_RECORD)
+
+    def validate(obj: dict[str, Any]) -> None:
+        if len(obj["mean"]) != len(obj["std"]) or len(obj["mean"]) != obj["image_shape"][-1]:
+            raise ValueError(f"mean {obj['mean']} and std {obj['std']} must have one value per channel")
+
+    record = io.read_artifact(path, DATA_SCHEMA, (DATA_SCHEMA_VERSION,),
+                              ("name", "class_names", "image_shape", "mean", "std", "split_sizes"), validate)
+    record["path"] = path
+    return record
+
+
+def find_data_record(workdir: str, name: str) -> dict[str, Any] | None:
+    """The data record of data ``name`` in ``workdir`` or its parent folder (a later stage's), or None."""
+    for folder in (workdir, os.path.dirname(os.path.abspath(workdir))):
+        if os.path.isfile(os.path.join(folder, DATA_RECORD)):
+            record = read_data_record(folder)
+            if record["name"] == canonical_name(name):
+                return record
+    return None
+
+
+def record_matches(record: Mapping[str, Any], info: DatasetInfo) -> bool:
+    """Whether a data record describes ``info``'s data (name, classes, image shape and split sizes)."""
+    return (record["name"] == info.name and list(record["class_names"]) == list(info.label_names)
+            and list(record["image_shape"]) == list(info.image_shape)
+            and dict(record["split_sizes"]) == dict(info.split_sizes))
 
 
 def calibration_batches(data: DataSource, num_examples: int) -> list[tuple[tf.Tensor, tf.Tensor]]:
@@ -754,3 +994,443 @@ def take_batches(make: Callable[[Any], tf.data.Dataset], max_examples: int) -> l
     if not out:
         raise DatasetError("the pipeline yielded no examples; check the split and max_eval_examples")
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# folder: and tfds: sources
+
+
+def _info(name: str, class_names: Sequence[str], shape: tuple[int, int, int], sizes: Mapping[str, int],
+          stats: tuple[Sequence[float], Sequence[float]], data_dir: str) -> DatasetInfo:
+    return DatasetInfo(
+        name=name, task="classification", num_classes=len(class_names), image_shape=tuple(shape),
+        split_sizes=dict(sizes), mean=tuple(float(m) for m in stats[0]), std=tuple(float(v) for v in stats[1]),
+        default_augment="flip", default_image_size=None, label_names=tuple(str(c) for c in class_names),
+        data_dir=data_dir, validation_size=int(sizes.get("validation", 0)),
+    )
+
+
+def _checked_stats(stats, channels: int, name: str):
+    if stats is None:
+        return None
+    mean, std = tuple(stats[0]), tuple(stats[1])
+    if len(mean) != channels or len(std) != channels:
+        return None  # recorded for other channels: recompute
+    return mean, std
+
+
+def _open_folder(path: str, image_size, validation_split, channels, seed, stats) -> tuple[DatasetInfo, SplitFn]:
+    from cafe_tf import image_folder
+
+    index = image_folder.scan(path, validation_split, seed)
+    name = FOLDER_PREFIX + index.root
+    shape = image_folder.resolve_shape(index, image_size, channels)
+    sizes = {split: len(paths) for split, (paths, _) in index.files.items()}
+    sizes["train_full"] = sizes["train"] + sizes["validation"]
+    available = [s for s in SPLITS if s in sizes]
+
+    def get_split(split: str) -> tf.data.Dataset:
+        _check_split(name, split, available)
+        if split == "train_full":
+            return get_split("train").concatenate(get_split("validation"))
+        paths, labels = index.files[split]
+        return image_folder.split_dataset(paths, labels, shape)
+
+    stats = _checked_stats(stats, shape[-1], name)
+    if stats is None:
+        stats = image_folder.channel_stats(get_split("train"), shape[-1], f"folder {index.root!r}")
+    return _info(name, index.class_names, shape, sizes, stats, index.root), get_split
+
+
+def _open_tfds(spec: str, data_dir, download, image_size, validation_split, channels, stats):
+    from cafe_tf import image_folder
+
+    tfds = _tfds()
+    name = TFDS_PREFIX + spec
+    data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+    try:
+        builder = tfds.builder(spec, data_dir=data_dir)
+    except Exception as e:  # tfds raises its own DatasetNotFoundError and friends
+        raise DataSourceError(f"{name!r} is not a tfds dataset ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                              "valid: tfds:NAME[/CONFIG][:VERSION] of `tfds.list_builders()`") from None
+    if not builder.is_prepared():
+        if not download:
+            raise DataSourceError(
+                f"tfds dataset {spec!r} is not prepared in data_dir {data_dir!r} (looked for {builder.data_dir}); "
+                f"prepare it with `tfds build {spec} --data_dir {data_dir}` or download=True "
+                "(--config.data.download=True), or point data_dir at a folder that holds it")
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    features = builder.info.features
+    if "image" not in features or "label" not in features or not hasattr(features["label"], "num_classes"):
+        raise DataSourceError(f"tfds dataset {spec!r} has features {list(features)}; an image-classification "
+                              "dataset needs an 'image' and a ClassLabel 'label'")
+    h, w, c = (tuple(features["image"].shape) + (None, None, None))[:3]
+    c = channels or c or 3
+    if channels not in (0, 1, 3):
+        raise DataSourceError(f"channels={channels!r} is invalid; valid: 1 (gray), 3 (RGB) or 0 for the images' own")
+    if image_size:
+        size = (int(image_size),) * 2 if isinstance(image_size, (int, np.integer)) else tuple(int(v) for v in image_size)
+        h, w = size
+    elif h is None or w is None:
+        raise DataSourceError(f"tfds dataset {spec!r} has images of varying size; pass image_size (an int or "
+                              "(height, width); --config.data.image_size=N)")
+    shape = (int(h), int(w), int(c))
+    splits = builder.info.splits
+    n_train = splits["train"].num_examples if "train" in splits else 0
+    if not n_train:
+        raise DataSourceError(f"tfds dataset {spec!r} has no 'train' split; its splits: {list(splits)}")
+    tfds_splits = {"train": "train", "validation": "validation"}
+    sizes = {"train": n_train}
+    if "validation" in splits:
+        sizes["validation"] = splits["validation"].num_examples
+    else:
+        fraction = 0.1 if validation_split is None else float(validation_split)
+        _check_fraction(fraction, name)
+        k = max(1, int(round(fraction * n_train)))
+        tfds_splits = {"train": f"train[:-{k}]", "validation": f"train[-{k}:]"}
+        sizes = {"train": n_train - k, "validation": k}
+    sizes["train_full"] = sizes["train"] + sizes["validation"]
+    tfds_splits["train_full"] = f"{tfds_splits['train']}+{tfds_splits['validation']}"
+    if "test" in splits:
+        sizes["test"] = splits["test"].num_examples
+        tfds_splits["test"] = "test"
+    available = [s for s in SPLITS if s in sizes]
+
+    def pair(example):
+        image = image_folder.conform(example["image"], shape)
+        return image, tf.cast(example["label"], tf.int64)
+
+    def get_split(split: str) -> tf.data.Dataset:
+        _check_split(name, split, available)
+        ds = builder.as_dataset(split=tfds_splits[split], read_config=tfds.ReadConfig(try_autocache=False))
+        return ds.map(pair, num_parallel_calls=tf.data.AUTOTUNE)
+
+    stats = _checked_stats(stats, shape[-1], name)
+    if stats is None:
+        stats = image_folder.channel_stats(get_split("train"), shape[-1], f"tfds dataset {spec!r}")
+    label = features["label"]
+    return _info(name, tuple(label.names), shape, sizes, stats, data_dir), get_split
+
+
+def _with_channels(info: DatasetInfo, get_split: SplitFn, channels: int) -> tuple[DatasetInfo, SplitFn]:
+    """``info`` and ``get_split`` with images converted to ``channels`` (1 gray or 3 RGB)."""
+    from cafe_tf import image_folder
+
+    if channels not in (1, 3):
+        raise DataSourceError(f"channels={channels!r} for {info.name!r} is invalid; valid: 1 (gray) or 3 (RGB)")
+    h, w, have = info.image_shape
+    if have == channels:
+        return info, get_split
+    shape = (h, w, channels)
+
+    def converted(split: str) -> tf.data.Dataset:
+        ds = get_split(split)
+        if h is None or w is None:
+            return ds.map(lambda x, y: (_convert_channels(x, channels), y), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.map(lambda x, y: (image_folder.conform(x, shape), y), num_parallel_calls=tf.data.AUTOTUNE)
+
+    if channels == 3:  # gray replicated: the same statistics per channel
+        mean, std = info.mean * 3, info.std * 3
+    else:
+        mean, std = image_folder.channel_stats(converted("train"), 1, repr(info.name))
+    return dataclasses.replace(info, image_shape=(h, w, channels), mean=tuple(mean), std=tuple(std)), converted
+
+
+def _convert_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
+    from cafe_tf import image_folder
+
+    if channels == 3:
+        return tf.tile(image[..., :1], [1, 1, 3])
+    gray = tf.reduce_sum(tf.cast(image[..., :3], tf.float32) * tf.constant(image_folder._GRAY_WEIGHTS), -1, keepdims=True)
+    return tf.cast(tf.clip_by_value(tf.round(gray), 0, 255), tf.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# The Python API's data object
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """Loaded image-classification data: what :func:`load_data` returns and the API functions take.
+
+    Attributes:
+      info: the :class:`DatasetInfo` (``mean`` / ``std``, ``label_names``, ``num_classes``,
+        ``image_shape``, ``split_sizes``).
+      splits: unbatched ``(uint8 HxWxC image, int64 label)`` datasets: ``train``, ``validation`` and,
+        when the data has one, ``test``.
+      source_name: the ``data.name`` a config loads this data with again (``"folder:/abs/path"``,
+        ``"tfds:mnist"``, ``"fashion_mnist"``); ``None`` for in-memory data.
+      image_size: built-in data only: the size the input pipeline resizes to (None: native).
+    """
+
+    info: DatasetInfo
+    splits: Mapping[str, tf.data.Dataset]
+    source_name: str | None
+    image_size: int | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes."""
+        return self.info.num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The class names, in label order."""
+        return self.info.label_names
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(height, width, channels)`` of the images a model is fed."""
+        return resolve_image_size(self.info, self.image_size)
+
+    def split(self, name: str) -> tf.data.Dataset:
+        """Split ``name``'s unbatched pairs (``train_full``: ``train`` then ``validation``)."""
+        if name == "train_full" and name not in self.splits:
+            return self.splits["train"].concatenate(self.splits["validation"])
+        if name not in self.splits:
+            raise DataSourceError(f"{self.info.name!r} has no {name!r} split; its splits: {list(self.splits)}")
+        return self.splits[name]
+
+    def with_channels(self, channels: int) -> Data:
+        """This data with 1 (gray) or 3 (RGB) channels, for a model's input; ``self`` when they match.
+
+        Gray is replicated to RGB (the statistics too); RGB becomes BT.601 luma, its statistics
+        computed on the converted training split.
+        """
+        info, get_split = _with_channels(self.info, self.split, int(channels))
+        if info is self.info:
+            return self
+        return dataclasses.replace(self, info=info, splits={name: get_split(name) for name in self.splits})
+
+    def source(self, section: Any, seed: int, eval_splits: Sequence[str] = ("validation", "test"),
+               drop_eval_remainder: bool = False, input_scaling: str = "mean_std") -> DataSource:
+        """The :class:`DataSource` the training loops consume, fed as the ``data`` config section
+        ``section`` says (batch sizes, augmentation, image size, ``max_*_examples``, cache).
+
+        Args:
+          section: a ``data`` config section (``cafe_tf.config.base_config().data``); its ``name``
+            is not read.
+          seed: seeds the training order and augmentation.
+          eval_splits: the splits to evaluate (a missing ``test`` is skipped with a logged note).
+          drop_eval_remainder: whether eval batches drop a partial last batch.
+          input_scaling: ``config.model.input_scaling``.
+
+        Returns:
+          The :class:`DataSource`.
+        """
+        return build_source(self.info, self.split, section, seed, eval_splits, drop_eval_remainder, input_scaling,
+                            image_size=self.image_size)
+
+
+def _data_section(config: Any) -> Any:
+    if config is None:
+        return None
+    from cafe_tf import config as config_lib
+
+    if isinstance(config, (str, os.PathLike)):
+        path = os.path.abspath(os.fspath(config))
+        if not os.path.isfile(path):
+            raise DataSourceError(f"config {path!r} does not exist; give a config file path or a ConfigDict")
+        config = config_lib.sibling_config(path, os.path.basename(path))
+    if "data" not in config:
+        raise DataSourceError("config has no 'data' section; give a config made from cafe_tf.config.base_config()")
+    return config.data
+
+
+def load_data(
+    source: Any,
+    *,
+    image_size: int | Sequence[int] | None = None,
+    validation_split: float | None = None,
+    data_dir: str | None = None,
+    download: bool = False,
+    num_classes: int | None = None,
+    seed: int = 0,
+    config: Any = None,
+) -> Data:
+    """Loads image-classification data from any source, with its statistics, as :class:`Data`.
+
+    Args:
+      source: ``"folder:PATH"``, ``"tfds:NAME[/CONFIG][:VERSION]"``, a built-in name
+        (:func:`names`), a ``tf.data.Dataset`` of ``(image, label)`` pairs (batched or not: a label of
+        rank 1 means batches), or NumPy arrays ``(x, y)``. ``None`` takes ``config``'s ``data.name``.
+        In-memory images are ``(N, H, W)`` (gray), ``(N, H, W, 1)`` or ``(N, H, W, 3)``: uint8 or
+        integers in 0..255, or floats in [0, 1] (scaled by 255; whole-number floats up to 255 are
+        taken as 0..255; anything else, e.g. normalised images, is refused). Labels are class
+        indices ``(N,)``. A dataset is read into memory once.
+      image_size: an int or ``(height, width)`` to resize to (bilinear, no crop); default the
+        images' own size when they share one. Built-in data: an int the input pipeline resizes to.
+      validation_split: the fraction held out as a stratified, seeded validation split where the
+        data has none (``None``: 0.1; a built-in name keeps its own carve-out).
+      data_dir: the tfds data folder (default :func:`default_data_dir`).
+      download: whether tfds may download a dataset that is not prepared.
+      num_classes: in-memory data: the number of classes (default: the largest label + 1); other
+        sources: checked against the data's.
+      seed: seeds the carve-out and the examples' order.
+      config: a config file path or ``ConfigDict`` whose ``data`` section supplies defaults
+        (``name``, ``image_size``, ``validation_split``, ``validation_size``, ``channels``,
+        ``data_dir``, ``download``); keyword arguments win.
+
+    Returns:
+      The :class:`Data`; for data that is not built in, ``info.mean`` / ``info.std`` are computed on
+      the training split after the resize.
+
+    Raises:
+      DataSourceError: a source that cannot work, in one line naming it and what is valid.
+    """
+    section = _data_section(config)
+    channels, validation_size = 0, None
+    if section is not None:
+        source = section.name if source is None else source
+        image_size = image_size if image_size is not None else (section.image_size or None)
+        if validation_split is None:
+            validation_split = float(section.get("validation_split", 0.0) or 0.0) or None
+        data_dir = data_dir or section.data_dir or None
+        download = download or bool(section.download)
+        channels = int(section.get("channels", 0) or 0)
+        validation_size = None if section.validation_size < 0 else int(section.validation_size)
+    if source is None:
+        raise DataSourceError("load_data needs a source: folder:PATH, tfds:NAME, a built-in name "
+                              f"{names()}, a tf.data.Dataset or arrays (x, y)")
+    if isinstance(source, (str, os.PathLike)):
+        name = canonical_name(check_name(os.fspath(source)))
+        builtin = is_builtin(name)
+        if builtin and image_size is not None and not isinstance(image_size, (int, np.integer)):
+            raise DataSourceError(f"image_size={image_size!r} for {name!r} must be an int (square images)")
+        info, get_split = _open(name, data_dir, download, validation_size=validation_size if builtin else None,
+                                image_size=None if builtin else image_size, validation_split=validation_split,
+                                channels=channels, seed=seed)
+        if num_classes is not None and int(num_classes) != info.num_classes:
+            raise DataSourceError(f"num_classes={num_classes!r} but {name!r} has {info.num_classes} classes "
+                                  f"{list(info.label_names)}")
+        available = [s for s in ("train", "validation", "test") if not info.split_sizes or s in info.split_sizes]
+        return Data(info=info, splits={s: get_split(s) for s in available}, source_name=name,
+                    image_size=int(image_size) if builtin and image_size else None)
+    if isinstance(source, tf.data.Dataset):
+        x, y = _dataset_arrays(source, image_size)
+        where = "the tf.data.Dataset"
+    elif isinstance(source, (tuple, list)) and len(source) == 2:
+        x, y = source
+        where = "the arrays (x, y)"
+    else:
+        raise DataSourceError(
+            f"load_data cannot read a {type(source).__name__}; valid sources: folder:PATH, tfds:NAME, a built-in "
+            f"name {names()}, a tf.data.Dataset of (image, label) pairs, or NumPy arrays (x, y)")
+    return _from_arrays(x, y, where, image_size=image_size, validation_split=validation_split,
+                        num_classes=num_classes, seed=seed, channels=channels)
+
+
+def _dataset_arrays(ds: tf.data.Dataset, image_size) -> tuple[np.ndarray, np.ndarray]:
+    """Reads a dataset of ``(image, label)`` pairs (batched or not) into arrays."""
+    spec = ds.element_spec
+    if isinstance(spec, Mapping) and "image" in spec and "label" in spec:
+        ds = ds.map(lambda ex: (ex["image"], ex["label"]))
+        spec = ds.element_spec
+    if not isinstance(spec, tuple) or len(spec) != 2:
+        raise DataSourceError(f"the tf.data.Dataset yields {spec}; it must yield (image, label) pairs")
+    label_rank = spec[1].shape.rank
+    if label_rank not in (0, 1):
+        raise DataSourceError(f"the tf.data.Dataset's labels have shape {spec[1].shape}; they must be class "
+                              "indices: a scalar per image, or a vector per batch")
+    images, labels = [], []
+    for x, y in ds.as_numpy_iterator():
+        batch = [x] if label_rank == 0 else list(x)
+        images += [np.asarray(b) for b in batch]
+        labels += list(np.atleast_1d(y))
+    if not images:
+        raise DataSourceError("the tf.data.Dataset yields no examples")
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        if not image_size:
+            raise DataSourceError(f"the tf.data.Dataset's images have {len(shapes)} different shapes "
+                                  f"(e.g. {sorted(shapes)[:2]}); pass image_size (an int or (height, width))")
+        size = (int(image_size),) * 2 if isinstance(image_size, (int, np.integer)) else tuple(image_size)
+        images = [_resize_uint8(_as_uint8(im[None] if im.ndim == 2 else im[None], "the tf.data.Dataset"), size)[0]
+                  for im in images]
+    return np.stack(images), np.asarray(labels)
+
+
+def _as_uint8(x: np.ndarray, where: str) -> np.ndarray:
+    if x.dtype == np.uint8:
+        return x
+    if np.issubdtype(x.dtype, np.bool_) or x.size == 0:
+        raise DataSourceError(f"images of {where} are {x.dtype}; give uint8, integers in 0..255 or floats in [0, 1]")
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if np.issubdtype(x.dtype, np.integer):
+        if lo < 0 or hi > 255:
+            raise DataSourceError(f"integer images of {where} range over [{lo:g}, {hi:g}]; they must be 0..255")
+        return x.astype(np.uint8)
+    if np.issubdtype(x.dtype, np.floating):
+        if lo >= 0.0 and hi <= 1.0:
+            return np.round(x * 255.0).astype(np.uint8)
+        if lo >= 0.0 and hi <= 255.0 and np.all(x == np.round(x)):
+            return x.astype(np.uint8)
+        raise DataSourceError(
+            f"float images of {where} range over [{lo:g}, {hi:g}]; give raw pixels: floats in [0, 1], whole "
+            "numbers in 0..255, or uint8 (normalised images are refused: the statistics are computed here)")
+    raise DataSourceError(f"images of {where} are {x.dtype}; give uint8, integers in 0..255 or floats in [0, 1]")
+
+
+def _resize_uint8(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if tuple(x.shape[1:3]) == tuple(size):
+        return x
+    out = []
+    for start in range(0, len(x), 1024):
+        r = tf.image.resize(x[start:start + 1024], size, method="bilinear", antialias=True)
+        out.append(tf.cast(tf.clip_by_value(tf.round(r), 0, 255), tf.uint8).numpy())
+    return np.concatenate(out)
+
+
+def _from_arrays(x: Any, y: Any, where: str, *, image_size, validation_split, num_classes, seed, channels) -> Data:
+    from cafe_tf import image_folder
+
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim == 3:
+        x = x[..., None]  # (N, H, W): gray
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise DataSourceError(f"images of {where} have shape {x.shape}; valid: (N, H, W), (N, H, W, 1) or (N, H, W, 3)")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataSourceError(f"labels of {where} have shape {y.shape}; valid: ({len(x)},) class indices, one per image")
+    if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)))):
+        raise DataSourceError(f"labels of {where} are {y.dtype} values that are not whole numbers; give class indices")
+    y = y.astype(np.int64)
+    inferred = int(y.max()) + 1 if len(y) else 0
+    k = inferred if num_classes is None else int(num_classes)
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+        raise DataSourceError(
+            f"labels of {where} range over [{int(y.min())}, {int(y.max())}], outside [0, num_classes={k}); "
+            "labels must be class indices 0..num_classes-1")
+    if k < 2:
+        raise DataSourceError(f"{where} has {k} class; a classifier needs labels of at least 2 classes")
+    x = _as_uint8(x, where)
+    if image_size:
+        size = (int(image_size),) * 2 if isinstance(image_size, (int, np.integer)) else tuple(int(v) for v in image_size)
+        x = _resize_uint8(x, size)
+    fraction = 0.1 if validation_split is None else float(validation_split)
+    train_idx, val_idx = image_folder.stratified_indices(y, fraction, seed, where)
+    train_idx = train_idx[image_folder.seeded_order(len(train_idx), seed, 0)]
+    val_idx = val_idx[image_folder.seeded_order(len(val_idx), seed, 1)]
+    stats = _array_stats(x[train_idx])
+    name = "tf.data" if "tf.data" in where else "arrays"
+    info = _info(name, tuple(str(i) for i in range(k)), tuple(x.shape[1:]), {
+        "train": len(train_idx), "validation": len(val_idx), "train_full": len(train_idx) + len(val_idx)},
+        stats, "")
+    splits = {"train": tf.data.Dataset.from_tensor_slices((x[train_idx], y[train_idx])),
+              "validation": tf.data.Dataset.from_tensor_slices((x[val_idx], y[val_idx]))}
+    data = Data(info=info, splits=splits, source_name=None)
+    return data.with_channels(channels) if channels else data
+
+
+def _array_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    c = x.shape[-1]
+    total, total_sq, count = np.zeros(c), np.zeros(c), 0
+    for start in range(0, len(x), 4096):
+        chunk = x[start:start + 4096].astype(np.float64).reshape(-1, c)
+        total += chunk.sum(0)
+        total_sq += (chunk * chunk).sum(0)
+        count += len(chunk)
+    mean = total / count / 255.0
+    std = np.sqrt(np.maximum(total_sq / count / 255.0**2 - mean**2, 0.0))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
