@@ -49,12 +49,14 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.data = ml_collections.ConfigDict(
         dict(
-            name="fashion_mnist",  # see cafe_tf.data.names()
+            name="fashion_mnist",  # cafe_tf.data.names(), folder:PATH or tfds:NAME[/CONFIG][:VERSION]
             data_dir="",  # "" = $CAFE_TF_DATA_DIR or ~/tensorflow_datasets
             download=False,  # never touch the network unless asked
             batch_size=128,  # global batch, split over replicas
             eval_batch_size=0,  # 0 = batch_size
             validation_size=-1,  # held out from train; -1 = the dataset's default
+            validation_split=0.0,  # folder:/tfds:/in-memory data without a validation split: 0.0 = 0.1
+            channels=0,  # 1 gray or 3 RGB (converted); 0 = the data's own
             attribute="",  # celeb_a only: one attribute name, "" = all 40 (multi-label)
             image_size=0,  # 0 = the dataset's native / default size
             augment="auto",  # auto | none | flip | crop | crop_flip | inception
@@ -168,7 +170,13 @@ def validate_data(data: ml_collections.ConfigDict) -> None:
     """Checks the ``data`` section (dataset names, sizes, augmentation)."""
     from cafe_tf import data as data_lib
 
-    _choice("data.name", data.name, data_lib.names())
+    try:
+        data_lib.check_name(data.name)
+    except data_lib.DatasetError as e:
+        raise ConfigError(f"config.data.name={data.name!r} is invalid: {e}") from None
+    _check("data.validation_split", data.get("validation_split", 0.0),
+           0.0 <= data.get("validation_split", 0.0) < 1.0, "in [0, 1) (0 = 0.1, or a built-in dataset's own)")
+    _choice("data.channels", data.get("channels", 0), (0, 1, 3))
     _check("data.batch_size", data.batch_size, data.batch_size >= 1, ">= 1")
     _check("data.eval_batch_size", data.eval_batch_size, data.eval_batch_size >= 0, ">= 0 (0 = batch_size)")
     _check("data.validation_size", data.validation_size, data.validation_size >= -1,
