@@ -22,10 +22,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cafe_tf.flops import CostModel
 from cafe_tf.graph import ChannelGraph
 
 NORMALIZATIONS = ("layer_std", "l2_rows")
 GATE_MODES = ("hard", "soft")
+# How the head starts: all logits of a group equal (zeros), a seeded small random head, or a fixed
+# per-filter offset from the filters' L1 norms (the stronger filter starts higher).
+HEAD_INITS = ("zeros", "random", "l1")
+# How fast each group's logits move: as the optimiser makes them (none), or scaled per group by the
+# MACs of one of its channels (macs), the weighting the FLOPs regulariser's gradient carries.
+STEP_SCALINGS = ("none", "macs")
 
 
 class _Source:
@@ -60,6 +67,19 @@ def _following_bn(graph: ChannelGraph, name: str) -> keras.layers.BatchNormaliza
         if node.kind == "bn" and node.inputs == (name,):  # BatchNormalization read straight off the layer
             return node.layer
     return None
+
+
+def _standardised_log_l1(graph: ChannelGraph) -> dict[int, np.ndarray]:
+    """{prunable group id: per-channel log L1 norm (``prune.filter_l1_norms``), standardised within
+    the group (zero where every filter has the same norm)}."""
+    from cafe_tf.dagger.prune import filter_l1_norms
+
+    out = {}
+    for gid, l1 in filter_l1_norms(graph).items():
+        z = np.log(l1 + 1e-12)
+        spread = z.std()
+        out[gid] = (z - z.mean()) / spread if spread > 1e-12 else np.zeros_like(z)
+    return out
 
 
 def _group_sources(graph: ChannelGraph) -> dict[int, list[str]]:
@@ -101,14 +121,33 @@ class DaggerModule(GateModule):
     """Per-filter gate logits computed from the pretrained weights (see the module docstring)."""
 
     def __init__(self, graph: ChannelGraph, hidden: int = 32, normalize: str = "layer_std", use_bn: bool = True,
-                 init_logit: float = 3.0, seed: int = 0, group_bias: bool = True, **kwargs):
+                 init_logit: float = 3.0, seed: int = 0, group_bias: bool = True, head_init: str = "zeros",
+                 head_init_scale: float = 0.5, step_scaling: str = "none", **kwargs):
         """``group_bias=False``: no learned offset per group and no bias in the per-layer projections,
-        one shared bias instead, so a filter's logit comes from its weights alone (an ablation)."""
+        one shared bias instead, so a filter's logit comes from its weights alone (an ablation).
+
+        ``head_init``: ``zeros`` (every logit of a group starts at ``init_logit``), ``random`` (the head's
+        kernel drawn from N(0, (head_init_scale / sqrt(hidden))^2), seeded) or ``l1`` (a fixed, untrained
+        per-filter offset ``head_init_scale * z``, z = the filter's log L1 norm standardised within its
+        group, so the logits start in the filters' L1 order).
+
+        ``step_scaling="macs"``: each group's logits are ``s_g * (head + bias)`` with ``s_g`` = the MACs of
+        one channel of the group (``CostModel.marginal_macs`` at full width) over their mean, the bias
+        starting at ``init_logit / s_g``; whatever step the optimiser takes on the shared parameters, a
+        group's logits then move in proportion to the MACs one of its channels costs, as the FLOPs
+        regulariser's gradient weights them (Adam alone moves every group's logits at about one speed)."""
         super().__init__(graph, name=kwargs.pop("name", "dagger"), **kwargs)
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize={normalize!r} is not one of {NORMALIZATIONS}")
         if hidden < 1:
             raise ValueError(f"hidden (width of the Dagger MLP) must be >= 1, got {hidden}")
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"head_init={head_init!r} is not one of {HEAD_INITS}")
+        if not head_init_scale >= 0:
+            raise ValueError(f"head_init_scale must be >= 0, got {head_init_scale!r}")
+        if step_scaling not in STEP_SCALINGS:
+            raise ValueError(f"step_scaling={step_scaling!r} is not one of {STEP_SCALINGS}")
+        self.head_init, self.step_scaling = head_init, step_scaling
         self.hidden, self.normalize, self.init_logit = int(hidden), normalize, float(init_logit)
         self.per_group_bias = bool(group_bias)
         sources = _group_sources(graph)
@@ -129,11 +168,27 @@ class DaggerModule(GateModule):
         self.trunk = keras.layers.Dense(self.hidden, activation="relu", kernel_initializer=init(len(names)),
                                         name="trunk")
         self.trunk.build((None, self.hidden))
-        self.head = keras.layers.Dense(1, kernel_initializer="zeros", use_bias=False, name="head")
+        head_kernel = (keras.initializers.RandomNormal(stddev=head_init_scale / np.sqrt(self.hidden),
+                                                       seed=seed + len(names) + 1)
+                       if head_init == "random" else "zeros")
+        self.head = keras.layers.Dense(1, kernel_initializer=head_kernel, use_bias=False, name="head")
         self.head.build((None, self.hidden))
+        sizes = [graph.groups[gid].size for gid in self.group_ids]
+        scales = np.ones(len(self.group_ids), np.float32)
+        if step_scaling == "macs":
+            marginal = CostModel(graph).marginal_macs()[self.group_ids].astype(np.float64)
+            scales = (marginal / marginal.mean()).astype(np.float32)
+        # Constants of the module (not trained): per-channel logit scale and starting offset.
+        self._scales = tf.constant(np.repeat(scales, sizes))
+        bias_init = self.init_logit / scales if self.per_group_bias else np.full(1, self.init_logit, np.float32)
+        offset = np.zeros(sum(sizes), np.float32)
+        if head_init == "l1":
+            z = _standardised_log_l1(graph)
+            offset = head_init_scale * np.concatenate([z[gid] for gid in self.group_ids])
+        self._offset = tf.constant(offset.astype(np.float32))
         self.group_bias = self.add_weight(name="group_bias" if self.per_group_bias else "shared_bias",
                                           shape=(len(self.group_ids) if self.per_group_bias else 1,),
-                                          initializer=keras.initializers.Constant(self.init_logit))
+                                          initializer=keras.initializers.Constant(np.asarray(bias_init, np.float32)))
         self.built = True
 
     def source_names(self, group_id: int) -> list[str]:
@@ -150,9 +205,10 @@ class DaggerModule(GateModule):
         # One trunk pass over every channel of every group (one matmul instead of one per group).
         scores = self.head(self.trunk(tf.concat(feats, axis=0)))[:, 0]
         if not self.per_group_bias:
-            return list(tf.split(scores + self.group_bias[0], sizes))
-        bias = tf.repeat(tf.convert_to_tensor(self.group_bias), sizes)
-        return list(tf.split(scores + bias, sizes))
+            bias = self.group_bias[0]
+        else:
+            bias = tf.repeat(tf.convert_to_tensor(self.group_bias), sizes)
+        return list(tf.split(self._scales * (scores + bias) + self._offset, sizes))
 
 
 class FreeGates(GateModule):

@@ -73,7 +73,8 @@ NEAR_CHANCE_MARGIN = 0.05
 def prune_section() -> ml_collections.ConfigDict:
     """Defaults of ``config.prune``: what to prune to, and how."""
     return ml_collections.ConfigDict(dict(
-        method="dagger",  # dagger | free (ablation: free gate logits) | l1 | uniform (baselines)
+        method="dagger",  # dagger | free (ablation: free gate logits) | l1 | uniform (baselines) | dagger_l1_fill
+        rank_by="score",  # score | score_per_mac: the exact-target step's ranking of gated filters (logit, or per MAC)
         target_macs_ratio=0.5,  # fraction of the pretrained model's MACs, in (0, 1]
         pretrained="",  # a trained .keras file, fed as config.model.input_scaling says; "" = train config.model first
         min_channels=1,  # floor per channel group
@@ -93,6 +94,9 @@ def dagger_section() -> ml_collections.ConfigDict:
         use_bn=True,  # append the following BN's scale to each filter's row
         init_logit=3.0,  # gates start open (sigmoid(3) = 0.95)
         group_bias=True,  # a learned logit offset per group; False: one shared bias (logits from the weights alone)
+        head_init="zeros",  # zeros (a group's logits start equal) | random (seeded head) | l1 (offset in L1 order)
+        head_init_scale=0.5,  # random: the head's std times sqrt(hidden); l1: the offset per standard deviation
+        step_scaling="none",  # none | macs: each group's logits move in proportion to one of its channels' MACs
         gate_mode="hard",  # hard (straight-through) | soft (sigmoid(logit / T))
         temperature_start=1.0,  # soft mode: annealed geometrically to temperature_end
         temperature_end=1.0,
@@ -115,6 +119,13 @@ def validate_prune(section: ml_collections.ConfigDict) -> None:
     """Checks ``config.prune``; raises ConfigError naming the key, the value and what is valid."""
     if section.method not in prune_lib.METHODS:
         raise ConfigError(f"config.prune.method={section.method!r} is invalid; valid values: {list(prune_lib.METHODS)}")
+    if section.rank_by not in prune_lib.RANKINGS:
+        raise ConfigError(f"config.prune.rank_by={section.rank_by!r} is invalid; valid values: "
+                          f"{list(prune_lib.RANKINGS)}")
+    if section.rank_by != "score" and section.method not in prune_lib.GATED_METHODS:
+        raise ConfigError(f"config.prune.rank_by={section.rank_by!r} ranks gate logits; config.prune.method="
+                          f"{section.method!r} has none (use rank_by='score', or a method of "
+                          f"{list(prune_lib.GATED_METHODS)})")
     try:
         prune_lib.check_target_ratio(section.target_macs_ratio)
     except ValueError:
@@ -146,7 +157,8 @@ def validate_prune(section: ml_collections.ConfigDict) -> None:
 def validate_dagger(section: ml_collections.ConfigDict) -> None:
     """Checks ``config.dagger``; raises ConfigError naming the key, the value and what is valid."""
     choices = {"normalize": module_lib.NORMALIZATIONS, "gate_mode": module_lib.GATE_MODES,
-               "main": train_lib.MAIN_MODES, "flops_penalty": PENALTIES}
+               "main": train_lib.MAIN_MODES, "flops_penalty": PENALTIES, "head_init": module_lib.HEAD_INITS,
+               "step_scaling": module_lib.STEP_SCALINGS}
     for key, valid in choices.items():
         if section[key] not in valid:
             raise ConfigError(f"config.dagger.{key}={section[key]!r} is invalid; valid values: {list(valid)}")
@@ -155,7 +167,7 @@ def validate_dagger(section: ml_collections.ConfigDict) -> None:
     for key in positive:
         if not section[key] > 0:
             raise ConfigError(f"config.dagger.{key}={section[key]!r} is invalid; it must be > 0")
-    for key in ("flops_weight", "main_weight_decay"):
+    for key in ("flops_weight", "main_weight_decay", "head_init_scale"):
         if section[key] < 0:
             raise ConfigError(f"config.dagger.{key}={section[key]!r} is invalid; it must be >= 0")
     if not 0 <= section.main_momentum < 1:
@@ -180,7 +192,8 @@ def extra_validators() -> dict[str, Callable[[ml_collections.ConfigDict], None]]
 
 # ``config.dagger`` options added after the first release, each with the behaviour every run had
 # before it existed: what an artifact that lacks the key was written with (today's default may differ).
-_DAGGER_ADDED_LATER = {"target_ramp": 0.0, "group_bias": True}
+_DAGGER_ADDED_LATER = {"target_ramp": 0.0, "group_bias": True, "head_init": "zeros", "head_init_scale": 0.5,
+                       "step_scaling": "none"}
 # Settings added later that an artifact without them is not compared on (they cannot be recomputed).
 _SETTINGS_ADDED_LATER = ("pretrained_sha256",)
 
@@ -349,6 +362,15 @@ def _load_model(config: ml_collections.ConfigDict, path: str) -> keras.Model:
     return set_boundaries(prune_lib.load_model(path), boundaries)
 
 
+def _pretrained_model(config: ml_collections.ConfigDict, source: str, like: keras.Model) -> keras.Model:
+    """The pretrained model again (the ``prune.pretrained`` file as fed, or stage 0's ``model.keras``),
+    for the methods that prune it instead of the gate-trained network; ``like`` gives its input shape."""
+    if config.prune.pretrained:
+        shape = [int(d) for d in like.inputs[0].shape[1:]]
+        return model_source(config, shape, int(like.outputs[0].shape[-1])).build()
+    return _load_model(config, source)
+
+
 def _gate_settings(config: ml_collections.ConfigDict, source: str) -> dict[str, Any]:
     settings = {"method": config.prune.method, "target_macs_ratio": float(config.prune.target_macs_ratio),
                 "pretrained": source, "dagger": to_dict(config.dagger)}
@@ -358,6 +380,8 @@ def _gate_settings(config: ml_collections.ConfigDict, source: str) -> dict[str, 
         settings["min_keep_ratio"] = float(config.prune.min_keep_ratio)
     if config.prune.channel_multiple != 1:  # likewise
         settings["channel_multiple"] = int(config.prune.channel_multiple)
+    if config.prune.get("rank_by", "score") != "score":  # likewise
+        settings["rank_by"] = str(config.prune.rank_by)
     return settings
 
 
@@ -384,7 +408,7 @@ def stage_gates(config: ml_collections.ConfigDict, workdir: str, data, model: ke
     from cafe_tf import distribute as distribute_lib
     from cafe_tf.training import standard
 
-    if config.prune.method not in ("dagger", "free"):
+    if config.prune.method not in prune_lib.GATED_METHODS:
         return model, None, []
     d = config.dagger
     folder = os.path.join(workdir, "gates")
@@ -405,9 +429,10 @@ def stage_gates(config: ml_collections.ConfigDict, workdir: str, data, model: ke
     cost = CostModel(graph)
     keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():
-        if config.prune.method == "dagger":
+        if config.prune.method != "free":
             module = module_lib.DaggerModule(graph, hidden=d.hidden, normalize=d.normalize, use_bn=d.use_bn,
-                                             group_bias=d.group_bias,
+                                             group_bias=d.group_bias, head_init=d.head_init,
+                                             head_init_scale=d.head_init_scale, step_scaling=d.step_scaling,
                                              init_logit=d.init_logit, seed=config.train.seed)
         else:
             module = module_lib.FreeGates(graph, init_logit=d.init_logit)
@@ -443,7 +468,8 @@ def stage_gates(config: ml_collections.ConfigDict, workdir: str, data, model: ke
     logits = trainer.logits()
     prune_lib.save_model(model, model_path)
     train_lib.write_gates(gates_path, graph, module.group_ids, logits,
-                          {"settings": settings, "history": history, "target_macs": target, "steps": total})
+                          {"settings": settings, "history": history, "target_macs": target, "steps": total,
+                           "logit_trace": trainer.logit_trace})
     return model, prune_lib.logits_by_group(module.group_ids, logits), history
 
 
@@ -481,7 +507,13 @@ def stage_prune(config: ml_collections.ConfigDict, workdir: str, model: keras.Mo
                                                 logits=logits, min_channels=config.prune.min_channels,
                                                 min_keep_ratio=config.prune.min_keep_ratio,
                                                 tolerance=config.prune.tolerance,
-                                                channel_multiple=config.prune.channel_multiple)
+                                                channel_multiple=config.prune.channel_multiple,
+                                                rank_by=config.prune.get("rank_by", "score"))
+    if config.prune.method == "dagger_l1_fill":  # Dagger's widths, the pretrained network's top-L1 filters
+        model = _pretrained_model(config, source, model)
+        graph = ChannelGraph.from_model(model)
+        selection = prune_lib.l1_fill(graph, {gid: len(idx) for gid, idx in selection.items()})
+        info["filled_from"] = "pretrained weights, L1 order within each group"
     logging.info("stage prune: %s -> %d MACs for a target of %.0f (%+.3f%%)", config.prune.method,
                  info["achieved_macs"], info["target_macs"], 100 * info["relative_error"])
     pruned = prune_lib.prune_model(model, selection, graph)

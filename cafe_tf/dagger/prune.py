@@ -7,6 +7,9 @@ same code path and land on the same budget:
 * ``l1``: score = ``log(l1_c / mean_c l1)``, the filter's L1 norm summed over the group's
   producing layers, relative to its group's mean (raw L1 norms grow with fan-in, so they are not
   comparable across layers); the starting mask keeps everything.
+* ``dagger_l1_fill``: Dagger's per-group widths (its exact-target selection), each group filled with
+  its highest-L1 filters of the pretrained network (:func:`l1_fill`): Dagger's allocation with L1's
+  filter choice.
 * ``uniform``: every group shrinks by the same fraction; within a group the filters go by L1 norm.
   Realised as the score ``-(rank within group + 1) / group size``, starting from everything.
 
@@ -44,7 +47,13 @@ from cafe_tf.flops import CostModel
 from cafe_tf.graph import ChannelGraph
 from cafe_tf.space import check_channel_multiple
 
-METHODS = ("dagger", "free", "l1", "uniform")
+METHODS = ("dagger", "free", "l1", "uniform", "dagger_l1_fill")
+# Methods that train gates first; ``dagger_l1_fill`` takes Dagger's per-group widths and fills each group
+# with its highest-L1 filters of the pretrained network (:func:`l1_fill`).
+GATED_METHODS = ("dagger", "free", "dagger_l1_fill")
+# How the exact-target step ranks gated filters: by logit (``score``), or by gate value per MAC
+# (``score_per_mac``: ``sigmoid(logit)`` over the MACs of one channel of the filter's group).
+RANKINGS = ("score", "score_per_mac")
 
 
 def check_target_ratio(ratio: float) -> float:
@@ -336,10 +345,36 @@ def _units(graph: ChannelGraph, scores: Mapping[int, np.ndarray], gids: Sequence
     return units
 
 
+def per_mac_scores(cost: CostModel, logits: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Gate value per MAC: ``sigmoid(logit) / (m_g / mean m)``, ``m_g`` the MACs of one channel of group
+    g at full width (``CostModel.marginal_macs``), the mean over the gated groups. Within a group the
+    order is the logits'; across groups a cheaper channel ranks higher at an equal logit."""
+    marginal = cost.marginal_macs()
+    gids = list(logits)
+    mean = float(np.mean([marginal[gid] for gid in gids]))
+    return {gid: (1.0 / (1.0 + np.exp(-np.clip(np.asarray(logits[gid], np.float64), -60, 60))))
+            / (marginal[gid] / mean) for gid in gids}
+
+
+def l1_fill(graph: ChannelGraph, widths: Mapping[int, int]) -> dict[int, np.ndarray]:
+    """{group id: the group's ``widths[gid]`` highest-L1 channels (``filter_l1_norms``, ties by index),
+    sorted}: another selection's per-group widths, filled in L1 order within each group."""
+    norms = filter_l1_norms(graph)
+    out = {}
+    for gid, width in widths.items():
+        size = graph.group(gid).size
+        if not 0 <= int(width) <= size:
+            raise ValueError(f"width {width!r} of group {graph.group(gid).name!r} is not in [0, {size}]")
+        order = np.lexsort((np.arange(size), -norms[gid]))  # strongest first, ties by index
+        out[gid] = np.sort(order[: int(width)])
+    return out
+
+
 def method_scores(method: str, graph: ChannelGraph, logits: Mapping[int, np.ndarray] | None = None
                   ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray] | None]:
-    """(scores, initial masks) of a pruning method; ``logits`` ({group id: gate logits}) for dagger/free."""
-    if method in ("dagger", "free"):
+    """(scores, initial masks) of a pruning method; ``logits`` ({group id: gate logits}) for the gated
+    methods (dagger, free, dagger_l1_fill: the selection :func:`l1_fill` takes its widths from)."""
+    if method in GATED_METHODS:
         if logits is None:
             raise ValueError(f"method {method!r} needs the trained gate logits; none were given")
         return {gid: np.asarray(v, np.float64) for gid, v in logits.items()}, None
@@ -354,14 +389,25 @@ def method_scores(method: str, graph: ChannelGraph, logits: Mapping[int, np.ndar
 
 def select_channels(method: str, cost: CostModel, target_macs_ratio: float,
                     logits: Mapping[int, np.ndarray] | None = None, min_channels: int = 1,
-                    tolerance: float = 0.01, min_keep_ratio: float = 0.0, channel_multiple: int = 1
-                    ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
-    """The exact-target selection of ``method`` at ``target_macs_ratio`` of the full model's MACs."""
+                    tolerance: float = 0.01, min_keep_ratio: float = 0.0, channel_multiple: int = 1,
+                    rank_by: str = "score") -> tuple[dict[int, np.ndarray], dict[str, Any]]:
+    """The exact-target selection of ``method`` at ``target_macs_ratio`` of the full model's MACs.
+
+    ``rank_by="score_per_mac"`` (gated methods only) ranks by :func:`per_mac_scores`, starting from the
+    open gates. For ``dagger_l1_fill`` this is the gated selection whose widths :func:`l1_fill` fills."""
     ratio = check_target_ratio(target_macs_ratio)
+    if rank_by not in RANKINGS:
+        raise ValueError(f"rank_by={rank_by!r} is not one of {RANKINGS}")
     scores, initial = method_scores(method, cost.graph, logits)
+    if rank_by == "score_per_mac":
+        if method not in GATED_METHODS:
+            raise ValueError(f"rank_by='score_per_mac' ranks gate logits; method {method!r} has none "
+                             f"(gated methods: {GATED_METHODS})")
+        initial = {gid: np.asarray(s) > 0 for gid, s in scores.items()}  # the open gates, as by logit
+        scores = per_mac_scores(cost, scores)
     selection, info = exact_target(cost, scores, ratio * cost.macs(), initial, min_channels, tolerance,
                                    min_keep_ratio=min_keep_ratio, channel_multiple=channel_multiple)
-    info["method"] = method
+    info.update(method=method, rank_by=rank_by)
     return selection, info
 
 

@@ -102,6 +102,22 @@ def _fmt_int(x: float | int) -> str:
     return f"{x:.0f}"
 
 
+def logit_trace_table(trace: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: one row per group, one column per recorded step, the group's mean gate logit
+    (``GateTrainer.logit_trace``); none for an empty trace."""
+    if not trace:
+        return []
+    steps = [int(t["step"]) for t in trace]
+    groups = list(trace[0]["mean_logit"])
+    lines = ["", "## Mean gate logit per group during gate training", "",
+             "| group | " + " | ".join(f"step {s}" for s in steps) + " |",
+             "|---|" + "---:|" * len(steps)]
+    for g in groups:
+        cells = [f"{t['mean_logit'][g]:+.3f}" if g in t["mean_logit"] else "–" for t in trace]
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report(
     out_dir: str,
     graph: ChannelGraph,
@@ -111,11 +127,13 @@ def write_report(
     history: Sequence[Mapping[str, float]] | None = None,
     metrics: Mapping[str, Any] | None = None,
     title: str = "Dagger pruning report",
+    logit_trace: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     """Writes report.md, gates.png and gate_histograms.png into ``out_dir``; returns the markdown path.
 
     ``info`` is the exact-target record (``prune.exact_target``); ``metrics`` optional extras such as
-    accuracies ({"pretrained accuracy": 0.91, ...}) shown in the summary table.
+    accuracies ({"pretrained accuracy": 0.91, ...}) shown in the summary table; ``logit_trace`` the
+    gate trainer's per-group mean logits at its first steps (``GateTrainer.logit_trace``), a table.
     """
     from cafe_tf.dagger.prune import kept_ratios
 
@@ -151,6 +169,7 @@ def write_report(
         mean_gate = f"{_sigmoid(np.asarray(gate)).mean():.3f}" if gate is not None else "–"
         lines.append(f"| {r['group']} | {', '.join(r['layers'])} | {r['size']} | {r['kept']} | {r['ratio']:.3f} | "
                      f"{mean_gate} |")
+    lines += logit_trace_table(logit_trace or [])
     path = os.path.join(out_dir, "report.md")
     io.write_text(path, "\n".join(lines) + "\n")
     return path

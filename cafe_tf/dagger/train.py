@@ -66,6 +66,9 @@ from cafe_tf.dagger.regularizer import FlopsRegularizer
 GATES_SCHEMA = "cafe_tf.dagger_gates"
 GATES_VERSION = 1
 MAIN_MODES = ("joint", "frozen", "frozen_batch_stats")
+# Gate-training steps at which each group's mean logit is recorded (``GateTrainer.logit_trace``): how
+# fast each group closes early on, where the allocation is decided.
+LOGIT_TRACE_STEPS = (0, 4, 8, 16, 32, 64)
 
 
 def temperature_at(step: int, total: int, start: float, end: float) -> float:
@@ -151,6 +154,8 @@ class GateTrainer:
         self.workdir, self.total_steps = workdir, int(total_steps)
         self.gate_mode, self.temperature, self.main = gate_mode, tuple(map(float, temperature)), main
         self.checkpoint_every = int(checkpoint_every)
+        # Per-group mean logits at LOGIT_TRACE_STEPS (filled by train(), kept across a resume).
+        self.logit_trace: list[dict[str, Any]] = []
         self.target_ramp = float(target_ramp)
         if min_open is not None:
             min_open = [int(k) for k in min_open]
@@ -292,6 +297,11 @@ class GateTrainer:
         start = self.restore()
         history = kernel.History(self.workdir, write=self.chief)
         history.load(start)
+        # Its own file (logit_trace/history.json), saved with each checkpoint like the history.
+        trace = kernel.History(os.path.join(self.workdir, "logit_trace"), write=self.chief)
+        self.logit_trace = trace.load(start)
+        if start == 0 and not trace.entries:
+            trace.append(self.trace_record(0), save=False)
         if start >= self.total_steps:
             return history.entries
         if callable(batches):
@@ -316,6 +326,8 @@ class GateTrainer:
             target = target_at(step, self.total_steps, self.target_ramp, full_macs, self.regularizer.target_macs)
             out = self._step_fn(images, labels, tf.constant(t, tf.float32), tf.constant(target, tf.float32))
             self.step.assign_add(1)
+            if step + 1 in LOGIT_TRACE_STEPS:
+                trace.append(self.trace_record(step + 1), save=False)
             values = {k: float(v) for k, v in out.items()}
             if not math.isfinite(values["loss"]):
                 raise FloatingPointError(f"gate training diverged at step {step}: loss {values['loss']}")
@@ -342,6 +354,7 @@ class GateTrainer:
             if (step + 1) % self.checkpoint_every == 0 or last:
                 self.checkpointer.save(step + 1)
                 history.save()
+                trace.save()
         writer.flush()
         return history.entries
 
@@ -349,6 +362,11 @@ class GateTrainer:
     def logits(self) -> list[np.ndarray]:
         """The current gate logits, one numpy vector per prunable group."""
         return [l.numpy() for l in self.module.logits()]
+
+    def trace_record(self, step: int) -> dict[str, Any]:
+        """``{"step": step, "mean_logit": {group name: mean gate logit}}`` at the current weights."""
+        names = [self.graph.groups[gid].name for gid in self.module.group_ids]
+        return {"step": int(step), "mean_logit": {n: float(np.mean(l)) for n, l in zip(names, self.logits())}}
 
     def evaluate(self, batches: Iterable, max_batches: int | None = None) -> float:
         """Accuracy of the hard-gated network (BN in inference mode) on ``batches``, as the task defines it."""
