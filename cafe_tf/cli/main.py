@@ -18,6 +18,7 @@ PROGRAMS: dict[str, tuple[str, str]] = {
     "prune": ("cafe_tf.cli.prune", "filter pruning (Dagger, L1, uniform) to a MACs target, then fine-tuning"),
     "bundle": ("cafe_tf.bundle", "one searched, retrained, exported and timed network per MACs budget"),
     "compare": ("cafe_tf.compare", "CafeNet against baselines at equal MACs, paired seeds"),
+    "study": ("cafe_tf.study", "a preregistered study in resumable, committed cells: run, status, summary"),
     "train_detector": ("cafe_tf.train_detector", "RetinaNet on a built-in, searched, pruned or user backbone"),
     "export_detector": ("cafe_tf.export_detector", "a trained detector -> .tflite, parity and mAP"),
     "flops": ("cafe_tf.cli.flops", "MACs and params of a model or a widths.json sub-network"),
