@@ -1075,26 +1075,30 @@ def _open_tfds(spec: str, data_dir, download, image_size, validation_split, chan
         raise DataSourceError(f"tfds dataset {spec!r} has images of varying size; pass image_size (an int or "
                               "(height, width); --config.data.image_size=N)")
     shape = (int(h), int(w), int(c))
-    splits = builder.info.splits
-    n_train = splits["train"].num_examples if "train" in splits else 0
-    if not n_train:
+    splits = builder.info.splits  # empty when tfds does not know them (mocked data)
+    fraction = 0.1 if validation_split is None else float(validation_split)
+    _check_fraction(fraction, name)
+    sizes: dict[str, int] = {}
+    if not splits:
+        pct = max(1, int(round(fraction * 100)))
+        tfds_splits = {"train": f"train[:{100 - pct}%]", "validation": f"train[{100 - pct}%:]", "test": "test"}
+    elif "train" not in splits:
         raise DataSourceError(f"tfds dataset {spec!r} has no 'train' split; its splits: {list(splits)}")
-    tfds_splits = {"train": "train", "validation": "validation"}
-    sizes = {"train": n_train}
-    if "validation" in splits:
-        sizes["validation"] = splits["validation"].num_examples
+    elif "validation" in splits:
+        tfds_splits = {"train": "train", "validation": "validation"}
+        sizes = {"train": splits["train"].num_examples, "validation": splits["validation"].num_examples}
     else:
-        fraction = 0.1 if validation_split is None else float(validation_split)
-        _check_fraction(fraction, name)
+        n_train = splits["train"].num_examples
         k = max(1, int(round(fraction * n_train)))
         tfds_splits = {"train": f"train[:-{k}]", "validation": f"train[-{k}:]"}
         sizes = {"train": n_train - k, "validation": k}
-    sizes["train_full"] = sizes["train"] + sizes["validation"]
     tfds_splits["train_full"] = f"{tfds_splits['train']}+{tfds_splits['validation']}"
-    if "test" in splits:
-        sizes["test"] = splits["test"].num_examples
-        tfds_splits["test"] = "test"
-    available = [s for s in SPLITS if s in sizes]
+    if sizes:
+        sizes["train_full"] = sizes["train"] + sizes["validation"]
+        if "test" in splits:
+            sizes["test"] = splits["test"].num_examples
+            tfds_splits["test"] = "test"
+    available = [s for s in SPLITS if s in tfds_splits]
 
     def pair(example):
         image = image_folder.conform(example["image"], shape)
