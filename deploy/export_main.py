@@ -97,8 +97,7 @@ def main() -> None:
     if dataset is not None:
         from cafe_tf import data
 
-        if dataset not in data.names():
-            raise UsageError(f"--dataset={dataset!r} is not a known dataset; valid: {data.names()}")
+        data.check_name(dataset)  # a built-in name, folder:PATH or tfds:NAME (a usage error otherwise)
     if source is None:
         prefix = export.resolve_checkpoint(checkpoint)
         model = export.load_widths_checkpoint(widths_path, prefix)
