@@ -1,4 +1,4 @@
-"""CafeNet measured fairly (issue 14): equal MACs, equal scoring noise, lengths that can separate arms.
+"""CafeNet measured fairly: equal MACs, equal scoring noise, lengths that can separate arms.
 
 Runs ``python -m cafe_tf.compare`` on Fashion-MNIST ResNet-20 with a recipe long enough for the
 differences to separate from the noise, and prints the expected CPU time first. Every stage

@@ -20,7 +20,7 @@ The table gives each arm's mean ± std over seeds and its paired difference agai
 
 Every stage resumes (rerun the same command after an interruption). The full run needs about
 30 + 10 + 3 x 20 training epochs of ResNet-20 on 55k images per seed, about 16 h on 2 CPU cores
-(an epoch takes 80-130 s there). The README's figures come from a shorter run, plus the 10-epoch
+(an epoch takes 80-130 s there). The figures in docs/results/dagger.md come from a shorter run, plus the 10-epoch
 fine-tuning arms and the control listed there:
 
     python benchmarks/dagger_fashion_mnist.py --shared_pretrain --pretrain_epochs 10 --gate_epochs 1.5 \

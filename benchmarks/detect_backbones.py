@@ -1,6 +1,6 @@
 """RetinaNet on four MobileNetV2 trunks at equal MACs: full, CafeNet-searched, uniform width, Dagger-pruned.
 
-The issue's measurement on the offline detection set (``fashion_mnist_detection``): for each trunk,
+The measurement on the offline detection set (``fashion_mnist_detection``): for each trunk,
 its detector's COCO mAP (Keras), the int8 ``.tflite``'s mAP and parity against Keras, and host
 latency, the int8 files timed in one interleaved run.
 
@@ -53,7 +53,7 @@ MODEL = ("--config.model.name=mobilenet_v2", "--config.model.width_mult=0.35", "
 # step 80), at 0.05 with warm-up too (step 293); one random width per step learns next to nothing
 # (after 150 steps of 0.05: full-width validation accuracy 0.31 with fixed sharing, 0.20 with K = 1,
 # 0.13 with channel_multiple 8), while the sandwich rule (the max and min nets every step as well)
-# reaches 0.74 in the same 150 steps, at ~3x the step cost (README, Width search).
+# reaches 0.74 in the same 150 steps, at ~3x the step cost (docs/results/width-search.md).
 SUPERNET = ("--config.supernet.lr=0.05", "--config.supernet.warmup_epochs=0.25", "--config.supernet.sandwich=True")
 # The demo's retraining recipe (SGD 0.1 from scratch, no warm-up) collapsed the searched net to a
 # constant output from epoch 2 (loss 2.303, 10% accuracy); every classifier here trains at half the

@@ -1,6 +1,6 @@
 """How fast the analytic cost model counts MACs: one assignment at a time and in batches.
 
-The search calls it for every candidate (issue 3: "fast enough to call 10^5 times"). Printed: the
+The search calls it for every candidate, so it must be fast enough to call 10^5 times. Printed: the
 time of 10^5 single calls, of one batched call over 10^5 assignments, and both against the time
 of counting one extracted Keras model's layers (the slow way the cost model replaces).
 

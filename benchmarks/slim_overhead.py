@@ -2,7 +2,7 @@
 
 For each model and width fraction, both steps (forward + backward + SGD update, same batch) are
 traced once, warmed up, then timed interleaved in one process (A B A B ...), and the ratio of the
-median times is printed. Goal (issue 3): supernet / plain <= 1.10 at every width.
+median times is printed. Goal: supernet / plain <= 1.10 at every width.
 
     python benchmarks/slim_overhead.py                       # resnet20 @32, mobilenet_v2 @96
     python benchmarks/slim_overhead.py --models resnet20 --batch 128 --rounds 30

@@ -3,8 +3,8 @@ r"""CelebA, MobileNetV2 at 128x128, CafeNet width search at 50% of the MACs (our
     python -m cafe_tf.pipeline --config configs/celeba_mobilenet_v2.py --workdir runs/celeba_mbv2 \
         --config.data.data_dir=~/tensorflow_datasets
 
-The spec lists CelebA among the paper's experiments but gives no task, model, budget or recipe,
-so all of this is our choice. Task: the "Smiling" attribute as a 2-class problem (a balanced
+The CafeNet paper lists CelebA among its experiments; the task, model, budget and recipe here
+are all our choice. Task: the "Smiling" attribute as a 2-class problem (a balanced
 attribute, about 48% positive), on tfds' aligned 178x218 faces centre-cropped and resized to
 128x128 (cafe_tf.data's CelebA default), flip augmentation. The 40-attribute multi-label task
 (`--config.data.attribute=""`: 40 sigmoid outputs, sigmoid cross-entropy, scored by mean
@@ -23,7 +23,7 @@ Stages (our choices):
 * supernet: min-min training (locally free sharing, r = 1 channel (zone_unit), K = 2 candidates, FLOPs-sensitive
   bins, no sandwich), 30 epochs, batch 256, SGD 0.1 / momentum 0.9 (Nesterov) with 1 warm-up
   epoch, cosine, weight decay 4e-5 (MobileNetV2's).
-* search: evolution with the spec's settings (population 50, 20 generations, top-10 parents,
+* search: evolution with the library's default settings (population 50, 20 generations, top-10 parents,
   mutation 0.1 per group), each candidate the best of K = 2 arrangements after BN recalibration
   on 256 training images, on the whole validation split.
 * train (the searched widths retrained from scratch): the same recipe, 30 epochs.
@@ -54,8 +54,8 @@ def get_config():
     c.supernet.update(recipe)
     c.supernet.checkpoint_every = 1000
 
-    c.search = search_section()  # the spec's evolution settings are its defaults
-    c.search.macs_ratio = 0.5  # our choice: the spec gives no CelebA budget
+    c.search = search_section()  # the library's evolution defaults
+    c.search.macs_ratio = 0.5  # our choice of CelebA budget
 
     c.retrain = retrain_section()
     c.deploy = deploy_section()

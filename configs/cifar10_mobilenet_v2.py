@@ -7,11 +7,11 @@ Needs CIFAR-10 prepared in the data_dir (add --config.data.download=True once, w
 Model: `mobilenet_v2_cifar`, MobileNetV2 1.0 with the CIFAR strides (stride 1 in the stem and in
 stage 2, so 32x32 inputs end at a 4x4 feature map; cafe_tf.models.mobilenet_v2). Full network:
 87,976,448 MACs, 2,270,794 params (cafe_tf.flops, 32x32x3, 10 classes); budget 50% = 43,988,224
-MACs (search.macs_ratio = 0.5: the spec gives no CIFAR MobileNetV2 budget; 50% is our choice).
+MACs (search.macs_ratio = 0.5: our choice of CIFAR MobileNetV2 budget).
 
 Stages and recipe: those of configs/cifar10_resnet20.py (this file loads its get_config and changes
 only the model): 200-epoch min-min supernet (locally free, r = 1, K = 2, FLOPs-sensitive bins),
-evolution with the spec's settings, 200-epoch retraining from scratch.
+evolution with the library's default settings, 200-epoch retraining from scratch.
 
 Our blocks are the reference MobileNetV2 ones; kuangliu/pytorch-cifar's CIFAR MobileNetV2 (the same
 strides) adds 1x1 conv shortcuts where a stride-1 block changes channels (90.1 M MACs by our count),
@@ -25,5 +25,5 @@ from cafe_tf.config import sibling_config
 def get_config():
     c = sibling_config(__file__, "cifar10_resnet20.py")  # the same CIFAR recipe, search space and search
     c.model.name = "mobilenet_v2_cifar"  # stride-1 stem and stage 2: see the docstring
-    c.search.macs_ratio = 0.5  # the spec gives no CIFAR MobileNetV2 budget; 50% is our choice
+    c.search.macs_ratio = 0.5  # our choice of CIFAR MobileNetV2 budget
     return c

@@ -6,15 +6,15 @@ r"""CIFAR-10, ResNet-20, CafeNet width search at 50% of the MACs: the paper's CI
 Needs CIFAR-10 prepared in the data_dir (add --config.data.download=True once, with network access).
 Full network: 40,813,184 MACs (the published ~41 M), 274,042 params
 (cafe_tf.flops, 32x32x3, 10 classes); budget 50% = 20,406,592 MACs
-(search.macs_ratio = 0.5: the spec gives no ResNet-20 budget; 50% is our choice, as for ResNet-56).
+(search.macs_ratio = 0.5: our choice of ResNet-20 budget, as for ResNet-56).
 
-Stages (spec "Training (min-min)" and "Search"; the paper's own hyper-parameters are unavailable,
-so the recipe is the spec's CIFAR one, our choice):
+Stages (the paper's own hyper-parameters are unavailable, so the recipe is the standard CIFAR
+one, our choice):
 
 * supernet: min-min training (locally free sharing, r = 1 channel (zone_unit), K = 2 candidates, FLOPs-sensitive
   bins, no sandwich; candidates compared with the batch's own BN statistics), as long as the plain
   model's recipe: SGD 0.1 / momentum 0.9 / wd 5e-4 / cosine, 200 epochs, batch 128, pad-4 crop + flip.
-* search: evolution with the spec's settings, population 50, 20 generations, top-10 parents,
+* search: evolution with the library's default settings, population 50, 20 generations, top-10 parents,
   mutation probability 0.1 per group, crossover for half the children, candidates kept in
   [0.8, 1] x budget; each scored as the best of K = 2 arrangements after BN recalibration on 256
   training images, on the whole validation split (the last 5,000 training images; never test).
@@ -47,8 +47,8 @@ def get_config():
     c.supernet.update(recipe)
     c.supernet.checkpoint_every = 1000
 
-    c.search = search_section()  # the spec's evolution settings are its defaults
-    c.search.macs_ratio = 0.5  # the spec gives no ResNet-20 budget; 50% as for ResNet-56 (our choice)
+    c.search = search_section()  # the library's evolution defaults
+    c.search.macs_ratio = 0.5  # our choice of ResNet-20 budget, as for ResNet-56
 
     c.retrain = retrain_section()
     c.deploy = deploy_section()

@@ -6,7 +6,7 @@ r"""CIFAR-10, ResNet-56, Dagger filter pruning to 50% of the MACs, then fine-tun
 
 Stage 0 (without --config.prune.pretrained) trains ResNet-56 with the standard CIFAR recipe: SGD
 0.1, momentum 0.9, weight decay 5e-4, cosine over 200 epochs, batch 128, pad-4 crop + flip.
-Gate training (the spec's CIFAR range is 10-30 epochs): 20 epochs, Adam 1e-3 on the Dagger module,
+Gate training (within a 10-30-epoch range for CIFAR): 20 epochs, Adam 1e-3 on the Dagger module,
 the network jointly with SGD 0.01 (cosine), lambda = 2 on |F/F_target - 1|. Fine-tuning: 100 epochs,
 SGD 0.05 cosine. Published context at ~50% FLOPs (third-party tables): HRank 93.26 -> 93.17,
 LFPC 93.59 -> 93.34, DMC 93.62 -> 93.69, DepGraph 93.53 -> 93.77. Needs CIFAR-10 prepared in the

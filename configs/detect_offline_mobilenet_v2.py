@@ -1,7 +1,7 @@
 r"""RetinaNet (keras-hub) on MobileNetV2-0.35 over the offline Fashion-MNIST detection set: a CPU-sized demo.
 
-    # 1. the backbone as a Fashion-MNIST classifier, ~5 min on 2 busy cores (32x32 here, as measured in the
-    #    README; a classifier at the native 28x28 works too: its levels are found at the detector's 128x128)
+    # 1. the backbone as a Fashion-MNIST classifier, ~5 min on 2 busy cores (32x32 here, as measured in
+    #    docs/results/detection.md; a classifier at the native 28x28 works too: its levels are found at the detector's 128x128)
     cafe-tf train --config configs/fashion_mnist_cnn.py --workdir runs/fm_mnv2 \
         --config.model.name=mobilenet_v2 --config.model.width_mult=0.35 --config.model.bn_momentum=0.9 \
         --config.data.image_size=32 --config.train.epochs=3
@@ -10,7 +10,7 @@ r"""RetinaNet (keras-hub) on MobileNetV2-0.35 over the offline Fashion-MNIST det
         --config.detector.backbone=runs/fm_mnv2/model.keras
 
 Without step 1 (the default backbone: MobileNetV2 built fresh) the detector does not learn in a
-CPU-sized run (AP50 0.001 after 250 steps); from the classifier it does (README, Detection).
+CPU-sized run (AP50 0.001 after 250 steps); from the classifier it does (docs/results/detection.md).
 The set (``fashion_mnist_detection``) is built on first use from the local Fashion-MNIST files:
 2,000 training and 300 test canvases of 128x128, 1-4 items each at 1x or 2x (tight boxes of
 14-56 pixels, median 26; cafe_tf/detection/data.py). A 1-channel backbone gets grey images.

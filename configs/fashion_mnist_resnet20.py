@@ -5,7 +5,7 @@ r"""Fashion-MNIST, ResNet-20, CafeNet at 50% of the MACs: the offline default, s
     cafe-tf train --config configs/fashion_mnist_resnet20.py --workdir runs/fm_r20/retrain \
         --widths runs/fm_r20/widths.json
 
-Stages and their sizes (our choices: the paper's numbers are unavailable, see the spec):
+Stages and their sizes (our choices: the paper's numbers are unavailable, see docs/papers.md):
 
 * supernet: min-min training (locally free sharing, r = 1 channel around each width's boundary
   (supernet.zone_unit), K = 2 candidates, FLOPs-sensitive bins, no sandwich), SGD 0.1 / momentum
@@ -15,7 +15,7 @@ Stages and their sizes (our choices: the paper's numbers are unavailable, see th
   epochs of plain ResNet-20 time. Candidate selection compares the K arrangements with BN on the
   batch's own statistics and updates no moving statistics (cafe_tf/training/supernet.py).
 * search: evolution at 50% of the full net's MACs, candidates kept in [0.8, 1] x budget; population
-  16, 6 generations, top-4 parents (the spec's 50 / 20 / 10 are the library defaults, reduced here
+  16, 6 generations, top-4 parents (the library defaults are 50 / 20 / 10, reduced here
   for time); each candidate scored as the best of K = 2 arrangements after BN recalibration on 256
   training images, on 2,000 images of the validation split (the last 5,000 training images; never test).
   Screening (search.screen_fraction = 0.5) ranks the K arrangements on the first 1,000 images and

@@ -7,7 +7,7 @@ file's get_config and changes only the lengths; hours on CPU, minutes on a GPU):
 
 * supernet: the full CIFAR recipe, 200 epochs (SGD 0.1 / momentum 0.9 / wd 5e-4 / cosine, as the
   default); its end-of-training report scores each width on the whole validation split.
-* search: the spec's evolution settings, population 50, 20 generations, top-10 parents (the
+* search: the library's default evolution settings, population 50, 20 generations, top-10 parents (the
   default's 16 / 6 / 4 were cut for time), each candidate scored on the whole validation split
   (the last 5,000 training images; never test).
 * train (the searched widths retrained from scratch): 200 epochs.

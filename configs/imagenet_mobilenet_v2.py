@@ -15,18 +15,18 @@ MobileNetV2 1.0 is 300,774,272 MACs (the published 300 M), 3,538,984 params (caf
 224x224x3, 1000 classes). The supernet is MobileNetV2 **1.5x** (672,832,704 MACs, 6,909,528
 params), so the 300M budget redistributes width instead of returning the plain 1.0 net; this is
 AutoSlim's protocol for MobileNetV2 as we recall it (our choice: the CafeNet text was unavailable;
-`--config.model.width_mult=1.0` searches inside the plain net). Budgets (spec, "Results to compare
-with"): 300M (CafeNet ~74.7-74.9 top-1 at ~305M, AutoSlim 74.2 at 305M) and 200M (CafeNet
+`--config.model.width_mult=1.0` searches inside the plain net). Budgets (published
+figures): 300M (CafeNet ~74.7-74.9 top-1 at ~305M, AutoSlim 74.2 at 305M) and 200M (CafeNet
 ~73.0-73.1, AutoSlim 73.0 at 207M); candidates are kept in [0.8, 1] x budget.
 
-Stages (the paper's hyper-parameters are unavailable; the spec's "ImageNet: 100 epochs-scale
-recipe", our choices):
+Stages (the paper's hyper-parameters are unavailable; an ImageNet recipe on the 100-epoch
+scale, our choices):
 
 * supernet: min-min training (locally free sharing, r = 1 channel (zone_unit), K = 2 candidates, FLOPs-sensitive
   bins, no sandwich), 100 epochs, SGD momentum 0.9 (Nesterov), lr 0.4 for batch 1024 with 5
   warm-up epochs, cosine, weight decay 4e-5 (MobileNetV2's), label smoothing 0.1, inception crop
   + flip, bfloat16 mixed precision, MirroredStrategy over the machine's GPUs.
-* search: evolution with the spec's settings (population 50, 20 generations, top-10 parents,
+* search: evolution with the library's default settings (population 50, 20 generations, top-10 parents,
   mutation 0.1 per group), each candidate the best of K = 2 arrangements after BN recalibration
   on 256 training images, on the whole validation split (10,000 held-out training images).
 * train (the searched widths retrained from scratch, the paper's protocol): the same recipe for

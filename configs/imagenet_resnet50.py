@@ -13,19 +13,19 @@ data_dir by hand (see cafe_tf.data); the search's validation split is 10,000 ima
 the training set, and "test" is the official validation set.
 
 Full network: 4,089,184,256 MACs (the published 4.1 G), 25,610,152 params (cafe_tf.flops at
-224x224x3, 1000 classes). Budgets (spec, "Results to compare with"): 1G (24% of the MACs; CafeNet
+224x224x3, 1000 classes). Budgets (published figures): 1G (24% of the MACs; CafeNet
 ~75.3 top-1, AutoSlim 74.0), 2G (49%; CafeNet ~77.4, AutoSlim 75.6, MetaPruning 75.4), 3G (73%;
-AutoSlim's third ResNet-50 point, no CafeNet figure in the spec). The supernet is the network at
+AutoSlim's third ResNet-50 point, no CafeNet figure published for it). The supernet is the network at
 width 1.0, as AutoSlim searched ResNet-50 (our reading; the paper's text was unavailable).
 
-Stages (the paper's hyper-parameters are unavailable; the spec's "ImageNet: 100 epochs-scale
-recipe", our choices):
+Stages (the paper's hyper-parameters are unavailable; an ImageNet recipe on the 100-epoch
+scale, our choices):
 
 * supernet: min-min training (locally free sharing, r = 1 channel (zone_unit), K = 2 candidates, FLOPs-sensitive
   bins, no sandwich), 100 epochs, SGD momentum 0.9, lr 0.4 for batch 1024 (0.1 per 256) with 5
   warm-up epochs, cosine, weight decay 1e-4, label smoothing 0.1, inception crop + flip, bfloat16
   mixed precision, MirroredStrategy over the machine's GPUs.
-* search: evolution with the spec's settings (population 50, 20 generations, top-10 parents,
+* search: evolution with the library's default settings (population 50, 20 generations, top-10 parents,
   mutation 0.1 per group, candidates in [0.8, 1] x budget), each candidate the best of K = 2
   arrangements after BN recalibration on 256 training images, on the whole validation split.
 * train (the searched widths retrained from scratch, the paper's protocol): the supernet's recipe,
@@ -65,7 +65,7 @@ def get_config(budget: str = "2g"):
     c.supernet = supernet_section()  # defaults: locally free, r = 1, K = 2, FLOPs-sensitive bins
     c.supernet.update(recipe)
 
-    c.search = search_section()  # the spec's evolution settings are its defaults
+    c.search = search_section()  # the library's evolution defaults
     c.search.max_macs = BUDGETS[budget.lower()]
 
     c.retrain = retrain_section()

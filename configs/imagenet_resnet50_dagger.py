@@ -5,7 +5,7 @@ r"""ImageNet, ResNet-50, Dagger filter pruning to 50% of the MACs, then fine-tun
 
 Give a pretrained ResNet-50 (stage 0 would otherwise train one: 90 epochs, SGD 0.4 for batch 1024
 with 5 warm-up epochs, cosine, weight decay 1e-4, label smoothing 0.1, inception crop + flip).
-Gate training (the spec's ImageNet range is 5-20 epochs): 10 epochs, Adam 1e-3 on the Dagger
+Gate training (within a 5-20-epoch range for ImageNet): 10 epochs, Adam 1e-3 on the Dagger
 module, the network jointly with SGD 0.01 (cosine), lambda = 2 on |F/F_target - 1|. Fine-tuning:
 90 epochs, SGD 0.04 cosine (batch 1024), label smoothing 0.1. Every training stage (gate training
 included) runs on config.distribute's strategy (mirrored here; the global batch of 1024 is split
