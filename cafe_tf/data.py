@@ -682,7 +682,7 @@ def input_pipeline(
 def _preprocess_fn(info: DatasetInfo, augment: str, out_shape, base_seed: int | None, pipeline_id: int):
     height, width, channels = out_shape
     norm = info.normalization()
-    divisor = round(1.0 / norm["scale"])  # 255 or 1: dividing keeps today's mean_std values bit for bit
+    divisor = round(1.0 / norm["scale"])  # 255 or 1: dividing keeps the mean_std values bit for bit
     mean = tf.constant(norm["mean"], tf.float32)
     std = tf.constant(norm["std"], tf.float32)
     inception_like = info.default_augment == "inception"

@@ -8,7 +8,7 @@ reading of CafeNet: see docs/papers.md.
 
 Widths always count bins. Where the free channels may sit is counted in ``zone_unit``:
 
-* ``"channels"`` (default; the paper's Figure 1 and our spec: the zone is a few channels around the
+* ``"channels"`` (default; the paper's Figure 1: the zone is a few channels around the
   width's boundary): width ``k`` bins ends at channel ``c = bounds[k]``; its base is channels
   ``0 .. c - r*m - 1`` and ``r*m`` free channels, in units of ``m = channel_multiple``, sit among
   ``c - r*m .. c + r*m - 1`` (clipped to the group). A 32-channel width of a 64-channel group with

@@ -27,7 +27,7 @@ from cafe_tf import programs
 
 _CONFIG, _WORKDIR = programs.define_config_flags()
 
-# --widths / --init_from_supernet (issue 4) become a model_fn handed to standard.run() (see
+# --widths / --init_from_supernet become a model_fn handed to standard.run() (see
 # cafe_tf.training.standard's module doc); the loop itself does not change.
 _WIDTHS = flags.DEFINE_string(
     "widths", None, "a widths.json from `python -m cafe_tf.search`: train that searched network (instead of "

@@ -13,7 +13,7 @@ same code path and land on the same budget:
 * ``uniform``: every group shrinks by the same fraction; within a group the filters go by L1 norm.
   Realised as the score ``-(rank within group + 1) / group size``, starting from everything.
 
-The exact-target step (our design, faithful to the spec): start from the mask, keep the best
+The exact-target step (our design): start from the mask, keep the best
 ``group_floor(size, min_channels, min_keep_ratio)`` filters of every group (a floor, so no group is
 cut through, and optionally none below a fraction of its width), then
 

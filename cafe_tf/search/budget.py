@@ -3,7 +3,7 @@
 A candidate (bin widths, ``cafe_tf.space``) is **within** the budget when every given bound holds
 (``macs <= max_macs``, ``params <= max_params``, ``latency <= max_latency_ms``), and **in the
 window** when it is also not far below it: at least one given bound is used to ``lower_ratio``
-(0.8 by default, the spec's "between 0.8x budget and the budget"). With several bounds, using one of
+(0.8 by default: candidates between 0.8x the budget and the budget). With several bounds, using one of
 them is enough (a net at the params budget but below 0.8x the MACs budget still spends the budget).
 
 Latency comes from a predictor with ``predict_ms(keras_model) -> float`` (the deploy package's

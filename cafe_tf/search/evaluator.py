@@ -1,7 +1,7 @@
 """Scoring width assignments with a trained supernet, and the score cache every search shares.
 
-:class:`SupernetEvaluator` scores a width assignment (bins per group, ``cafe_tf.space``) the way the
-spec says: for each of K free-channel arrangements (the base + leftmost choice first, then distinct
+:class:`SupernetEvaluator` scores a width assignment (bins per group, ``cafe_tf.space``) as
+follows: for each of K free-channel arrangements (the base + leftmost choice first, then distinct
 random ones drawn from a seed fixed by the widths, so a score is reproducible), recalibrate the BN
 statistics of its channels on a few hundred training images (``Supernet.calibrate_bn``), measure
 accuracy on the held-out **validation** split (never test), and keep the best arrangement.

@@ -1,6 +1,6 @@
-"""Evolutionary width search under a budget (the spec's defaults; resumable after a kill).
+"""Evolutionary width search under a budget (resumable after a kill).
 
-Each generation (SPOS/OFA-style, the spec's numbers by default):
+Each generation (SPOS/OFA-style, with these numbers by default):
 
 1. score the population (through a :class:`~cafe_tf.search.evaluator.ScoreCache`: nothing is
    scored twice, across generations or across a kill);

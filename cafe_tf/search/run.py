@@ -34,7 +34,7 @@ METHODS = ("evolution", "random", "greedy", "uniform")
 
 
 def search_section() -> ml_collections.ConfigDict:
-    """Defaults of ``config.search`` (the spec's evolution settings)."""
+    """Defaults of ``config.search``: the evolution settings."""
     return ml_collections.ConfigDict(dict(
         method="evolution",  # evolution | random | greedy (AutoSlim) | uniform (uniform width scaling)
         max_macs=0,  # budget in multiply-accumulates; 0 = unset

@@ -3,7 +3,7 @@
 ``build_subnet("W/widths.json")`` rebuilds the full model the record names (``cafe_tf.models``)
 and cuts out the searched channels with fresh initial weights: the paper's protocol, retraining the
 searched widths from scratch. With ``init_from_supernet="W/supernet.keras"`` the channels are cut
-from the trained supernet instead, weights included (the spec's fine-tuning option). Either way the
+from the trained supernet instead, weights included (the fine-tuning option). Either way the
 result is a standalone functional model of standard layers, which the standard training loop,
 ``.keras`` saving and TFLite export take like any other.
 

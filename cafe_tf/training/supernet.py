@@ -14,7 +14,7 @@ One step (read :meth:`MinMinTrainer.train_step` top to bottom):
    every replica picks the same candidate.
    BN during selection uses **the batch's own statistics and updates no moving statistics** (the
    same normalisation the training pass then uses, so the loss compared is the loss trained; the
-   spec's other option, ``selection_bn="moving"``, normalises with the shared moving statistics,
+   other option, ``selection_bn="moving"``, normalises with the shared moving statistics,
    which are a blend over widths). Dropout is off during selection, so the comparison is
    deterministic. With ``r = 0`` (fixed sharing) or K = 1 there is nothing to select and no
    selection pass runs.

@@ -13,8 +13,8 @@ memory lines and the per-op profile tables.
 Each problem gets one message: no adb, an adb server that does not answer (every call has a
 timeout), no device / an unauthorised or offline one / an unknown serial / several without a
 serial, a missing or non-Android binary, a run that printed no timings (with the tool's last lines).
-Real devices were not available where this was written; the tests drive a scripted stand-in for adb
-that replays recorded ``benchmark_model`` output, and the real adb with no device attached.
+No real device is part of the tests: they drive a scripted stand-in for adb that replays recorded
+``benchmark_model`` output, and the real adb with no device attached.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 The model must be compiled by ``edgetpu_compiler`` (it then holds an ``edgetpu-custom-op``). The
 runtime library is looked up before LiteRT's ``load_delegate`` is called, so a machine without it
-gets one clear message instead of LiteRT's traceback. No Coral device or libedgetpu was available
-where this was written: only the "not installed" path is exercised by the tests.
+gets one clear message instead of LiteRT's traceback. No Coral device or libedgetpu is part of the
+tests: only the "not installed" path is exercised by them.
 """
 
 from __future__ import annotations
