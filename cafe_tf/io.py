@@ -82,8 +82,20 @@ def read_artifact(
     versions: tuple[int, ...],
     required: tuple[str, ...] = (),
     validate: Callable[[dict[str, Any]], None] | None = None,
+    writer: str | None = None,
 ) -> dict[str, Any]:
     """Reads and validates a versioned artifact written by :func:`write_artifact`.
+
+    Args:
+      path: the file.
+      kind: its ``schema``.
+      versions: the schema versions this reader accepts (one: the version the writer writes).
+      required: top-level keys the file must hold.
+      validate: raises ValueError / TypeError / KeyError on a malformed payload.
+      writer: the stage or program that writes the file, named when a file of another version is refused.
+
+    Returns:
+      The file's JSON object.
 
     Raises:
       ArtifactError: naming the file and what is wrong (missing, not JSON, wrong schema or
@@ -102,8 +114,10 @@ def read_artifact(
     if obj.get("schema") != kind:
         raise ArtifactError(f"{path!r} has schema {obj.get('schema')!r}; expected {kind!r}")
     if obj.get("schema_version") not in versions:
+        supported = " or ".join(str(v) for v in versions)
         raise ArtifactError(
-            f"{path!r} has schema_version {obj.get('schema_version')!r}; supported: {list(versions)}"
+            f"{kind} file {path!r} has schema_version {obj.get('schema_version')!r}; this cafe-tf reads version "
+            f"{supported} only: re-run {writer or 'the stage that writes it'} to write it again"
         )
     missing = [k for k in required if k not in obj]
     if missing:

@@ -35,7 +35,7 @@ from cafe_tf.flops import CostModel
 from cafe_tf.graph import ChannelGraph
 
 WIDTHS_SCHEMA = "cafe_tf.widths"
-WIDTHS_VERSION = 2  # 2 added model_source (provenance); version 1 files read as registry models
+WIDTHS_VERSION = 3
 GRANULARITIES = ("flops_sensitive", "uniform")
 SHARINGS = ("locally_free", "fixed")
 ZONE_UNITS = ("channels", "bins")
@@ -318,10 +318,7 @@ def _validate_widths(obj: dict[str, Any]) -> None:
     for key in ("name", "input_shape", "num_classes", "width_mult"):
         if key not in model:
             raise ValueError(f"'model' lacks {key!r}")
-    if obj["schema_version"] >= 2:
-        if "model_source" not in obj:
-            raise ValueError("'model_source' is missing (where the model came from)")
-        source_lib.validate_record(obj["model_source"])
+    source_lib.validate_record(obj["model_source"])
     if not isinstance(obj["groups"], list):
         raise ValueError("'groups' must be a list")
     for i, g in enumerate(obj["groups"]):
@@ -333,17 +330,9 @@ def _validate_widths(obj: dict[str, Any]) -> None:
 
 
 def read_widths(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads and validates a ``widths.json``; raises ``io.ArtifactError`` naming the problem.
-
-    A version 1 file (before provenance) gets the ``model_source`` of the registry model it names.
-    """
-    from cafe_tf.models import source as source_lib
-
-    record = io.read_artifact(path, WIDTHS_SCHEMA, (1, WIDTHS_VERSION), ("model", "groups", "macs", "params"),
-                              _validate_widths)
-    if "model_source" not in record:
-        record["model_source"] = source_lib.builtin_record(record["model"])
-    return record
+    """Reads and validates a ``widths.json``; raises ``io.ArtifactError`` naming the problem."""
+    return io.read_artifact(path, WIDTHS_SCHEMA, (WIDTHS_VERSION,), ("model", "model_source", "groups", "macs", "params"),
+                            _validate_widths, writer="the search or prune stage")
 
 
 def selection_from_record(graph: ChannelGraph, record: Mapping[str, Any]) -> dict[int, np.ndarray]:
@@ -367,16 +356,14 @@ def selection_from_record(graph: ChannelGraph, record: Mapping[str, Any]) -> dic
 
 
 SUPERNET_SCHEMA = "cafe_tf.supernet"
-SUPERNET_VERSION = 1
+SUPERNET_VERSION = 2
 
 
 def space_from_section(graph: ChannelGraph, section: Any) -> SearchSpace:
     """The search space a ``supernet`` config section (or a recorded ``space`` dict) describes."""
-    # A record written before zone_unit existed was trained with zones in bins.
     return SearchSpace(graph, granularity=section["granularity"], sharing=section["sharing"], r=int(section["r"]),
                        num_bins=int(section["num_bins"]), max_bin=int(section["max_bin"]),
-                       channel_multiple=int(section.get("channel_multiple", 1)),
-                       zone_unit=str(section.get("zone_unit", "bins")))
+                       channel_multiple=int(section["channel_multiple"]), zone_unit=str(section["zone_unit"]))
 
 
 def read_supernet(path: str | os.PathLike) -> dict[str, Any]:
@@ -385,8 +372,9 @@ def read_supernet(path: str | os.PathLike) -> dict[str, Any]:
         for key in ("name", "input_shape", "num_classes", "width_mult"):
             if key not in obj["model"]:
                 raise ValueError(f"'model' lacks {key!r}")
-        for key in ("granularity", "sharing", "r", "num_bins", "max_bin"):
+        for key in ("granularity", "sharing", "r", "num_bins", "max_bin", "channel_multiple", "zone_unit"):
             if key not in obj["space"]:
                 raise ValueError(f"'space' lacks {key!r}")
 
-    return io.read_artifact(path, SUPERNET_SCHEMA, (SUPERNET_VERSION,), ("model", "space", "settings"), check)
+    return io.read_artifact(path, SUPERNET_SCHEMA, (SUPERNET_VERSION,), ("model", "space", "settings"), check,
+                            writer="the supernet stage")

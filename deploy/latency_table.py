@@ -27,10 +27,9 @@ A table can also be built from per-op profiles of whole subnets taken on the tar
 (``deploy.op_profile``: ``benchmark_model --enable_op_profiling=true`` on the host or over adb on
 Android): each op is timed in place, inside its network, so caches and threading are included.
 
-File format (schema ``latency_table``, version 2, written atomically with ``cafe_tf.io``; version 1
-files, which lack ``method`` and ``model_fingerprint``, are still read)::
+File format (schema ``latency_table``, version 3, written atomically with ``cafe_tf.io``)::
 
-    {"schema": "latency_table", "schema_version": 2,
+    {"schema": "latency_table", "schema_version": 3,
      "target": "host" | "android", "quant": "fp32" | "int8", "threads": 1, "delegate": "xnnpack",
      "method": "isolated" | "op_profile",
      "model_fingerprint": "sha256:...",  # model_fingerprint(): the full model's layer configurations
@@ -66,8 +65,7 @@ import numpy as np
 from deploy.errors import DeployError, UsageError
 
 SCHEMA = "latency_table"
-VERSION = 2
-VERSIONS = (1, 2)  # versions this module reads
+VERSION = 3
 QUANTS = ("fp32", "int8")
 TARGETS = ("host", "android")
 METHODS = ("isolated", "op_profile")
@@ -585,7 +583,9 @@ class LatencyTable:
         """Reads and validates a table file (raises ``cafe_tf.io.ArtifactError`` naming the problem)."""
         from cafe_tf import io as cafe_io
 
-        obj = cafe_io.read_artifact(path, SCHEMA, VERSIONS, ("target", "quant", "threads", "entries", "model"), _validate)
+        obj = cafe_io.read_artifact(path, SCHEMA, (VERSION,), ("target", "quant", "threads", "method", "model_fingerprint",
+                                                        "entries", "model"), _validate,
+                                    writer="python -m deploy.latency_table (or deploy.op_profile)")
         entries = {LayerKey.from_dict(e): float(e["ms"]) for e in obj["entries"]}
         info = {k: v for k, v in obj.items() if k not in ("schema", "schema_version", "entries", "model")}
         return cls(entries, obj["model"]["constant_ms"], obj["model"]["scale"], info)
@@ -597,8 +597,8 @@ def load(path: str | os.PathLike) -> LatencyTable:
 
 
 def _validate(obj: Mapping[str, Any]) -> None:
-    if obj.get("method", "isolated") not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)}, got {obj['method']!r}")
+    if obj.get("method") not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {obj.get('method')!r}")
     if "model_fingerprint" in obj and not str(obj["model_fingerprint"]).startswith("sha256:"):
         raise ValueError(f"model_fingerprint must be 'sha256:<hex>', got {obj['model_fingerprint']!r}")
     if obj["quant"] not in QUANTS:

@@ -757,24 +757,21 @@ def test_prune_program_on_two_workers_only_the_chief_writes(tmp_path, fashion_mn
     cluster()  # every stage is done on both workers: they agree and skip them all
 
 
-def test_stage_settings_check_reads_older_artifacts():
+def test_stage_settings_check_refuses_any_setting_that_differs_or_is_missing():
     from cafe_tf.config import ConfigError, to_dict
     from cafe_tf.dagger.pipeline import _same_settings, dagger_section
 
     now = {"method": "dagger", "dagger": {**to_dict(dagger_section()), "target_ramp": 0.0, "group_bias": True}}
-    older = {"method": "dagger", "dagger": {k: v for k, v in now["dagger"].items()
-                                            if k not in ("target_ramp", "group_bias")}}
-    # Options added later, set to the behaviour before them (no ramp, a bias per group): valid.
-    _same_settings({"settings": older}, now, "gates.json")
-    ramped = {**now, "dagger": {**now["dagger"], "target_ramp": 0.5}}
+    _same_settings({"settings": now}, now, "gates.json")
+    lacking = {"method": "dagger", "dagger": {k: v for k, v in now["dagger"].items() if k != "target_ramp"}}
     with pytest.raises(ConfigError,
-                       match=r"gates.json was written with other settings \(dagger.target_ramp: 0.0 there, 0.5 now\)"):
-        _same_settings({"settings": older}, ramped, "gates.json")
+                       match=r"gates.json was written with other settings \(dagger.target_ramp: None there, 0.0 now\)"):
+        _same_settings({"settings": lacking}, now, "gates.json")
     shared_bias = {**now, "dagger": {**now["dagger"], "group_bias": False}}
     with pytest.raises(ConfigError, match=r"\(dagger.group_bias: True there, False now\)"):
-        _same_settings({"settings": older}, shared_bias, "gates.json")
+        _same_settings({"settings": now}, shared_bias, "gates.json")
     with pytest.raises(ConfigError, match="method: 'l1' there, 'dagger' now"):
-        _same_settings({"settings": {**older, "method": "l1"}}, now, "gates.json")
+        _same_settings({"settings": {**now, "method": "l1"}}, now, "gates.json")
 
 
 def test_soft_gates_and_temperature_schedule():

@@ -84,7 +84,8 @@ def test_fit_additive_recovers_constant_and_scale():
 
 def test_save_load_round_trip_and_validation(tmp_path):
     entries = {k: 0.01 * (i + 1) for i, k in enumerate(lt.layer_keys(net()))}
-    table = lt.LatencyTable(entries, constant_ms=0.05, scale=1.1, info={"target": "host", "quant": "fp32", "threads": 1})
+    table = lt.LatencyTable(entries, constant_ms=0.05, scale=1.1, info={"target": "host", "quant": "fp32", "threads": 1,
+                                                                   "method": "isolated", "model_fingerprint": lt.model_fingerprint(net())})
     path = tmp_path / "table.json"
     table.save(str(path))
     back = lt.load(str(path))
@@ -94,7 +95,8 @@ def test_save_load_round_trip_and_validation(tmp_path):
     assert back.within_budget(model, 10.0) and not back.within_budget(model, 0.01)
     assert [row["measured"] for row in back.breakdown(model)] == [True] * len(entries)
     bad = tmp_path / "bad.json"
-    write_json(str(bad), {"schema": "latency_table", "schema_version": 1, "target": "host", "quant": "fp32", "threads": 1,
+    write_json(str(bad), {"schema": "latency_table", "schema_version": lt.VERSION, "target": "host", "quant": "fp32",
+                          "threads": 1, "method": "isolated", "model_fingerprint": "sha256:0",
                           "entries": [{"op": "ADD", "kernel": [1, 1], "stride": [1, 1], "in_hw": [4, 4], "cin": 2, "cout": 2, "ms": -1}],
                           "model": {"constant_ms": 0.0, "scale": 1.0}})
     with pytest.raises(ArtifactError, match="entry 0 has ms -1"):

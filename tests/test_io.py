@@ -193,9 +193,12 @@ def test_read_artifact_no_schema(tmp_path):
 def test_read_artifact_wrong_version(tmp_path):
     path = tmp_path / "widths.json"
     io.write_artifact(path, "widths", 3, {"widths": [1]})
-    with pytest.raises(io.ArtifactError, match=r"has schema_version 3; supported: \[1, 2\]") as e:
-        io.read_artifact(path, "widths", versions=(1, 2))
+    with pytest.raises(io.ArtifactError, match=r"has schema_version 3; this cafe-tf reads version 4 only: re-run "
+                       "the stage that writes it to write it again") as e:
+        io.read_artifact(path, "widths", versions=(4,))
     assert str(path) in str(e.value)
+    with pytest.raises(io.ArtifactError, match=r"widths file .* reads version 4 only: re-run cafe-tf search to write"):
+        io.read_artifact(path, "widths", versions=(4,), writer="cafe-tf search")
 
 
 def test_read_artifact_missing_keys_are_named(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cafe_tf import models
+from cafe_tf import io, models
 from cafe_tf.config import ConfigError
 from cafe_tf.dagger import FlopsRegularizer, FreeGates, GateTrainer
 from cafe_tf.flops import CostModel
@@ -76,40 +76,22 @@ def _state(model):
     return opt, tf.Variable(0, dtype=tf.int64)
 
 
-def test_old_supernet_checkpoints_resume_with_their_rng_state(tmp_path):
+def test_a_checkpoint_without_the_rng_key_is_refused_by_name(tmp_path):
     old = dropout_model()
     opt, step = _state(old)
-    step.assign(7)
     seeds = kernel.rng_states([old])
     assert seeds, "the Dropout layer has a seed state"
-    seeds[0].assign(tf.constant([123, 456], seeds[0].dtype))
-    # The supernet loop before the kernel: random states under "seed_states".
-    legacy = tf.train.Checkpoint(model=old, optimizer=opt, step=step, seed_states=seeds,
-                                 run_shape=tf.Variable([5, 16], dtype=tf.int64))
-    legacy.save(os.path.join(tmp_path, "checkpoints", "ckpt"))
-
-    new = dropout_model()
-    opt2, step2 = _state(new)
-    ckpt = kernel.Checkpointer(tf.distribute.get_strategy(), str(tmp_path), "checkpoints", rng_models=[new],
-                               run_shape=(5, 16), model=new, optimizer=opt2, step=step2)
-    assert ckpt.restore() is not None
-    assert int(step2.numpy()) == 7
-    np.testing.assert_array_equal(kernel.rng_states([new])[0].numpy(), [123, 456])
-    np.testing.assert_array_equal(new.get_weights()[0], old.get_weights()[0])
-    path = ckpt.save(8)  # and from now on under the one key scheme
-    assert kernel.saved_keys(path) >= {"rng", "model", "run_shape"} and "seed_states" not in kernel.saved_keys(path)
-
-
-def test_old_gate_checkpoints_without_rng_state_resume(tmp_path):
-    old = dropout_model()
-    opt, step = _state(old)
-    step.assign(3)
-    tf.train.Checkpoint(model=old, main_opt=opt, step=step).save(os.path.join(tmp_path, "ckpt", "ckpt"))
-    new = dropout_model()
-    opt2, step2 = _state(new)
-    ckpt = kernel.Checkpointer(tf.distribute.get_strategy(), str(tmp_path), "ckpt", rng_models=[new], model=new,
-                               main_opt=opt2, step=step2)
-    assert ckpt.restore() is not None and int(step2.numpy()) == 3
+    # Random states under another key, and none at all: neither resumes.
+    tf.train.Checkpoint(model=old, optimizer=opt, step=step, seed_states=seeds).save(
+        os.path.join(tmp_path, "a", "checkpoints", "ckpt"))
+    tf.train.Checkpoint(model=old, optimizer=opt, step=step).save(os.path.join(tmp_path, "b", "checkpoints", "ckpt"))
+    for sub in ("a", "b"):
+        new = dropout_model()
+        opt2, step2 = _state(new)
+        ckpt = kernel.Checkpointer(tf.distribute.get_strategy(), str(tmp_path / sub), "checkpoints", rng_models=[new],
+                                   model=new, optimizer=opt2, step=step2)
+        with pytest.raises(kernel.CheckpointMismatchError, match=f"ckpt-1 lacks \\['rng'\\].*remove .*{sub}"):
+            ckpt.restore()
 
 
 def test_a_checkpoint_of_another_loop_or_shape_is_refused_by_name(tmp_path):
@@ -134,14 +116,21 @@ def test_a_checkpoint_of_another_loop_or_shape_is_refused_by_name(tmp_path):
         again.restore()
 
 
-def test_history_is_versioned_and_reads_the_old_plain_list(tmp_path):
-    with open(tmp_path / "history.json", "w") as f:
-        json.dump([{"step": 10, "loss": 1.0}, {"step": 20, "loss": 0.5}], f)  # gate training's old file
+def test_history_is_versioned_and_refuses_other_versions_by_name(tmp_path):
     history = kernel.History(str(tmp_path))
-    assert history.load(15) == [{"step": 10, "loss": 1.0}]
-    history.append({"step": 20, "loss": 0.4})
+    history.append({"step": 10, "loss": 1.0})
+    history.append({"step": 20, "loss": 0.5})
+    assert kernel.History(str(tmp_path)).load(15) == [{"step": 10, "loss": 1.0}]
     stored = json.load(open(tmp_path / "history.json"))
-    assert stored["schema"] == kernel.HISTORY_SCHEMA and stored["entries"][-1]["loss"] == 0.4
+    assert stored["schema"] == kernel.HISTORY_SCHEMA and stored["schema_version"] == kernel.HISTORY_VERSION
+    for old in ([{"step": 10, "loss": 1.0}], {**stored, "schema_version": kernel.HISTORY_VERSION - 1}):
+        with open(tmp_path / "history.json", "w") as f:
+            json.dump(old, f)
+        with pytest.raises(io.ArtifactError, match="history.json"):
+            kernel.History(str(tmp_path)).load(15)
+    with pytest.raises(io.ArtifactError, match=f"schema_version {kernel.HISTORY_VERSION - 1}; this cafe-tf reads "
+                       f"version {kernel.HISTORY_VERSION} only: re-run the training stage"):
+        kernel.History(str(tmp_path)).load(15)
 
 
 # ---------------------------------------------------------------------------- mixed precision

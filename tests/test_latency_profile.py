@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cafe_tf.graph import ChannelGraph
-from cafe_tf.io import write_json
+from cafe_tf.io import ArtifactError, write_json
 from cafe_tf.search import Budget, BudgetChecker
 from cafe_tf.search import run as search_run
 from cafe_tf.space import SearchSpace
@@ -196,15 +196,14 @@ def test_a_table_from_another_model_or_target_is_refused(model, tmp_path):
         search_run.check_table(search_run.load_latency_predictor(path), other, section)
 
 
-def test_a_version_1_table_still_loads_without_a_fingerprint(model, tmp_path):
-    path = str(tmp_path / "v1.json")
-    write_json(path, {"schema": "latency_table", "schema_version": 1, "target": "host", "quant": "fp32", "threads": 1,
-                      "entries": [{**k.to_dict(), "ms": 0.01} for k in lt.layer_keys(model)],
-                      "model": {"constant_ms": 0.0, "scale": 1.0},
-                      "holdout": {"rows": [{"error_pct": e} for e in (1.0, -3.0)]}})
-    table = lt.load(path)
-    table.check_model(tiny(width=12))  # nothing to compare the model with
-    assert table.stated_error_pct == pytest.approx(2.8)
+def test_a_table_of_an_earlier_version_is_refused_by_name(model, tmp_path):
+    path = str(tmp_path / "v2.json")
+    write_json(path, {"schema": "latency_table", "schema_version": lt.VERSION - 1, "target": "host", "quant": "fp32",
+                      "threads": 1, "entries": [{**k.to_dict(), "ms": 0.01} for k in lt.layer_keys(model)],
+                      "model": {"constant_ms": 0.0, "scale": 1.0}})
+    with pytest.raises(ArtifactError, match=f"v2.json' has schema_version {lt.VERSION - 1}; this cafe-tf reads version "
+                       f"{lt.VERSION} only: re-run python -m deploy.latency_table"):
+        lt.load(path)
 
 
 # ---------------------------------------------------------------------------- measured vs predicted

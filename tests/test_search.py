@@ -338,7 +338,8 @@ def test_latency_budget_with_a_deploy_latency_table_file(space, tmp_path):
             entries[key] = 1e-6 * key.macs() + 1e-3
     path = str(tmp_path / "latency_table.json")
     latency_table.LatencyTable(entries, constant_ms=0.05, scale=1.0,
-                               info={"target": "host", "quant": "fp32", "threads": 1}).save(path)
+                               info={"target": "host", "quant": "fp32", "threads": 1, "method": "isolated",
+                                     "model_fingerprint": latency_table.model_fingerprint(full)}).save(path)
     table = search_run.load_latency_predictor(path)
     checker = BudgetChecker(space, Budget(max_latency_ms=0.6 * table.predict_ms(full)), latency=table)
     checker.check_feasible()

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from cafe_tf import io, models
 from cafe_tf.graph import ChannelGraph
-from cafe_tf.space import SearchSpace, read_widths, selection_from_record, write_widths
+from cafe_tf.space import WIDTHS_VERSION, SearchSpace, read_widths, selection_from_record, write_widths
 from toy_models import coupling_zoo
 
 
@@ -122,9 +122,11 @@ def test_widths_json_roundtrip_and_errors(tmp_path, space, graph):
     bad["groups"] = [dict(back["groups"][0], channels=[0, 999])]
     with pytest.raises(ValueError, match="channel index 999 .* out of range"):
         selection_from_record(graph, bad)
-    (tmp_path / "v9.json").write_text(json.dumps(dict(back, schema_version=9)))
-    with pytest.raises(io.ArtifactError, match="schema_version 9; supported: \\[1, 2\\]"):
-        read_widths(tmp_path / "v9.json")
+    for version in (WIDTHS_VERSION - 1, 9):  # an earlier file and a later one: refused, naming the writer
+        (tmp_path / "v.json").write_text(json.dumps(dict(back, schema_version=version)))
+        with pytest.raises(io.ArtifactError, match=f"v.json' has schema_version {version}; this cafe-tf reads version "
+                           f"{WIDTHS_VERSION} only: re-run the search or prune stage"):
+            read_widths(tmp_path / "v.json")
     (tmp_path / "trunc.json").write_text(path.read_text()[:50])
     with pytest.raises(io.ArtifactError, match="trunc.json.*not valid JSON"):
         read_widths(tmp_path / "trunc.json")

@@ -19,7 +19,7 @@ from cafe_tf.config import ConfigError
 from cafe_tf.flops import CostModel
 from cafe_tf.graph import ChannelGraph
 from cafe_tf.models import source as source_lib
-from cafe_tf.space import read_widths, write_widths
+from cafe_tf.space import WIDTHS_VERSION, read_widths, write_widths
 from cafe_tf.training.subnet import build_subnet, subnet_factory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,7 +142,7 @@ def test_widths_json_records_a_keras_file_and_refuses_it_changed(user_file, tmp_
     path = tmp_path / "widths.json"
     written = write_widths(path, graph, half_selection(graph), source.model_info())
     stored = read_widths(path)
-    assert stored["schema_version"] == 2
+    assert stored["schema_version"] == WIDTHS_VERSION
     assert stored["model_source"] == {"kind": "keras_file", "path": user_file, "sha256": source.sha256,
                                       "input_scaling": "mean_std"}
     subnet = build_subnet(str(path))  # rebuilt from the recorded file, the searched channels, fresh weights
@@ -183,7 +183,7 @@ def test_widths_json_records_an_application_and_its_scaling(tmp_path):
         subnet_factory(str(path), input_scaling="mean_std")
 
 
-def test_no_widths_json_without_a_source_and_old_files_read_as_registry_models(tmp_path, user_file):
+def test_no_widths_json_without_a_source_and_none_read_without_one(tmp_path, user_file):
     model = keras.models.load_model(user_file)
     graph = ChannelGraph.from_model(model)
     path = tmp_path / "widths.json"
@@ -191,18 +191,16 @@ def test_no_widths_json_without_a_source_and_old_files_read_as_registry_models(t
     with pytest.raises(ValueError, match=r"model_info of 'user_cnn' lacks 'source'"):
         write_widths(path, graph, half_selection(graph), info)
     assert not path.exists() and os.listdir(tmp_path) == ["user.keras"]  # no half-written file either
-    # A version 1 file (before provenance) reads as the registry model it names.
+    # A file without the model's provenance is refused, naming the file and the key.
     from cafe_tf import models
 
     graph = ChannelGraph.from_model(models.build("cnn_small", input_shape=(28, 28, 1), num_classes=10))
     record = write_widths(path, graph, half_selection(graph),
                           {"name": "cnn_small", "input_shape": [28, 28, 1], "num_classes": 10, "width_mult": 1.0})
-    old = {k: v for k, v in record.items() if k != "model_source"}
-    io.write_json(path, {**old, "schema_version": 1})
-    assert read_widths(path)["model_source"] == {
-        "kind": "builtin", "name": "cnn_small", "input_scaling": "mean_std",
-        "args": {"input_shape": [28, 28, 1], "num_classes": 10, "width_mult": 1.0}}
     assert CostModel(ChannelGraph.from_model(build_subnet(str(path)))).macs() == record["macs"]
+    io.write_json(path, {k: v for k, v in record.items() if k != "model_source"})
+    with pytest.raises(io.ArtifactError, match=r"widths.json' lacks required keys \['model_source'\]"):
+        read_widths(path)
 
 
 # ------------------------------------------------------------------------------------------- flops

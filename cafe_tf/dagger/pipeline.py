@@ -190,27 +190,11 @@ def extra_validators() -> dict[str, Callable[[ml_collections.ConfigDict], None]]
 # Helpers
 
 
-# ``config.dagger`` options added after the first release, each with the behaviour every run had
-# before it existed: what an artifact that lacks the key was written with (today's default may differ).
-_DAGGER_ADDED_LATER = {"target_ramp": 0.0, "group_bias": True, "head_init": "zeros", "head_init_scale": 0.5,
-                       "step_scaling": "none"}
-# Settings added later that an artifact without them is not compared on (they cannot be recomputed).
-_SETTINGS_ADDED_LATER = ("pretrained_sha256",)
-
-
 def _same_settings(record: dict[str, Any], expected: dict[str, Any], path: str) -> None:
-    """Refuses to reuse an artifact written with other settings (a stale workdir).
-
-    A ``config.dagger`` option added after the artifact was written counts there as the behaviour
-    before it (``_DAGGER_ADDED_LATER``), so a workdir stays valid across versions unless a setting
-    really differs."""
+    """Refuses to reuse an artifact written with other settings (a stale workdir)."""
     stored = dict(record.get("settings", {}))
-    if isinstance(stored.get("dagger"), dict):
-        stored["dagger"] = {**_DAGGER_ADDED_LATER, **stored["dagger"]}
     diff = []
     for k, v in expected.items():
-        if k in _SETTINGS_ADDED_LATER and k not in stored:
-            continue
         there = stored.get(k)
         if isinstance(v, dict) and isinstance(there, dict):  # name the nested keys that differ
             diff += [f"{k}.{n}: {there.get(n)!r} there, {v.get(n)!r} now" for n in sorted(set(v) | set(there))
@@ -376,12 +360,9 @@ def _gate_settings(config: ml_collections.ConfigDict, source: str) -> dict[str, 
                 "pretrained": source, "dagger": to_dict(config.dagger)}
     if os.path.isfile(source):  # a changed file under a resumed run is refused, naming both hashes
         settings["pretrained_sha256"] = source_lib.sha256_of(source)
-    if config.prune.min_keep_ratio:  # recorded when set (artifacts written before the option stay valid)
-        settings["min_keep_ratio"] = float(config.prune.min_keep_ratio)
-    if config.prune.channel_multiple != 1:  # likewise
-        settings["channel_multiple"] = int(config.prune.channel_multiple)
-    if config.prune.get("rank_by", "score") != "score":  # likewise
-        settings["rank_by"] = str(config.prune.rank_by)
+    settings["min_keep_ratio"] = float(config.prune.min_keep_ratio)
+    settings["channel_multiple"] = int(config.prune.channel_multiple)
+    settings["rank_by"] = str(config.prune.rank_by)
     return settings
 
 

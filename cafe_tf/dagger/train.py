@@ -64,7 +64,7 @@ from cafe_tf.dagger.module import GATE_MODES, GateModule, gate_masks, gates_from
 from cafe_tf.dagger.regularizer import FlopsRegularizer
 
 GATES_SCHEMA = "cafe_tf.dagger_gates"
-GATES_VERSION = 1
+GATES_VERSION = 2
 MAIN_MODES = ("joint", "frozen", "frozen_batch_stats")
 # Gate-training steps at which each group's mean logit is recorded (``GateTrainer.logit_trace``): how
 # fast each group closes early on, where the allocation is decided.
@@ -417,7 +417,8 @@ def _validate_gates(obj: dict[str, Any]) -> None:
 
 def read_gates(path: str, graph: ChannelGraph | None = None) -> dict[str, Any]:
     """Reads ``gates.json``; with ``graph``, adds ``logits_by_id`` ({group id: logits}) after checking the groups."""
-    obj = io.read_artifact(path, GATES_SCHEMA, (GATES_VERSION,), ("groups",), _validate_gates)
+    obj = io.read_artifact(path, GATES_SCHEMA, (GATES_VERSION,), ("groups",), _validate_gates,
+                           writer="the Dagger gates stage")
     if graph is not None:
         by_id = {}
         for g in obj["groups"]:

@@ -15,7 +15,7 @@ common lives here, once:
   ``LossScaleOptimizer`` (:func:`build_model`, :func:`loss_scaled`).
 * **Checkpoints**: one key scheme (``rng`` holds Keras's random-seed states, which
   ``tf.train.Checkpoint(model=...)`` does not reach), in ``distribute.worker_root`` (the chief's
-  workdir, a scratch copy on the other workers), older checkpoints resumed or refused by name
+  workdir, a scratch copy on the other workers), a checkpoint of another loop refused by name
   (:class:`Checkpointer`).
 * **History** (``history.json``, versioned) and **progress** (a Progbar on a terminal, log lines
   otherwise) and TensorBoard scalars.
@@ -24,7 +24,6 @@ common lives here, once:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -41,10 +40,8 @@ from cafe_tf import io
 from cafe_tf.config import MIXED_PRECISION, ConfigError
 
 HISTORY_SCHEMA = "train_history"
-HISTORY_VERSION = 1
+HISTORY_VERSION = 2
 RNG_KEY = "rng"
-# Checkpoint keys older loops used for what is now RNG_KEY (the supernet loop before the kernel).
-LEGACY_RNG_KEYS = ("seed_states",)
 TASKS = ("classification", "multilabel")
 
 
@@ -361,8 +358,8 @@ class Checkpointer:
     def restore(self) -> str | None:
         """Restores the newest checkpoint (None when there is none).
 
-        Raises CheckpointMismatchError when it lacks a part of this loop's state (another loop or an
-        older layout) or does not match the model / optimizer, and ConfigError when it was written
+        Raises CheckpointMismatchError when it lacks a part of this loop's state (another loop's
+        checkpoint) or does not match the model / optimizer, and ConfigError when it was written
         under another run shape; each names the checkpoint and what to do.
         """
         latest = self.latest
@@ -370,14 +367,6 @@ class Checkpointer:
             return None
         saved = saved_keys(latest)
         objects = dict(self.objects)
-        if RNG_KEY in objects and RNG_KEY not in saved:
-            legacy = next((k for k in LEGACY_RNG_KEYS if k in saved), None)
-            rng = objects.pop(RNG_KEY)
-            if legacy is not None:
-                objects[legacy] = rng  # the same states under the supernet loop's former key
-            else:  # gate training saved none: its checkpoints resume, with fresh random states
-                logging.warning("checkpoint %s holds no random-seed states (written before they were saved); "
-                                "dropout masks after resuming differ from an unbroken run's", latest)
         missing = sorted(k for k in objects if k not in saved and _has_variables(objects[k]))
         if missing:
             raise CheckpointMismatchError(
@@ -434,8 +423,7 @@ def _has_variables(obj: Any) -> bool:
 class History:
     """The logged records of a run (each with its ``step``), kept in a versioned ``history.json``.
 
-    ``load(step)`` drops the records after a resumed checkpoint's step (they are logged again);
-    a plain JSON list (gate training before the kernel) is read too.
+    ``load(step)`` drops the records after a resumed checkpoint's step (they are logged again).
     """
 
     def __init__(self, workdir: str, write: bool = True):
@@ -447,14 +435,8 @@ class History:
         """The stored records up to ``step`` (none without a file); they become this history's entries."""
         entries: list = []
         if os.path.isfile(self.path):
-            try:
-                entries = io.read_artifact(self.path, HISTORY_SCHEMA, (HISTORY_VERSION,), ("entries",))["entries"]
-            except io.ArtifactError:
-                with open(self.path, encoding="utf-8") as f:
-                    legacy = json.load(f)
-                if not isinstance(legacy, list):
-                    raise
-                entries = legacy
+            entries = io.read_artifact(self.path, HISTORY_SCHEMA, (HISTORY_VERSION,), ("entries",),
+                                       writer="the training stage")["entries"]
         self.entries = [e for e in entries if e.get("step", 0) <= step]
         return self.entries
 
