@@ -301,3 +301,82 @@ def validate(
             validators[section](config[section])
         except (AttributeError, KeyError) as e:
             raise ConfigError(f"config.{section} lacks a required key: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Loading from Python: a path or a ConfigDict, then dotted overrides (the API's ``config=`` and
+# ``overrides=``), with the same refusals as the programs' ``--config.<key>=`` flags.
+
+
+def load_config(config: str | ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A locked copy of ``config``: a config file's ``get_config()`` (path) or a ``ConfigDict``.
+
+    Raises:
+      ConfigError: when the path does not exist or the file has no ``get_config()``.
+    """
+    import copy
+    import importlib.util
+    import os
+
+    if isinstance(config, ml_collections.ConfigDict):
+        out = copy.deepcopy(config)
+    elif isinstance(config, (str, os.PathLike)):
+        path = os.path.abspath(os.path.expanduser(os.fspath(config)))
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {os.fspath(config)!r} does not exist; give a configs/*.py file "
+                              "or an ml_collections.ConfigDict")
+        name = "cafe_tf_config_" + "".join(ch if ch.isalnum() else "_" for ch in os.path.splitext(path)[0])
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if not callable(getattr(module, "get_config", None)):
+            raise ConfigError(f"config file {path!r} has no get_config() function")
+        out = module.get_config()
+        if not isinstance(out, ml_collections.ConfigDict):
+            raise ConfigError(f"config file {path!r}: get_config() returned {type(out).__name__}, "
+                              "not an ml_collections.ConfigDict")
+    else:
+        raise ConfigError(f"config={config!r} is invalid; give a config file path or an ml_collections.ConfigDict")
+    return lock(out)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any] | None) -> ml_collections.ConfigDict:
+    """Sets each dotted key of ``overrides`` (``{"supernet.epochs": 1}``) in ``config``; returns it.
+
+    The keys are those of the programs' ``--config.`` flags. A list given for a tuple field becomes a
+    tuple; an int for a float field is taken as ConfigDict takes it on the command line.
+
+    Raises:
+      ConfigError: naming a key the config lacks (with the keys its section has) or a value of the
+        wrong type (with the type the key holds).
+    """
+    for key, value in (overrides or {}).items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"override key {key!r} is invalid; give a dotted config key such as 'train.epochs'")
+        parts = key.split(".")
+        node = config
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+            if not isinstance(child, ml_collections.ConfigDict):
+                where = ".".join(parts[:i]) or "the config"
+                known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+                raise ConfigError(f"override {key!r}: {where} has no section {part!r}; known: {known}")
+            node = child
+        leaf = parts[-1]
+        if leaf not in node:
+            section = ".".join(parts[:-1]) or "the config"
+            raise ConfigError(f"override {key!r}: unknown key {leaf!r} in {section}; known keys: {sorted(node.keys())}")
+        current = node[leaf]
+        if isinstance(current, ml_collections.ConfigDict):
+            raise ConfigError(f"override {key!r} names a section; give one of its keys: {sorted(current.keys())}")
+        if isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        if isinstance(current, bool) != isinstance(value, bool) and current is not None:
+            raise ConfigError(f"override {key!r}={value!r} has the wrong type: {type(value).__name__}, "
+                              f"but the key holds {type(current).__name__}")
+        try:
+            node[leaf] = value
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"override {key!r}={value!r} has the wrong type: {type(value).__name__}, but the key "
+                              f"holds {type(current).__name__} ({e})") from None
+    return config

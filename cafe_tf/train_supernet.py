@@ -28,26 +28,9 @@ _CONFIG, _WORKDIR = programs.define_config_flags()
 
 
 def main(config, workdir: str) -> None:
-    from cafe_tf import data as data_lib
-    from cafe_tf import distribute as distribute_lib
-    from cafe_tf.config import ConfigError, to_dict
-    from cafe_tf.models import source as source_lib
     from cafe_tf.training import supernet as supernet_lib
 
-    if "supernet" not in config:
-        raise ConfigError("the config has no 'supernet' section; start from cafe_tf.training.supernet.supernet_section() "
-                          "(see configs/fashion_mnist_resnet20.py)")
-    section = config.supernet
-    strategy = distribute_lib.strategy_from_config(config.distribute)
-    data = data_lib.make_data_source(
-        config.data, seed=section.seed, eval_splits=tuple(section.eval_splits),
-        drop_eval_remainder=not distribute_lib.supports_partial_batches(strategy),
-        input_scaling=config.model.input_scaling)
-    source = source_lib.from_config(config.model, data.image_shape, data.info.num_classes)
-    model_info = source.model_info()  # with its provenance, which search copies into widths.json
-    model_fn = source.build
-    result = supernet_lib.train(model_fn, data, section, workdir, model_info=model_info, strategy=strategy,
-                                config_record=to_dict(config))
+    result = supernet_lib.run(config, workdir)
     lines = [f"done: {result['steps']} steps; full net {result['full_macs']:,} MACs, {result['full_params']:,} params"]
     for row in result.get("validation", []):
         lines.append(f"  {row['name']:<14} {row['macs']:>12,} MACs  validation accuracy {row['accuracy']:.4f}")

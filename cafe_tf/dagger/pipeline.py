@@ -216,7 +216,8 @@ def model_source(config: ml_collections.ConfigDict, image_shape, num_classes: in
                          "give a Keras 3 .keras file")
     return source_lib.ModelSource("keras_file", path, tuple(image_shape), int(num_classes), 1.0,
                                   config.model.input_scaling, source_lib.sha256_of(path),
-                                  tuple(config.model.boundaries), float(config.model.bn_momentum))
+                                  tuple(config.model.boundaries), float(config.model.bn_momentum),
+                                  source_lib.saved_fingerprint(path))
 
 
 def model_info(model: keras.Model, config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -533,8 +534,10 @@ def stage_finetune(config: ml_collections.ConfigDict, workdir: str, data, pruned
                 teacher if config.finetune.get("distill_weight", 0.0) else None)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str, *, data: Any = None) -> dict[str, Any]:
     """Runs (or resumes) every stage; returns the summary also written to ``<workdir>/summary.json``.
+
+    ``data`` (a ``cafe_tf.data.DataSource``) replaces the one ``config.data`` describes.
 
     Under multi-worker training every worker runs every stage (training is synchronous); the chief
     writes the artifacts to ``workdir``, each other worker keeps its own copy under
@@ -549,9 +552,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     chief = distribute_lib.is_chief(strategy)
     workdir = distribute_lib.worker_root(strategy, workdir)
     eval_splits = tuple(config.finetune.eval_splits)
-    data = data_lib.make_data_source(config.data, seed=config.train.seed, eval_splits=eval_splits,
-                                     drop_eval_remainder=not distribute_lib.supports_partial_batches(strategy),
-                                     input_scaling=config.model.input_scaling)
+    if data is None:
+        data = data_lib.make_data_source(config.data, seed=config.train.seed, eval_splits=eval_splits,
+                                         drop_eval_remainder=not distribute_lib.supports_partial_batches(strategy),
+                                         input_scaling=config.model.input_scaling)
     if not config.prune.pretrained:  # fail on a channel_multiple wider than a group before pretraining, not after
         _check_channel_multiple(config, standard.model_factory(config.model, data.image_shape,
                                                                data.info.num_classes)())

@@ -123,6 +123,7 @@ class ModelSource:
     sha256: str = ""
     boundaries: tuple[str, ...] = ()  # layer names kept whole (config.model.boundaries)
     bn_momentum: float = 0.0  # > 0: every BatchNormalization's momentum (config.model.bn_momentum)
+    fingerprint: str = ""  # keras_file saved from a model in memory: model_fingerprint() of that model
 
     @property
     def spec(self) -> str:
@@ -191,7 +192,8 @@ class ModelSource:
     def record(self) -> dict[str, Any]:
         """The JSON-able provenance ``widths.json`` stores as ``model_source``."""
         if self.kind == "keras_file":
-            out: dict[str, Any] = {"kind": self.kind, "path": self.name, "sha256": self.sha256}
+            out: dict[str, Any] = {"kind": self.kind, "path": self.name, "sha256": self.sha256,
+                                   **({"fingerprint": self.fingerprint} if self.fingerprint else {})}
         elif self.kind == "application":
             out = {"kind": self.kind, "name": self.name, "args": self.application_args()}
         else:
@@ -206,6 +208,77 @@ class ModelSource:
         """The ``model_info`` of ``space.write_widths`` / ``supernet.json``, provenance included."""
         return {"name": self.spec, "input_shape": list(self.input_shape), "num_classes": int(self.num_classes),
                 "width_mult": float(self.width_mult), "source": self.record()}
+
+
+def model_fingerprint(model: keras.Model) -> str:
+    """Hex SHA-256 of a model in memory: its architecture (``to_json``) and every weight's bytes, in order.
+
+    Two saves of one model give ``.keras`` files of different bytes (the archive's timestamps); this
+    names the model itself, so a run resumed with the same model in memory finds it unchanged."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256(model.to_json().encode())
+    for w in model.weights:
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(w))
+        h.update(f"{w.path}:{value.dtype}:{value.shape}".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()
+
+
+IN_MEMORY_FILE = "input_model.keras"
+
+
+def saved_fingerprint(path: str) -> str:
+    """The :func:`model_fingerprint` recorded beside a ``.keras`` file :func:`from_keras_model` saved, else ""."""
+    import json
+
+    try:
+        with open(path + ".json", encoding="utf-8") as f:
+            return str(json.load(f).get("fingerprint", ""))
+    except (OSError, ValueError):
+        return ""
+
+
+def from_keras_model(model: keras.Model, workdir: str, input_scaling: str = "mean_std",
+                     boundaries: Sequence[str] = (), bn_momentum: float = 0.0) -> ModelSource:
+    """The :class:`ModelSource` of a model in memory, saved as ``<workdir>/input_model.keras``.
+
+    The record names that file (path and SHA-256, so a program resumes the run with
+    ``--config.model.name=<workdir>/input_model.keras``) and the model's :func:`model_fingerprint`.
+    The file is written once: the same model again reuses it; another model in the same workdir is
+    refused, naming both fingerprints.
+    """
+    import json
+
+    from cafe_tf import io
+
+    if not isinstance(model, keras.Model):
+        raise ModelSourceError(f"expected a keras.Model, got {type(model).__name__}")
+    if input_scaling not in INPUT_SCALINGS:
+        raise ModelSourceError(f"input_scaling {input_scaling!r} is invalid; valid values: {list(INPUT_SCALINGS)}")
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, IN_MEMORY_FILE)
+    sidecar = path + ".json"
+    fingerprint = model_fingerprint(model)
+    if os.path.isfile(path) and os.path.isfile(sidecar):
+        with open(sidecar, encoding="utf-8") as f:
+            stored = json.load(f).get("fingerprint")
+        if stored != fingerprint:
+            raise ModelSourceError(
+                f"{workdir!r} holds a run of another model (fingerprint {stored} there, {fingerprint} now, "
+                f"{path!r}); use a new workdir for this model, or delete that one")
+    else:
+        with io.atomic_path(path) as tmp:
+            model.save(tmp)
+        io.write_json(sidecar, {"fingerprint": fingerprint, "path": path})
+    if input_scaling == "model" and not _has_scaling_layer(model):
+        raise _needs_scaling_layers(f"model {model.name!r}")
+    shape, classes = _shape_of(model)
+    return ModelSource("keras_file", path, tuple(shape), classes, 1.0, input_scaling, sha256_of(path),
+                       tuple(boundaries), float(bn_momentum), fingerprint)
 
 
 def check_unchanged(path: str, recorded_sha256: str) -> None:
@@ -268,7 +341,7 @@ def _resolve(name: str, input_shape: Sequence[int] | None, num_classes: int | No
         model = _load_keras_file(path)
         file_shape, file_classes = _shape_of(model)
         source = ModelSource(kind, path, shape or file_shape, int(num_classes or file_classes), 1.0, input_scaling,
-                             sha256_of(path))
+                             sha256_of(path), fingerprint=saved_fingerprint(path))
         _check_file_model(model, source)
         return source
     if shape is None or not num_classes:
@@ -315,7 +388,8 @@ def _from_record(record: Mapping[str, Any]) -> ModelSource:
     kind, scaling = record["kind"], record["input_scaling"]
     if kind == "keras_file":
         shape, classes = _shape_of(_load_keras_file(record["path"]))
-        return ModelSource(kind, record["path"], shape, classes, 1.0, scaling, record["sha256"])
+        return ModelSource(kind, record["path"], shape, classes, 1.0, scaling, record["sha256"],
+                           fingerprint=record.get("fingerprint", ""))
     args = record["args"]
     if kind == "application":
         return ModelSource(kind, record["name"], tuple(args["input_shape"]), int(args["classes"]),

@@ -464,10 +464,12 @@ def run(
     model_fn: ModelFactory | None = None,
     hooks: Sequence[Hook] = (),
     strategy: tf.distribute.Strategy | None = None,
+    data: DataSource | None = None,
 ) -> dict[str, Any]:
-    """Trains what ``config`` describes in ``workdir``; ``model_fn`` replaces the registry model (searched widths)."""
+    """Trains what ``config`` describes in ``workdir``; ``model_fn`` replaces the registry model (searched widths),
+    ``data`` the data source ``config.data`` describes."""
     strategy = strategy or distribute_lib.strategy_from_config(config.distribute)
-    data = data_lib.make_data_source(
+    data = data or data_lib.make_data_source(
         config.data, seed=config.train.seed, eval_splits=tuple(config.train.eval_splits),
         drop_eval_remainder=not distribute_lib.supports_partial_batches(strategy),
         input_scaling=config.model.input_scaling,

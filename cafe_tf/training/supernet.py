@@ -56,6 +56,7 @@ from cafe_tf import distribute as distribute_lib
 from cafe_tf import io
 from cafe_tf.config import ConfigError, validate_channel_multiple, validate_train
 from cafe_tf.slim import Supernet
+from cafe_tf import data as data_lib
 from cafe_tf.data import DataSource, calibration_batches, take_batches
 from cafe_tf.space import (GRANULARITIES, SHARINGS, SUPERNET_SCHEMA, SUPERNET_VERSION,  # noqa: F401 - re-exported
                            ZONE_UNITS, SearchSpace, read_supernet, space_from_section)
@@ -90,6 +91,7 @@ def supernet_section() -> ml_collections.ConfigDict:
         eval_min=True,  # also score the min net at the end
         calibration_examples=512,  # training images for BN recalibration of each scored width
         eval_examples=2000,  # validation images per scored width (0 = all)
+        init_from_model=True,  # a given model's trained weights start the supernet; False: fresh initial weights
     ))
     return c
 
@@ -383,8 +385,55 @@ def _options(section) -> MinMinOptions:
 def settings_of(section: ml_collections.ConfigDict) -> dict[str, Any]:
     """The settings that define a supernet run (a resumed run must match them)."""
     keys = ("sharing", "granularity", "r", "num_bins", "max_bin", "num_candidates", "sandwich", "num_sampled",
-            "selection_bn", "epochs", "lr", "optimizer", "schedule", "weight_decay", "seed")
-    return {k: (list(section[k]) if isinstance(section[k], tuple) else section[k]) for k in keys}
+            "selection_bn", "epochs", "lr", "optimizer", "schedule", "weight_decay", "seed", "init_from_model")
+    return {k: (list(section[k]) if isinstance(section[k], tuple) else section[k]) for k in keys if k in section}
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    data: DataSource | None = None,
+    source: Any = None,
+    strategy: tf.distribute.Strategy | None = None,
+) -> dict[str, Any]:
+    """Trains (or resumes) the supernet ``config`` describes in ``workdir``; returns ``supernet.json``'s record.
+
+    Args:
+      config: a config with ``data``, ``model``, ``supernet`` and ``distribute`` sections.
+      workdir: the run's folder (checkpoints, ``supernet.keras``, ``supernet.json``).
+      data: replaces the data source ``config.data`` describes.
+      source: a ``cafe_tf.models.source.ModelSource`` that replaces ``config.model``.
+      strategy: replaces ``config.distribute``'s strategy.
+
+    Returns:
+      The supernet summary (model, space, settings, validation accuracy of a few widths).
+    """
+    from cafe_tf import distribute as distribute_lib
+    from cafe_tf.config import to_dict
+    from cafe_tf.models import source as source_lib
+
+    if "supernet" not in config:
+        raise ConfigError("the config has no 'supernet' section; start from cafe_tf.training.supernet.supernet_section() "
+                          "(see configs/fashion_mnist_resnet20.py)")
+    section = config.supernet
+    strategy = strategy or distribute_lib.strategy_from_config(config.distribute)
+    if data is None:
+        data = data_lib.make_data_source(
+            config.data, seed=section.seed, eval_splits=tuple(section.eval_splits),
+            drop_eval_remainder=not distribute_lib.supports_partial_batches(strategy),
+            input_scaling=config.model.input_scaling, workdir=workdir)
+    if source is None:
+        source = source_lib.from_config(config.model, data.image_shape, data.info.num_classes)
+    model_fn = source.build
+    if not section.get("init_from_model", True):
+        def model_fn() -> keras.Model:  # the same architecture with its layers' initial weights
+            from cafe_tf.graph import model_boundaries, set_boundaries
+
+            built = source.build()
+            return set_boundaries(keras.models.clone_model(built), model_boundaries(built))
+    return train(model_fn, data, section, workdir, model_info=source.model_info(), strategy=strategy,
+                 config_record=to_dict(config))
 
 
 def train(
