@@ -19,7 +19,10 @@ stopped (and each stage resumes from its own checkpoints). Artifacts, all under 
                                  is within config.deploy.max_accuracy_drop (recommend_format)
 
 Every config section is validated before the first stage runs. Each stage dies with the pipeline:
-SIGTERM and SIGINT are forwarded to it, and on Linux it stops when the pipeline is killed.
+SIGTERM and SIGINT are forwarded to it, and on Linux it stops when the pipeline is killed. A
+stage's log (``logs/``) keeps all its output; what the pipeline relays leaves out TensorFlow's
+CUDA start-up lines on a machine without a GPU, unless ``TF_CPP_MIN_LOG_LEVEL=0`` (or 1) asks for
+TensorFlow's logs.
 
 Exit codes: 0 done, 1 a stage failed (its log is named), 2 usage or config error.
 """

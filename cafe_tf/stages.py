@@ -9,9 +9,12 @@ its own checkpoints), and process-wide state one stage changes (the QAT adapter 
 
 from __future__ import annotations
 
+import ctypes.util
 import dataclasses
+import functools
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -51,13 +54,26 @@ class Stage:
         return True
 
 
-def run_stages(stages: Sequence[Stage], log_dir: str, env: dict[str, str] | None = None) -> None:
+def run_stages(stages: Sequence[Stage], log_dir: str, env: dict[str, str] | None = None,
+               tensorflow_logs: bool | None = None) -> None:
     """Runs each stage whose artifact is missing or invalid; raises StageError on the first failure.
 
     A stage dies with the pipeline: SIGTERM and SIGINT are forwarded to it (then re-raised here once
     it has stopped), and on Linux it gets SIGTERM when this process dies (:mod:`cafe_tf.stage_launcher`).
+
+    Args:
+      stages: the stages, in order.
+      log_dir: where each stage's log (all of its output) is written.
+      env: variables added to this process's environment for the stages.
+      tensorflow_logs: relay TensorFlow's start-up lines about CUDA (:func:`is_tensorflow_noise`) to
+        stdout too. ``None``: when the stages' ``TF_CPP_MIN_LOG_LEVEL`` is 0 or 1 (the user asked for
+        TensorFlow's INFO or WARNING lines). The log keeps them either way.
     """
     os.makedirs(log_dir, exist_ok=True)
+    stage_env = {**os.environ, **(env or {})}
+    if tensorflow_logs is None:
+        tensorflow_logs = stage_env.get("TF_CPP_MIN_LOG_LEVEL", "").strip() in ("0", "1")
+    noise = None if tensorflow_logs else functools.partial(is_tensorflow_noise, cuda_driver=has_cuda_driver())
     for i, stage in enumerate(stages, 1):
         if stage.is_done():
             stage.skipped = True
@@ -67,7 +83,7 @@ def run_stages(stages: Sequence[Stage], log_dir: str, env: dict[str, str] | None
         print(f"[{i}/{len(stages)}] {stage.name}: {shlex.join(stage.command)}", flush=True)
         print(f"      log: {log_path}", flush=True)
         start = time.time()
-        code = _run_tied(stage.command, log_path, {**os.environ, **(env or {})})
+        code = _run_tied(stage.command, log_path, stage_env, noise)
         stage.seconds = time.time() - start
         if code != 0:
             raise StageError(f"stage {stage.name!r} failed with exit code {code}; see {log_path}")
@@ -78,9 +94,39 @@ def run_stages(stages: Sequence[Stage], log_dir: str, env: dict[str, str] | None
 
 _FORWARDED = (signal.SIGTERM, signal.SIGINT)
 
+# TensorFlow's start-up lines on a machine without a usable GPU. They print whatever
+# TF_CPP_MIN_LOG_LEVEL says (cudart_stub logs before the level is read) or as errors although nothing
+# failed (cuInit without a driver), and a user reads them as a failure.
+_TF_LOG_PREFIX = rb"[IWE]\d{4} \d\d:\d\d:[\d.]+ +\d+ "
+_TF_NOISE = re.compile(rb"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR\s*$|"
+                       + _TF_LOG_PREFIX + rb"(cudart_stub\.cc:\d+\] Could not find cuda drivers"
+                       rb"|cuda_(dnn|fft|blas)\.cc:\d+\] Unable to register)")
+_CUINIT_FAILED = re.compile(_TF_LOG_PREFIX + rb"cuda_platform\.cc:\d+\] failed call to cuInit")
 
-def _run_tied(command: Sequence[str], log_path: str, env: Mapping[str, str]) -> int:
-    """Runs ``python *command``, teeing its output to ``log_path`` and stdout; returns its exit code."""
+
+def has_cuda_driver() -> bool:
+    """Whether the CUDA driver library (``libcuda``) is installed, i.e. a failed cuInit means something."""
+    return ctypes.util.find_library("cuda") is not None
+
+
+def is_tensorflow_noise(line: bytes, cuda_driver: bool = False) -> bool:
+    """Whether ``line`` of a stage's output is TensorFlow's CUDA start-up chatter (kept in the log only).
+
+    Args:
+      line: one line of output.
+      cuda_driver: the CUDA driver is installed; a failed cuInit is then relayed (the GPU is unusable).
+
+    Returns:
+      True for the absl pre-init notice, ``cudart_stub``'s "Could not find cuda drivers", cuDNN / cuFFT /
+      cuBLAS registration lines and, without a driver, the failed cuInit.
+    """
+    return bool(_TF_NOISE.match(line) or (not cuda_driver and _CUINIT_FAILED.match(line)))
+
+
+def _run_tied(command: Sequence[str], log_path: str, env: Mapping[str, str],
+              noise: Callable[[bytes], bool] | None = None) -> int:
+    """Runs ``python *command``, teeing its output to ``log_path`` and stdout (less what ``noise`` matches);
+    returns its exit code."""
     argv = [sys.executable, "-m", "cafe_tf.stage_launcher", str(os.getpid()), *command]
     with open(log_path, "ab") as log:
         # Its own process group: a terminal's Ctrl-C reaches only the pipeline, which forwards it once.
@@ -96,8 +142,10 @@ def _run_tied(command: Sequence[str], log_path: str, env: Mapping[str, str]) -> 
         previous = {s: signal.signal(s, forward) for s in _FORWARDED} if main_thread else {}
         try:
             assert proc.stdout is not None
-            for line in proc.stdout:  # tee: the user sees progress, the log keeps everything
+            for line in proc.stdout:  # tee, a line at a time: the user sees progress, the log keeps everything
                 log.write(line)
+                if noise is not None and noise(line):
+                    continue
                 sys.stdout.buffer.write(b"      " + line)
                 sys.stdout.flush()
             code = proc.wait()

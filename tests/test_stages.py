@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from cafe_tf.stages import Stage, StageError, run_stages
+from cafe_tf.stages import Stage, StageError, has_cuda_driver, is_tensorflow_noise, run_stages
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,6 +49,50 @@ def test_missing_artifact_after_success_is_an_error(tmp_path):
     stage = _stage(tmp_path, "lazy", code="pass")
     with pytest.raises(StageError, match="finished but left no valid artifact"):
         run_stages([stage], str(tmp_path / "logs"))
+
+
+# What TensorFlow prints at start-up on a machine without CUDA (TF 2.21), between two lines of the stage's own.
+_TF_STARTUP = [
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "I0000 00:00:1796703257.466095   19992 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will "
+    "not be used.",
+    "E0000 00:00:1796703271.533863   19992 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: Failed "
+    "call to cuInit: UNKNOWN ERROR (303)",
+]
+
+
+def _noisy_stage(tmp_path):
+    lines = ["epoch 1/2: loss 0.5", *_TF_STARTUP, "E0000 00:00:1.0   1 kernel.cc:9] a real error"]
+    code = ("import sys, json\n"
+            f"for line in {lines!r}:\n"
+            "    print(line, file=sys.stderr if line[0] in 'IEW' else sys.stdout, flush=True)\n"
+            f"json.dump({{'ok': True}}, open({str(tmp_path / 'n.json')!r}, 'w'))")
+    (tmp_path / "noisy.py").write_text(code)  # a file, so the command line the pipeline prints holds no such line
+    return Stage("noisy", [str(tmp_path / "noisy.py")], str(tmp_path / "n.json"), lambda p: json.load(open(p))["ok"])
+
+
+@pytest.mark.skipif(has_cuda_driver(), reason="with a CUDA driver a failed cuInit is relayed")
+def test_tensorflow_cuda_lines_stay_in_the_log_unless_asked_for(tmp_path, capfd, monkeypatch):
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    run_stages([_noisy_stage(tmp_path)], str(tmp_path / "logs"), env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+    out = capfd.readouterr().out
+    assert "epoch 1/2: loss 0.5" in out and "kernel.cc:9] a real error" in out
+    assert not any(line in out for line in _TF_STARTUP) and "cuInit" not in out and "cudart" not in out
+    log = (tmp_path / "logs" / "01_noisy.log").read_text()
+    assert all(line in log for line in _TF_STARTUP)  # the log keeps everything
+
+    (tmp_path / "n.json").unlink()
+    run_stages([_noisy_stage(tmp_path)], str(tmp_path / "logs"), env={"TF_CPP_MIN_LOG_LEVEL": "0"})  # asked for
+    out = capfd.readouterr().out
+    assert all(line in out for line in _TF_STARTUP)
+
+
+def test_a_failed_cuinit_is_relayed_where_a_cuda_driver_is_installed():
+    assert is_tensorflow_noise(_TF_STARTUP[2].encode() + b"\n", cuda_driver=False)
+    assert not is_tensorflow_noise(_TF_STARTUP[2].encode() + b"\n", cuda_driver=True)
+    assert is_tensorflow_noise(_TF_STARTUP[1].encode() + b"\n", cuda_driver=True)
+    assert not is_tensorflow_noise(b"I0000 00:00:1.5   7 cpu_feature_guard.cc:227] This TensorFlow binary ...\n")
+    assert not is_tensorflow_noise(b"a line that mentions cudart_stub.cc:31] Could not find cuda drivers\n")
 
 
 # A pipeline stand-in: run_stages (the real stage launcher) over a quick stage and one that hangs
