@@ -18,7 +18,7 @@ Statistics (:data:`STATISTICS`):
   stat(x2, y)`` with a paired bootstrap interval.
 
 Only complete items enter (every value of the pair or triple done). The rule's keys are
-``estimate_at_least``, ``estimate_at_most``, ``ci_low_above``, ``ci_high_below``; every one given
+``estimate_above``, ``estimate_at_least``, ``estimate_at_most``, ``ci_low_above``, ``ci_high_below``; every one given
 must hold for ``"pass"``. The decision is ``"pending"`` until every planned item is complete: the
 planned n is fixed, no claim is decided early.
 """
@@ -33,7 +33,7 @@ from cafe_tf import stats
 from cafe_tf.study import ledger
 from cafe_tf.study import manifest as manifest_lib
 
-RULE_KEYS = ("estimate_at_least", "estimate_at_most", "ci_low_above", "ci_high_below")
+RULE_KEYS = ("estimate_above", "estimate_at_least", "estimate_at_most", "ci_low_above", "ci_high_below")
 
 
 def value_of(ref: str, recs: Mapping[str, Mapping[str, Any]]) -> float | None:
@@ -111,7 +111,7 @@ def decide(rule: Mapping[str, float], estimate, ci_low, ci_high) -> bool:
     unknown = [k for k in rule if k not in RULE_KEYS]
     if unknown:
         raise ValueError(f"rule keys {unknown} unknown; valid: {list(RULE_KEYS)}")
-    checks = {"estimate_at_least": (estimate, lambda v, t: v >= t), "estimate_at_most": (estimate, lambda v, t: v <= t),
+    checks = {"estimate_above": (estimate, lambda v, t: v > t), "estimate_at_least": (estimate, lambda v, t: v >= t), "estimate_at_most": (estimate, lambda v, t: v <= t),
               "ci_low_above": (ci_low, lambda v, t: v > t), "ci_high_below": (ci_high, lambda v, t: v < t)}
     return all(checks[k][0] is not None and checks[k][1](checks[k][0], t) for k, t in rule.items())
 

@@ -63,6 +63,7 @@ from cafe_tf.space import (GRANULARITIES, SHARINGS, SUPERNET_SCHEMA, SUPERNET_VE
 from cafe_tf.training import kernel, standard
 
 SELECTION_BN = ("batch", "moving")
+SAMPLINGS = ("uniform", "macs_range")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -86,6 +87,8 @@ def supernet_section() -> ml_collections.ConfigDict:
         num_candidates=2,  # K free-channel arrangements per sampled width; the min-loss one is trained
         sandwich=False,  # also train the max and min nets every step
         num_sampled=1,  # random widths per step
+        sampling="uniform",  # uniform: each group's width uniform over its bins | macs_range: the net's MACs uniform over macs_range
+        macs_range=(0.0, 1.0),  # macs_range sampling: (low, high) fractions of the full net's MACs the sampled nets cover
         selection_bn="batch",  # batch: candidates compared with batch statistics (no moving update) | moving
         eval_fractions=(1.0, 0.5),  # uniform width fractions scored on validation at the end (after BN recalibration)
         eval_min=True,  # also score the min net at the end
@@ -103,7 +106,7 @@ def validate_supernet(section: ml_collections.ConfigDict) -> None:
     except ConfigError as e:
         raise ConfigError(str(e).replace("config.train.", "config.supernet.")) from None
     choices = {"sharing": SHARINGS, "granularity": GRANULARITIES, "selection_bn": SELECTION_BN,
-               "zone_unit": ZONE_UNITS}
+               "zone_unit": ZONE_UNITS, "sampling": SAMPLINGS}
     for key, valid in choices.items():
         if section[key] not in valid:
             raise ConfigError(f"config.supernet.{key}={section[key]!r} is invalid; valid values: {list(valid)}")
@@ -112,6 +115,10 @@ def validate_supernet(section: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.supernet.{key}={section[key]!r} is invalid; it must be >= 1")
     if section.r < 0:
         raise ConfigError(f"config.supernet.r={section.r!r} is invalid; it must be >= 0 ({section.zone_unit})")
+    low_high = tuple(section.macs_range)
+    if len(low_high) != 2 or not 0 <= low_high[0] < low_high[1] <= 1:
+        raise ConfigError(f"config.supernet.macs_range={low_high!r} is invalid; give (low, high) fractions of the full "
+                          "net's MACs with 0 <= low < high <= 1")
     validate_channel_multiple("supernet", section.get("channel_multiple", 1))
     if section.eval_examples < 0:
         raise ConfigError(f"config.supernet.eval_examples={section.eval_examples!r} is invalid; "
@@ -146,6 +153,8 @@ class MinMinOptions:
     sandwich: bool = False
     num_sampled: int = 1
     selection_bn: str = "batch"
+    sampling: str = "uniform"
+    macs_range: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self):
         if self.num_candidates < 1:
@@ -154,6 +163,11 @@ class MinMinOptions:
             raise ValueError(f"num_sampled must be >= 1, got {self.num_sampled}")
         if self.selection_bn not in SELECTION_BN:
             raise ValueError(f"selection_bn {self.selection_bn!r} is not one of {SELECTION_BN}")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling {self.sampling!r} is not one of {SAMPLINGS}")
+        low, high = self.macs_range
+        if not 0 <= low < high <= 1:
+            raise ValueError(f"macs_range {self.macs_range!r} must be (low, high) with 0 <= low < high <= 1")
 
 
 def step_rng(seed: int, step: int) -> np.random.Generator:
@@ -166,6 +180,37 @@ def candidates_per_slot(space: SearchSpace, options: MinMinOptions) -> int:
     return 1 if space.r == 0 else options.num_candidates
 
 
+def sample_widths(space: SearchSpace, rng: np.random.Generator, options: MinMinOptions) -> np.ndarray:
+    """One step's random width assignment (bins per group), as ``options.sampling`` says.
+
+    ``uniform``: each group's width uniform over its bins (the paper's rule; the nets' MACs then
+    crowd around a third of the full net's). ``macs_range``: a target T uniform over
+    ``options.macs_range`` x the full net's MACs (raised to the smallest net's), a random shape
+    u ~ U[0.05, 1) per group, and the widths ceil(s u_g n_g) (clipped to 1..n_g bins) whose MACs
+    are nearest T over the scale s (bisection): every MACs level of the range is trained about
+    equally often, with random shapes at each level.
+    """
+    if options.sampling == "uniform":
+        return space.sample_widths(rng)
+    n = space.num_bins
+    full, smallest = float(space.cost.macs()), float(space.macs(np.ones_like(n)))
+    target = max(rng.uniform(*options.macs_range) * full, smallest)
+    shape = rng.uniform(0.05, 1.0, size=len(n))
+
+    def widths(scale: float) -> np.ndarray:
+        return np.clip(np.ceil(scale * shape * n), 1, n).astype(np.int64)
+
+    lo, hi = 0.0, 1.0 / float(shape.min())
+    for _ in range(24):
+        mid = (lo + hi) / 2
+        if space.macs(widths(mid)) <= target:
+            lo = mid
+        else:
+            hi = mid
+    below, above = widths(lo), widths(hi)
+    return below if target - space.macs(below) <= space.macs(above) - target else above
+
+
 def plan_step(space: SearchSpace, rng: np.random.Generator, options: MinMinOptions) -> list[Slot]:
     """The slots of one step: [max, min] (sandwich) then ``num_sampled`` random widths, K arrangements each."""
     k = candidates_per_slot(space, options)
@@ -175,7 +220,7 @@ def plan_step(space: SearchSpace, rng: np.random.Generator, options: MinMinOptio
         full = space.num_bins.copy()
         slots.append(Slot(full, (tuple(space.fixed(full)),), full=True))
         widths_list.append(np.ones_like(space.num_bins))
-    widths_list += [space.sample_widths(rng) for _ in range(options.num_sampled)]
+    widths_list += [sample_widths(space, rng, options) for _ in range(options.num_sampled)]
     for widths in widths_list:
         arrangements = tuple(tuple(space.sample_arrangement(widths, rng)) for _ in range(k))
         slots.append(Slot(np.asarray(widths), arrangements))
@@ -379,13 +424,17 @@ def accuracy_of(supernet: Supernet, selection: Sequence, batches: Sequence[tuple
 
 def _options(section) -> MinMinOptions:
     return MinMinOptions(num_candidates=int(section.num_candidates), sandwich=bool(section.sandwich),
-                         num_sampled=int(section.num_sampled), selection_bn=section.selection_bn)
+                         num_sampled=int(section.num_sampled), selection_bn=section.selection_bn,
+                         sampling=str(section.get("sampling", "uniform")),
+                         macs_range=tuple(float(x) for x in section.get("macs_range", (0.0, 1.0))))
 
 
 def settings_of(section: ml_collections.ConfigDict) -> dict[str, Any]:
     """The settings that define a supernet run (a resumed run must match them)."""
     keys = ("sharing", "granularity", "r", "num_bins", "max_bin", "num_candidates", "sandwich", "num_sampled",
             "selection_bn", "epochs", "lr", "optimizer", "schedule", "weight_decay", "seed", "init_from_model")
+    if section.get("sampling", "uniform") != "uniform":  # recorded when not the default, so older runs still resume
+        keys += ("sampling", "macs_range")
     return {k: (list(section[k]) if isinstance(section[k], tuple) else section[k]) for k in keys if k in section}
 
 
