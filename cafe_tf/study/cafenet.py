@@ -302,12 +302,12 @@ def pilot_manifest(commit: str, space=None, seed: int = 0) -> dict[str, Any]:
     pool = pilot_pool(space, np.random.default_rng([seed, 0x9110]))
     cells_: list[dict] = []
     claims: list[dict] = []
-    for s in PILOT_SEEDS:
-        cells_.append({"id": f"train_full_s{s}", "kind": "cafenet_train_net",
-                       "params": {"net": "full", "seed": s, "epochs": PILOT_TRAIN_EPOCHS}})
-        for b in PILOT_BUDGETS:
+    for s in PILOT_SEEDS:  # the cheapest cells first
+        for b in sorted(PILOT_BUDGETS):
             cells_.append({"id": f"train_{_pct(b)}_uniform_s{s}", "kind": "cafenet_train_net",
                            "params": {"net": f"{_pct(b)}_uniform", "seed": s, "epochs": PILOT_TRAIN_EPOCHS}})
+        cells_.append({"id": f"train_full_s{s}", "kind": "cafenet_train_net",
+                       "params": {"net": "full", "seed": s, "epochs": PILOT_TRAIN_EPOCHS}})
     arms = [(z, m) for z in PILOT_ZONES for m in PILOT_SAMPLINGS]
     for z, m in arms:
         cells_.append({"id": f"supernet_{z}_{m}", "kind": "cafenet_supernet",
