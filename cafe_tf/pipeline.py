@@ -29,7 +29,6 @@ Exit codes: 0 done, 1 a stage failed (its log is named), 2 usage or config error
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 
@@ -241,7 +240,7 @@ def write_run_report(config, workdir: str, stages) -> str:
         {"stage": "retrain", "macs": widths.get("macs"), "params": widths.get("params"), "accuracy": test_acc,
          "artifact": "retrain/model.keras", "seconds": seconds.get("retrain")},
     ]
-    formats, environment, notes = [], None, []
+    formats, environment, notes, parity = [], None, [], []
     check = widths.get("latency_check") or {}
     if check.get("measured_ms") is not None:  # a search under max_latency_ms, checked on the table's target
         rows[2]["latency_ms"] = check["measured_ms"]
@@ -266,8 +265,7 @@ def write_run_report(config, workdir: str, stages) -> str:
                          "size_kb": row["size_kb"], "accuracy": row["accuracy"],
                          "artifact": f"deploy/model_{q}.tflite", "seconds": seconds.get(f"export_{q}")})
             if verify:
-                scalars = {k: v for k, v in verify.items() if not isinstance(v, (list, dict))}
-                notes.append(f"verify {q}: {json.dumps(scalars)}")
+                parity.append({**verify, "format": q, "size_kb": row["size_kb"]})
     choice, why = recommend_format(formats, deploy.max_accuracy_drop, environment) if formats else (None, [])
     for row in formats:
         row["within"] = within_tolerance(row["drop_pt"], deploy.max_accuracy_drop)
@@ -279,7 +277,7 @@ def write_run_report(config, workdir: str, stages) -> str:
         workdir, f"cafe-tf run: {config.model.name} on {config.data.name}", rows, candidates, chosen,
         baselines=widths.get("baselines", []), groups=widths.get("groups", []), finals=finals,
         budget_macs=widths.get("budget", {}).get("max_macs"), notes=notes, formats=formats,
-        format_choice=why, environment=environment,
+        format_choice=why, environment=environment, parity=parity,
     )
 
 

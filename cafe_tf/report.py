@@ -51,6 +51,22 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+PARITY_HEADER = ("| format | size (KB) | images | top-1 agreement | max abs diff | mean abs diff | Keras accuracy "
+                 "| TFLite accuracy | drop (pt) | check | passed |")
+
+
+def parity_row(record: Mapping[str, Any]) -> str:
+    """One markdown row of :data:`PARITY_HEADER` for a ``deploy.verify`` record (plus ``format``, ``size_kb``)."""
+    drop = record.get("accuracy_drop_pt")
+    passed = record.get("passed")
+    cells = [record.get("format") or record.get("quant"), _fmt(record.get("size_kb")), _fmt(record.get("num_images")),
+             _fmt(record.get("top1_agreement")), _fmt(record.get("max_abs_diff")), _fmt(record.get("mean_abs_diff")),
+             _fmt(record.get("keras_accuracy")), _fmt(record.get("tflite_accuracy")),
+             "–" if drop is None else f"{drop:+.2f}", f"`{record['criterion']}`" if record.get("criterion") else "–",
+             "–" if passed is None else ("yes" if passed else "no")]
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def render_figure(
     candidates: Sequence[Mapping[str, float]],
     chosen: Mapping[str, Any] | None,
@@ -127,13 +143,15 @@ def write_report(
     formats: Sequence[Mapping[str, Any]] = (),
     format_choice: Sequence[str] = (),
     environment: Mapping[str, Any] | None = None,
+    parity: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """Writes ``report.md`` and ``report.png`` into ``workdir``; returns the markdown path.
 
     ``stages`` rows may hold: stage, artifact, macs, params, accuracy, latency_ms, size_kb, seconds.
     ``formats`` rows (the deploy formats side by side) hold format, latency_ms, size_kb, accuracy,
     drop_pt, agreement, within (the tolerance) and chosen; ``format_choice`` says why one was picked,
-    ``environment`` (benchmark.json's) names the CPU they were timed on.
+    ``environment`` (benchmark.json's) names the CPU they were timed on. ``parity`` rows are
+    ``deploy.verify`` records (``verify.json``) with ``format`` and ``size_kb`` added, one table row each.
     """
     workdir = os.fspath(workdir)
     png = render_figure(candidates, chosen, baselines, groups, finals, budget_macs)
@@ -175,6 +193,9 @@ def write_report(
                           "LiteRT with XNNPACK, formats interleaved round by round."]
         for sentence in format_choice:
             lines += ["", sentence]
+    if parity:
+        lines += ["", "## Parity with Keras", "", PARITY_HEADER, "|" + "---|" * PARITY_HEADER.count(" | ") + "---|"]
+        lines += [parity_row(v) for v in parity]
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
     path = os.path.join(workdir, "report.md")

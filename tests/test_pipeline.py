@@ -180,8 +180,10 @@ def _fake_deploy_artifacts(tmp_path, measured):
         write_json(str(tmp_path / "deploy" / f"benchmark_{fmt}.json"),
                    {"latency_ms": {"p50": ms, "mean": ms}, "environment": EPYC})
         write_json(str(tmp_path / "deploy" / f"verify_{fmt}.json"),
-                   {"tflite_accuracy": accuracy, "keras_accuracy": 0.9, "accuracy_drop_pt": 100 * (0.9 - accuracy),
-                    "top1_agreement": 0.99})
+                   {"schema": "verify", "schema_version": 1, "tflite": f"model_{fmt}.tflite", "quant": fmt,
+                    "num_images": 1000, "max_abs_diff": 0.25, "mean_abs_diff": 0.0125, "tflite_accuracy": accuracy,
+                    "keras_accuracy": 0.9, "accuracy_drop_pt": 100 * (0.9 - accuracy), "top1_agreement": 0.99,
+                    "criterion": "top1_agreement >= 0.98", "passed": True})
 
 
 def test_run_report_shows_every_format_and_why_one_was_picked(tmp_path):
@@ -195,6 +197,12 @@ def test_run_report_shows_every_format_and_why_one_was_picked(tmp_path):
     assert "Recommended: **fp32**, 0.850 ms: the fastest format within the 0.5-point accuracy tolerance" in md
     assert "On this host int8 is slower than fp32 (1.070 ms against 0.850 ms, 1.26x)" in md
     assert "| tflite int8 | – | – | 0.899 | 1.07 | 2 |" in md
+    # the verify records as table rows, not JSON
+    assert ("| format | size (KB) | images | top-1 agreement | max abs diff | mean abs diff | Keras accuracy | "
+            "TFLite accuracy | drop (pt) | check | passed |") in md
+    assert "| int8 | 2 | 1000 | 0.99 | 0.25 | 0.0125 | 0.9 | 0.899 | +0.10 | `top1_agreement >= 0.98` | yes |" in md
+    assert "| fp16 | 2 | 1000 | 0.99 | 0.25 | 0.0125 | 0.9 | 0.9 | +0.00 |" in md
+    assert "{" not in md and '"' not in md
     # over the tolerance: int8 is the fastest here but is never picked
     _fake_deploy_artifacts(tmp_path, {"fp32": (0.85, 0.9), "int8": (0.3, 0.88)})
     md = open(pipeline.write_run_report(demo_config(), str(tmp_path), [])).read()
