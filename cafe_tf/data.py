@@ -4,6 +4,15 @@
 :class:`DatasetInfo`; ``input_pipeline(ds, info, train, batch_size)`` turns it into normalised,
 augmented, shuffled, batched and prefetched batches, sharded under ``tf.distribute``.
 
+``name`` (``config.data.name``) is a built-in name below, ``folder:PATH`` (class subfolders of
+PNG/JPEG/BMP/GIF images, see :mod:`cafe_tf.image_folder`) or ``tfds:NAME[/CONFIG][:VERSION]`` (any
+tfds image-classification dataset). The statistics of data that is not built in are computed on its
+training split after the resize; :func:`make_data_source` keeps them in ``data.json`` in a workdir
+(:func:`write_data_record`) and later stages read them back. :func:`load_data` returns a
+:class:`Data` for any of these sources and for in-memory arrays or ``tf.data`` datasets, and
+:meth:`Data.source` feeds it to the training loops through the same wiring as
+:func:`make_data_source`. A source that cannot work raises :class:`DataSourceError` (programs exit 2).
+
 Every dataset goes through tensorflow-datasets (tfds) with a ``data_dir``:
 
 * ``data_dir`` is the argument, else ``$CAFE_TF_DATA_DIR``, else ``~/tensorflow_datasets``.
