@@ -20,6 +20,7 @@ PROGRAMS = {
     "cafe_tf.compare": CONFIG_FLAGS + ("--seeds", "--arms", "--budgets", "--macs_tolerance", "--ranking",
                                        "--noise_repeats", "--[no]summary_only"),
     "cafe_tf.cli.prune": CONFIG_FLAGS,
+    "cafe_tf.study": (),  # subcommands run, status, summary (argparse)
     "cafe_tf.train_detector": CONFIG_FLAGS,
     "cafe_tf.export_detector": CONFIG_FLAGS + ("--quant", "--num_calibration", "--parity_images"),
     "cafe_tf.flops": ("--model", "--input_size", "--width_mult", "--num_classes", "--widths"),
