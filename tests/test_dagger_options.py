@@ -235,3 +235,94 @@ def test_logit_trace_recorded_at_its_steps_and_kept_across_a_resume(tmp_path):
     assert "| group | step 0 | step 4 | step 8 | step 16 | step 32 |" in text
     c1_row = [line for line in text.splitlines() if line.startswith("| c1 |")][-1]
     assert f"{second.logit_trace[-1]['mean_logit']['c1']:+.3f}" in c1_row
+
+
+# -------------------------------------------------------------------------------------------------
+# The Dagger study's cell kinds, each run once through the study runner's cell body on tiny data.
+
+
+def _tiny_study(tmp_path, data_dir):
+    from cafe_tf import io
+    from cafe_tf.study import manifest as manifest_lib
+
+    recipe = {
+        "data": {"name": "fashion_mnist", "data_dir": data_dir, "batch_size": 64, "max_train_examples": 256,
+                 "max_eval_examples": 64, "augment": "none"},
+        "model": {"name": "resnet20"},
+        "pretrain": {"epochs": 2, "lr": 0.05, "log_every": 100},
+        "finetune": {"epochs": 1, "lr": 0.01, "log_every": 100, "eval_every": 0},
+        "prune": {"bn_calibration_batches": 1, "tolerance": 0.05},
+        "dagger": {"epochs": 1.0, "log_every": 2, "hidden": 8},
+        "variants": {"default": {}, "per_mac": {"prune.rank_by": "score_per_mac"}},
+    }
+    pre = {"pretrained": "pre2"}
+    ft = [{"id": f"ft_{arm}_s{s}", "kind": "dagger_finetune", "after": ["pre2"] + (["gates"] if gated else []),
+           "params": {**pre, "arm": arm, "seed": s, "target_ratio": 0.5, **({"gates": "gates"} if gated else {})}}
+          for arm, gated in (("none", False), ("l1", False)) for s in (0, 1)]
+    ft += [{"id": f"ft_{arm}_{v}_s{s}", "kind": "dagger_finetune", "after": ["pre2", "gates", "budget"],
+            "params": {**pre, "arm": arm, "seed": s, "budget": "budget", "gates": "gates", "variant": v}}
+           for arm, v in (("dagger", "default"), ("dagger", "per_mac"), ("dagger_l1_fill", "default"))
+           for s in (0,)]
+    cells_ = [
+        {"id": "pre1", "kind": "dagger_pretrain", "unit": "pretrain", "params": {"seed": 0, "stop_after_epoch": 1}},
+        {"id": "pre2", "kind": "dagger_pretrain", "unit": "pretrain", "params": {"seed": 0, "stop_after_epoch": 2}},
+        {"id": "gates", "kind": "dagger_gates", "after": ["pre2"],
+         "params": {**pre, "variant": "default", "target_ratio": 0.5}},
+        *ft[:4],
+        {"id": "budget", "kind": "dagger_budget", "after": ["ft_none_s0", "ft_none_s1", "ft_l1_s0", "ft_l1_s1"],
+         "params": {"unpruned": ["ft_none_s0", "ft_none_s1"], "min_drop": -1.0,
+                    "candidates": [{"target_ratio": 0.5, "l1": ["ft_l1_s0", "ft_l1_s1"]}]}},
+        *ft[4:],
+        {"id": "select", "kind": "dagger_pilot_select", "after": [c["id"] for c in ft] + ["budget"],
+         "params": {"min_gain": -1.0, "arms": {"default": ["ft_dagger_default_s0"], "per_mac": ["ft_dagger_per_mac_s0"]},
+                    "budget": "budget", "l1": {"0.5": ["ft_l1_s0"]}}},
+    ]
+    study = tmp_path / "study"
+    io.write_artifact(str(study / "manifest.json"), manifest_lib.SCHEMA, manifest_lib.VERSION, {
+        "name": "dagger_tiny", "commit": "0" * 40, "modules": ["cafe_tf.study.dagger"], "recipe": recipe,
+        "recipe_sha256": manifest_lib.recipe_sha256(recipe), "cells": cells_, "claims": []})
+    return str(study), [c["id"] for c in cells_]
+
+
+@pytest.mark.slow  # about 15 cell runs of ResNet-20 on 256 images: minutes on 2 cores
+def test_dagger_study_cell_kinds_on_tiny_data(tmp_path, fashion_mnist_dir):
+    from cafe_tf.study import run_cell
+
+    study, ids = _tiny_study(tmp_path, fashion_mnist_dir)
+    rec = {cid: run_cell(study, cid) for cid in ids}
+    # the pretraining unit: the first cell leaves a checkpoint, the second resumes it and writes the model
+    assert rec["pre1"]["result"] == {"epochs_done": 1} and rec["pre1"]["checkpoint"]
+    assert "history.json" in rec["pre1"]["checkpoint"] and not rec["pre1"]["artifacts"]
+    assert rec["pre2"]["result"]["epochs_done"] == 2 and "model.keras" in rec["pre2"]["artifacts"]
+    # epoch 2 continued from epoch 1's checkpoint (and its history), not from scratch
+    assert rec["pre2"]["result"]["history_epochs"] == [1, 2]
+    assert rec["pre2"]["result"]["resumed_from_step"] == rec["pre2"]["result"]["steps"] // 2 > 0
+    g = rec["gates"]["result"]
+    assert {"gates.json", "model.keras"} <= set(rec["gates"]["artifacts"])
+    assert [t["step"] for t in g["logit_trace"]] == [s for s in LOGIT_TRACE_STEPS if s <= g["steps"]]
+    for cid in ids:
+        if cid.startswith("ft_"):
+            r = rec[cid]["result"]
+            assert 0 <= r["validation_accuracy"] <= 1 and 0 <= r["test_accuracy"] <= 1
+            if r["arm"] == "none":
+                assert r["macs_ratio"] == 1.0
+            else:
+                assert 0.95 <= r["macs_over_target"] <= 1.0, (cid, r)
+    # dagger_l1_fill keeps Dagger's widths (the same gates, the same ranking)
+    assert rec["ft_dagger_l1_fill_default_s0"]["result"]["widths"] == rec["ft_dagger_default_s0"]["result"]["widths"]
+    assert rec["budget"]["result"]["target_ratio"] == 0.5  # the only candidate, chosen or not
+    d = rec["budget"]["result"]["candidates"][0]["difference"]
+    expected = [rec[f"ft_none_s{s}"]["result"]["validation_accuracy"] - rec[f"ft_l1_s{s}"]["result"]
+                ["validation_accuracy"] for s in (0, 1)]
+    np.testing.assert_allclose(d["diffs"], expected)
+    # min_drop -1: the interval above zero decides
+    assert rec["budget"]["result"]["headroom_found"] == (d["low"] > 0)
+    sel = rec["select"]["result"]
+    gain = (rec["ft_dagger_per_mac_s0"]["result"]["validation_accuracy"]
+            - rec["ft_dagger_default_s0"]["result"]["validation_accuracy"])
+    assert sel["differences"]["per_mac"]["mean"] == pytest.approx(gain)
+    assert sel["chosen"] == "per_mac"  # min_gain -1: any gain is enough, and it is the only other variant
+    assert sel["overrides"] == {"prune.rank_by": "score_per_mac"}
+    assert sel["vs_l1"]["default"]["mean"] == pytest.approx(
+        rec["ft_dagger_default_s0"]["result"]["validation_accuracy"] - rec["ft_l1_s0"]["result"]["validation_accuracy"])
+
