@@ -22,7 +22,7 @@ Arms (``--arms``; each search arm: its supernet, then a search at every budget):
 * ``cafenet``: the config's supernet (locally free sharing), evolution.
 * ``fixed``: fixed-pattern sharing, same recipe, evolution.
 * ``uniform``: one width factor for every group (rounded to ``supernet.channel_multiple``), by
-  bisection to the target MACs, then an exact fit into the band (:func:`uniform_at`); no supernet.
+  bisection to the target MACs, then an exact fit into the band (``cafe_tf.search.baselines.uniform_at``); no supernet.
 * ``random``: the best of ``search.population x search.generations`` random nets in the band,
   scored by the cafenet supernet (the NAS sanity baseline: as many scores as the evolution).
 * ablations of CafeNet's parts, each its own supernet, evolution: ``zone_bins`` /
@@ -139,11 +139,6 @@ def budget_key(budget: float) -> str:
     return f"{budget:g}"
 
 
-def band(target: float, tolerance: float) -> tuple[float, float]:
-    """(lowest, highest) MACs an arm's network may have for ``target``."""
-    return (1.0 - tolerance) * target, (1.0 + tolerance) * target
-
-
 # -------------------------------------------------------------------------------------------------
 # Paths and stages
 
@@ -179,6 +174,7 @@ def supernet_stages(workdir: str, variants: list[str]) -> list:
 def search_stages(config, workdir: str, arms: list[str], budgets: list[float], full_macs: int,
                   tolerance: float) -> list:
     """The search stage of every search arm at every budget (equal scoring, the +-tolerance band)."""
+    from cafe_tf.search.baselines import band
     from cafe_tf.space import read_widths
     from cafe_tf.stages import Stage
 
@@ -214,65 +210,10 @@ def retrain_stage(name: str, widths: str, workdir: str, seed: int):
 # The uniform arm
 
 
-def uniform_channels(space, fraction: float, multiple: int):
-    """Channel widths (all groups, by id) of one width factor: each prunable group at ``fraction`` of its
-    channels, rounded to ``multiple`` (at least one multiple, at most the group)."""
-    import numpy as np
-
-    widths = np.array(space.cost.full_widths, dtype=np.int64)
-    for g in space.groups:
-        widths[g.group_id] = int(np.clip(multiple * np.round(fraction * g.size / multiple), min(multiple, g.size),
-                                         g.size))
-    return widths
-
-
-def uniform_at(space, target: float, tolerance: float, multiple: int = 1) -> tuple[float, dict[int, object]]:
-    """(width factor, channel selection) of the uniformly scaled net within ``tolerance`` of ``target`` MACs.
-
-    Bisection finds the largest factor whose rounded widths stay at or under the target. Rounding to
-    ``multiple`` moves every group at once, so the MACs can jump past the band; an exact-fit step then
-    grows, one multiple at a time, the group furthest below the factor (smallest width / size) while
-    the net stays under the band's top, until it reaches the band. Raises ValueError naming the
-    target and the nearest MACs reached when it cannot.
-    """
-    import numpy as np
-
-    def macs(widths) -> int:
-        return int(space.cost.macs(widths))
-
-    lo, hi = 0.0, 1.0
-    if macs(uniform_channels(space, hi, multiple)) <= target:
-        lo = hi
-    else:
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            if macs(uniform_channels(space, mid, multiple)) <= target:
-                lo = mid
-            else:
-                hi = mid
-    widths = uniform_channels(space, lo, multiple)
-    low, high = band(target, tolerance)
-    while macs(widths) < low:
-        options = []
-        for g in space.groups:
-            trial = widths.copy()
-            trial[g.group_id] = min(g.size, widths[g.group_id] + multiple)
-            if trial[g.group_id] > widths[g.group_id] and macs(trial) <= high:
-                options.append((widths[g.group_id] / g.size, g.group_id, trial))
-        if not options:
-            break
-        widths = min(options, key=lambda o: o[:2])[2]
-    got = macs(widths)
-    if not low <= got <= high:
-        raise ValueError(f"no uniform width factor reaches {int(target):,} MACs within {100 * tolerance:g}%: the "
-                         f"nearest is {got:,} (factor {lo:.4f}); widen --macs_tolerance or lower "
-                         f"supernet.channel_multiple ({multiple})")
-    return lo, {g.group_id: np.arange(int(widths[g.group_id])) for g in space.groups}
-
-
 def write_uniform(workdir: str, budget: float, tolerance: float, multiple: int) -> str:
     """Writes the uniform arm's ``widths.json`` at ``budget`` (idempotent); returns its path."""
     from cafe_tf.search import run as search_run
+    from cafe_tf.search.baselines import uniform_at
     from cafe_tf.space import write_widths
 
     path = os.path.join(arm_dir(workdir, budget, "uniform"), "widths.json")
@@ -297,6 +238,7 @@ def write_ranking_candidates(workdir: str, count: int, budget: float, tolerance:
     import numpy as np
 
     from cafe_tf.search import run as search_run
+    from cafe_tf.search.baselines import band
     from cafe_tf.search.budget import Budget, BudgetChecker
     from cafe_tf.space import write_widths
 
@@ -537,6 +479,7 @@ def render(summary: dict) -> bytes:
     import matplotlib.pyplot as plt
 
     from cafe_tf.report import figure_png
+    from cafe_tf.search.baselines import band
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     ax = axes[0]

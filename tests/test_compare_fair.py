@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from cafe_tf import compare, models
 from cafe_tf.graph import ChannelGraph
+from cafe_tf.search import baselines
 from cafe_tf.search.evaluator import SupernetEvaluator, split_calibration
 from cafe_tf.slim import Supernet
 from cafe_tf.space import SearchSpace
@@ -72,7 +73,7 @@ def test_uniform_bisection_lands_within_one_percent_of_each_budget(graph, m):
     full = s.cost.macs()
     factors = []
     for budget in (0.3, 0.5, 0.7):
-        factor, selection = compare.uniform_at(s, budget * full, 0.01, m)
+        factor, selection = baselines.uniform_at(s, budget * full, 0.01, m)
         macs = s.cost.macs(s.cost.widths_of(graph.validate_selection(selection)))
         assert abs(macs - budget * full) <= 0.01 * budget * full
         for g in s.groups:  # one factor for every group, rounded to the multiple, then at most a few multiples up
@@ -83,9 +84,9 @@ def test_uniform_bisection_lands_within_one_percent_of_each_budget(graph, m):
         factors.append(factor)
     assert factors == sorted(factors)
     with pytest.raises(ValueError, match=r"no uniform width factor reaches [\d,]+ MACs within 1e-05%"):
-        compare.uniform_at(s, 0.5 * full + 1, 1e-7, 16)
+        baselines.uniform_at(s, 0.5 * full + 1, 1e-7, 16)
     with pytest.raises(ValueError, match="lower supernet.channel_multiple"):
-        compare.uniform_at(s, 0.5 * full + 1, 1e-7, 16)
+        baselines.uniform_at(s, 0.5 * full + 1, 1e-7, 16)
 
 
 def test_budgets_and_tolerance_are_checked():
@@ -93,7 +94,7 @@ def test_budgets_and_tolerance_are_checked():
     for bad in (["0"], ["1.0"], ["0.5", "0.5"], ["x"]):
         with pytest.raises(ValueError, match=f"--budgets={','.join(bad)} is invalid"):
             compare.parse_budgets(bad)
-    assert compare.band(1000.0, 0.01) == (990.0, 1010.0)
+    assert baselines.band(1000.0, 0.01) == (990.0, 1010.0)
     assert set(compare.DEFAULT_ARMS) <= set(compare.ARMS) and compare.ARMS["random"].method == "random"
     assert compare.variants_of(["uniform"], 0) == ["cafenet"]
     assert compare.variants_of(["k4", "random"], 3) == ["cafenet", "fixed", "k4"]

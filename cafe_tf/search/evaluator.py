@@ -202,7 +202,13 @@ class SupernetEvaluator:
         """{"accuracy", "loss", "examples"} of one arrangement on ``batches`` (default: the whole validation
         set) after recalibrating its BN statistics on a calibration set (deterministic: the same images
         every time, so a recalibrated arrangement continues exactly where it stopped)."""
-        selection = self.supernet.trace_selection(self.space.channels(arrangement))
+        return self.score_channels(self.space.channels(arrangement), calibration_set, batches)
+
+    def score_channels(self, channels: Mapping[int, np.ndarray], calibration_set: int = 0,
+                       batches: Sequence[tuple[tf.Tensor, tf.Tensor]] | None = None) -> dict[str, float]:
+        """:meth:`score_arrangement` of a channel selection ({group id: channel indices}), on the bin grid or
+        off it (a uniformly scaled net fitted to a MACs target)."""
+        selection = self.supernet.trace_selection(dict(channels))
         self.supernet.calibrate_bn(selection, self.calibration_sets[calibration_set])
         self.evaluations += 1
         result = kernel.evaluate(self._eval_step, self.validation if batches is None else batches, selection)

@@ -253,20 +253,39 @@ def make_evaluator(config: ml_collections.ConfigDict, supernet: Any, space: Sear
     return evaluator, fingerprint
 
 
-def baseline_records(checker: BudgetChecker, cache: ScoreCache, method: str) -> list[dict[str, Any]]:
-    """The uniform-width net at the same budget, scored by the same supernet (the report draws it).
+BASELINE_MACS_TOLERANCE = 0.01  # the uniform baseline lies within this relative distance of the chosen net's MACs
 
-    One extra evaluation (none when ``method`` is already ``uniform``); empty when no uniformly
-    scaled net meets the budget.
+
+def baseline_records(checker: BudgetChecker, cache: ScoreCache, method: str, macs: float) -> list[dict[str, Any]]:
+    """The uniform-width net at the chosen net's MACs, scored by the same supernet (the report draws it).
+
+    Args:
+      checker: the search's budget checker (its space).
+      cache: the search's score cache; its scorer scores the net when it can score a channel selection
+        (:meth:`SupernetEvaluator.score_channels`), else the record has no score.
+      method: the search method (``uniform``: no baseline, the result is one).
+      macs: the chosen net's MACs; the baseline lies within ``BASELINE_MACS_TOLERANCE`` of them
+        (:func:`baselines.uniform_at`, as ``cafe_tf.compare``'s uniform arm).
+
+    Returns:
+      ``[{"name", "width_factor", "channels" (per prunable group), "macs", "params", "score"}]``, or
+      ``[]`` when the method is ``uniform`` or no uniformly scaled net reaches the band.
     """
     if method == "uniform":
         return []
+    space = checker.space
     try:
-        widths = baselines.uniform_widths_within(checker)
-    except ValueError:
+        factor, selection = baselines.uniform_at(space, float(macs), BASELINE_MACS_TOLERANCE, space.channel_multiple)
+    except ValueError as e:
+        logging.warning("no uniform-width baseline: %s", e)
         return []
-    return [{"name": "uniform width", "widths": widths.tolist(), **checker.measure(widths),
-             "score": cache.record(widths)["score"]}]
+    full = space.graph.validate_selection(selection)
+    widths = space.cost.widths_of(full)
+    score_channels = getattr(cache.scorer, "score_channels", None)
+    score = score_channels(full)["accuracy"] if score_channels is not None else None
+    return [{"name": "uniform width", "width_factor": float(factor),
+             "channels": [int(len(selection[g.group_id])) for g in space.groups],
+             "macs": int(space.cost.macs(widths)), "params": int(space.cost.params(widths)), "score": score}]
 
 
 def run(
@@ -316,7 +335,7 @@ def run(
     # before anything is written: a network over the budget on the target stops the run here
     latency_check = verify_latency(section, checker, result.widths) if budget.max_latency_ms is not None else None
     extra = {
-        "baselines": baseline_records(checker, cache, result.method),
+        "baselines": baseline_records(checker, cache, result.method, measured["macs"]),
         "method": result.method,
         "score": result.record["score"],
         "score_metric": "validation_accuracy (supernet, BN recalibrated)",
