@@ -342,7 +342,8 @@ def _open(name: str, data_dir: str | None, download: bool, *, validation_size: i
         raise DatasetError(f"decode_images=False is supported for imagenet2012 only, not {name!r}")
     data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
     builder = _prepared_builder(name, spec, data_dir, download)
-    if validation_split is not None and validation_size is None and spec.validation_size:
+    if validation_split is not None and validation_size is None and spec.validation_size \
+            and "train" in builder.info.splits:
         _check_fraction(validation_split, name)
         validation_size = max(1, int(round(validation_split * builder.info.splits["train"].num_examples)))
     info = _dataset_info(name, spec, builder, data_dir, validation_size, attribute)

@@ -322,6 +322,15 @@ def test_statistics_are_recorded_once_and_reused_by_later_stages(tmp_path, monke
 # ---------------------------------------------------------------------------- the programs
 
 
+def test_config_accepts_folder_and_tfds_names_and_checks_the_new_keys():
+    for name in ("fashion_mnist", "folder:/any/where", "tfds:mnist/config:3.0.1"):
+        cfg.validate_data(_config(name=name).data)
+    for key, value, message in (("name", "folder:", "folder:PATH"), ("name", "mnist", "tfds:NAME"),
+                                ("validation_split", 1.5, r"in \[0, 1\)"), ("channels", 2, r"\[0, 1, 3\]")):
+        with pytest.raises(cfg.ConfigError, match=message):
+            cfg.validate_data(_config(**{key: value}).data)
+
+
 BAD_CASES = ["empty", "one_class", "empty_class", "mixed", "truncated"]
 
 
