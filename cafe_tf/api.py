@@ -310,6 +310,24 @@ def _source(data: Any, config: ml_collections.ConfigDict, seed: int, eval_splits
                        input_scaling=config.model.input_scaling)
 
 
+def _supernet_done(workdir: str, section: ml_collections.ConfigDict, source: Any) -> bool:
+    """Whether ``workdir`` holds a finished supernet of this model and these settings (then it is not
+    saved again, so the search's score cache, keyed on the supernet file's hash, stays valid)."""
+    import json
+
+    from cafe_tf import space as space_lib
+    from cafe_tf.training import supernet as supernet_lib
+
+    path = os.path.join(workdir, "supernet.json")
+    if not (os.path.isfile(path) and os.path.isfile(os.path.join(workdir, "supernet.keras"))):
+        return False
+    record = space_lib.read_supernet(path)
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731
+    return (same(record.get("settings"), supernet_lib.settings_of(section))
+            and same(record.get("model", {}).get("source"), source.record())
+            and record.get("steps") == int(section.epochs) * int(record.get("steps_per_epoch", -1)))
+
+
 def _validate(config: ml_collections.ConfigDict, sections: Sequence[str], extra: Mapping[str, Any]) -> None:
     config_lib.validate(config, [s for s in sections if s in config and s != "data"], extra)
 
@@ -422,8 +440,9 @@ def search_widths(
     _validate(cfg, ("model", "supernet", "search", "distribute"),
               {"supernet": supernet_lib.validate_supernet, "search": search_lib.validate_search})
     strategy = distribute_lib.strategy_from_config(cfg.distribute)
-    train_ds = _source(data, cfg, int(cfg.supernet.seed), tuple(cfg.supernet.eval_splits), workdir, strategy)
-    supernet_lib.run(cfg, workdir, data=train_ds, source=source, strategy=strategy)
+    if not _supernet_done(workdir, cfg.supernet, source):
+        train_ds = _source(data, cfg, int(cfg.supernet.seed), tuple(cfg.supernet.eval_splits), workdir, strategy)
+        supernet_lib.run(cfg, workdir, data=train_ds, source=source, strategy=strategy)
     search_ds = _source(data, cfg, int(cfg.search.seed), ("validation",), workdir, strategy)
     record = search_lib.run(cfg, workdir, data=search_ds)
     return SearchResult(widths={g["name"]: int(g["width"]) for g in record["groups"]}, macs=int(record["macs"]),
