@@ -302,8 +302,12 @@ def export_tflite(
     elif normalization is None and isinstance(representative_data, str):
         from cafe_tf import data
 
-        normalization = dict(data.scaled_normalization(*data.normalization(representative_data), input_scaling),
-                             dataset=representative_data)
+        if data.is_builtin(representative_data):
+            mean, std = data.normalization(representative_data)
+        else:  # folder: / tfds: data: its training split's statistics, as training computed them
+            info = data.load(representative_data, "train", data_dir=data_dir)[1]
+            mean, std = info.mean, info.std
+        normalization = dict(data.scaled_normalization(mean, std, input_scaling), dataset=representative_data)
 
     qat_losses = None
     if quant == "qat":
