@@ -290,3 +290,32 @@ def test_manifest_validation_names_the_problem(tmp_path):
         manifest_lib.load(str(study))
     out = run_study(tmp_path, "run", study, check=False)
     assert out.returncode == 2 and "unknown cells" in out.stderr
+
+
+def test_ranking_statistics_on_known_numbers():
+    from scipy import stats as sps
+
+    score = [0.90, 0.80, 0.85, 0.70, 0.95, 0.60]
+    truth = [0.91, 0.89, 0.80, 0.85, 0.88, 0.70]
+    recs = {f"s{i}": {"result": {"v": v}} for i, v in enumerate(score)}
+    recs.update({f"t{i}": {"result": {"v": v}} for i, v in enumerate(truth)})
+    pairs = [[f"s{i}:v", f"t{i}:v"] for i in range(6)]
+
+    def ev(statistic, **kw):
+        return claims.evaluate({"id": statistic, "statistic": statistic, "pairs": pairs, **kw}, recs)
+
+    top = [0, 1, 4]  # the top half by truth: 0.91, 0.89, 0.88
+    got = ev("kendall_tau_top_half")
+    assert got["estimate"] == pytest.approx(sps.kendalltau([score[i] for i in top], [truth[i] for i in top]).statistic)
+    assert got["n"] == 6 and got["ci_low"] <= got["ci_high"]
+    # Best 2 by score: items 4, 0; by truth: 0, 1 -> one shared of two.
+    assert ev("top_k_overlap", k=2)["estimate"] == pytest.approx(0.5)
+    # The best-scored item (4) has truth 0.88; the best truth is 0.91.
+    assert ev("regret")["estimate"] == pytest.approx(0.03)
+    d = claims.evaluate({"id": "d", "statistic": "kendall_tau_difference",
+                         "triples": [[f"t{i}:v", f"s{i}:v", f"t{i}:v"] for i in range(6)]}, recs)
+    assert d["estimate"] == pytest.approx(1.0 - sps.kendalltau(score, truth).statistic)
+    with pytest.raises(ValueError, match="unknown statistic"):
+        claims.evaluate({"id": "x", "statistic": "median", "pairs": pairs}, recs)
+    with pytest.raises(ValueError, match="rule keys"):
+        claims.evaluate({"id": "x", "statistic": "regret", "pairs": pairs, "rule": {"at_least": 1}}, recs)

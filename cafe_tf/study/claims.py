@@ -14,8 +14,14 @@ Statistics (:data:`STATISTICS`):
 * ``mean``: ``values``; mean with its t-interval.
 * ``kendall_tau`` / ``spearman_rho``: pairs ``[x, y]``; the correlation with a percentile bootstrap
   interval over the pairs.
+* ``kendall_tau_top_half``: pairs ``[x, y]``; tau over the items in the top half by ``y``.
+* ``top_k_overlap``: pairs ``[x, y]``; the share of the ``k`` best by ``x`` (claim key ``"k"``,
+  default 5) among the ``k`` best by ``y``.
+* ``regret``: pairs ``[score, truth]``; the best truth minus the truth of the item scored best.
 * ``kendall_tau_difference`` / ``spearman_rho_difference``: triples ``[x1, x2, y]``; ``stat(x1, y) -
   stat(x2, y)`` with a paired bootstrap interval.
+
+The last five (and the two correlations) get percentile bootstrap intervals over the items.
 
 Only complete items enter (every value of the pair or triple done). The rule's keys are
 ``estimate_above``, ``estimate_at_least``, ``estimate_at_most``, ``ci_low_above``, ``ci_high_below``; every one given
@@ -28,6 +34,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import numpy as np
 
 from cafe_tf import stats
 from cafe_tf.study import ledger
@@ -65,40 +73,73 @@ def _complete(items, recs) -> list[list[float]]:
     return out
 
 
-def _paired(rows):
+def _paired(rows, claim):
     r = stats.mean_interval([a - b for a, b in rows])
     return r["mean"], r["low"], r["high"]
 
 
-def _mean(rows):
+def _mean(rows, claim):
     r = stats.mean_interval([v[0] for v in rows])
     return r["mean"], r["low"], r["high"]
 
 
 def _corr(fn):
-    def compute(rows):
+    def compute(rows, claim):
         x, y = [r[0] for r in rows], [r[1] for r in rows]
-        low, high = stats.bootstrap_ci(fn, x, y)
-        return fn(x, y), low, high
+        f = fn(claim)
+        low, high = stats.bootstrap_ci(f, x, y)
+        return f(x, y), low, high
     return compute
 
 
 def _corr_difference(fn):
-    def compute(rows):
+    def compute(rows, claim):
         x1, x2, y = ([r[i] for r in rows] for i in range(3))
-        low, high = stats.bootstrap_difference_ci(fn, x1, x2, y)
-        return fn(x1, y) - fn(x2, y), low, high
+        f = fn(claim)
+        low, high = stats.bootstrap_difference_ci(f, x1, x2, y)
+        return f(x1, y) - f(x2, y), low, high
     return compute
 
 
-# statistic -> (the claim's key holding its items, items' arity, minimum n, compute(rows) -> (est, lo, hi))
+def _plain(fn):
+    return lambda claim: fn
+
+
+def _top_half_tau(claim):
+    def f(x, y):
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        top = np.argsort(-y, kind="stable")[: -(-len(y) // 2)]
+        return stats.kendall_tau(x[top], y[top]) if len(top) >= 2 else float("nan")
+    return f
+
+
+def _top_k_overlap(claim):
+    k = int(claim.get("k", 5))
+
+    def f(x, y):
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        return len(set(np.argsort(-x, kind="stable")[:k]) & set(np.argsort(-y, kind="stable")[:k])) / float(k)
+    return f
+
+
+def _regret(claim):
+    def f(x, y):
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        return float(y.max() - y[int(np.argmax(x))])
+    return f
+
+
+# statistic -> (the claim's key holding its items, items' arity, minimum n, compute(rows, claim) -> (est, lo, hi))
 STATISTICS: dict[str, tuple[str, int, int, Callable]] = {
     "paired_difference": ("pairs", 2, 1, _paired),
     "mean": ("values", 1, 1, _mean),
-    "kendall_tau": ("pairs", 2, 2, _corr(stats.kendall_tau)),
-    "spearman_rho": ("pairs", 2, 2, _corr(stats.spearman_rho)),
-    "kendall_tau_difference": ("triples", 3, 2, _corr_difference(stats.kendall_tau)),
-    "spearman_rho_difference": ("triples", 3, 2, _corr_difference(stats.spearman_rho)),
+    "kendall_tau": ("pairs", 2, 2, _corr(_plain(stats.kendall_tau))),
+    "spearman_rho": ("pairs", 2, 2, _corr(_plain(stats.spearman_rho))),
+    "kendall_tau_top_half": ("pairs", 2, 4, _corr(_top_half_tau)),
+    "top_k_overlap": ("pairs", 2, 2, _corr(_top_k_overlap)),
+    "regret": ("pairs", 2, 2, _corr(_regret)),
+    "kendall_tau_difference": ("triples", 3, 2, _corr_difference(_plain(stats.kendall_tau))),
+    "spearman_rho_difference": ("triples", 3, 2, _corr_difference(_plain(stats.spearman_rho))),
 }
 
 
@@ -136,7 +177,7 @@ def evaluate(claim: Mapping[str, Any], recs: Mapping[str, Mapping[str, Any]]) ->
     rows = _complete(items, recs)
     estimate = ci_low = ci_high = None
     if len(rows) >= min_n:
-        estimate, ci_low, ci_high = (_none_if_nan(v) for v in compute(rows))
+        estimate, ci_low, ci_high = (_none_if_nan(v) for v in compute(rows, claim))
     out = {"id": claim["id"], "statistic": name, "estimate": estimate, "ci_low": ci_low, "ci_high": ci_high,
            "n": len(rows), "planned_n": len(items), "rule": claim.get("rule", {}),
            "description": claim.get("description", "")}
