@@ -149,3 +149,23 @@ def test_cells_train_a_net_train_a_supernet_and_score_it(tiny_study):
     os.remove(ledger.cell_path(study, "score"))
     with pytest.raises(Exception, match="changed after the cell ran"):
         runner.run_cell(study, "score")
+
+
+@pytest.mark.slow  # minutes on 2 shared cores: a supernet trained over two cells
+def test_supernet_unit_pauses_after_an_epoch_and_the_next_cell_resumes(tiny_study):
+    params = {"overrides": {"supernet.zone_unit": "bins"}, "seed": 0, "epochs": 2}
+    study = tiny_study([
+        {"id": "sup_a", "kind": "cafenet_supernet", "unit": "sup", "params": {**params, "stop_after_epoch": 1}},
+        {"id": "sup_b", "kind": "cafenet_supernet", "unit": "sup", "params": params},
+    ])
+    first = runner.run_cell(study, "sup_a")
+    steps = first["result"]["paused_at_step"]
+    assert steps == 2 and first["result"]["epochs_done"] == 1  # 256 images, batch 128: 2 steps an epoch
+    assert first["artifacts"] == {}
+    names = set(first["checkpoint"])
+    assert {"checkpoint", "supernet_settings.json"} <= names and any(n.startswith(f"ckpt-{steps}.") for n in names)
+    assert all(e["path"].startswith(os.path.join("checkpoints", "sup", "sup_a")) for e in first["checkpoint"].values())
+    second = runner.run_cell(study, "sup_b")
+    assert second["result"]["resumed_from"] == "sup_a"
+    assert second["result"]["summary"]["steps"] == 2 * steps  # went on from step 2, not from 0
+    assert set(second["artifacts"]) == {"supernet.keras", "supernet.json"}

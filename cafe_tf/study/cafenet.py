@@ -5,15 +5,17 @@ root of the pinned code, e.g. ``configs/fashion_mnist_resnet20.py``) with the re
 overrides (``recipe["overrides"]``) and the cell's own overrides applied, so the manifest's recipe
 hash covers every setting. Nets are named by id in the manifest's ``pool``
 (``{"id", "bins": [...], "macs", "params", "kind"}``, bin widths in the study's space); the full net
-is ``"full"``. Results are on the validation split only (the test split stays unread by a pilot).
+is ``"full"``. Results are on the validation split unless a cell asks for the test split.
 
 Kinds:
 
-* ``cafenet_train_net``: a pool net trained from scratch (``{"net", "seed", "epochs"}``) ->
-  ``{"val_accuracy", "val_loss", "macs", "params"}``.
+* ``cafenet_train_net``: a pool net trained from scratch (``{"net", "seed", "epochs"}``, optionally
+  ``"splits"``, default ``["validation"]``) -> ``{"val_accuracy", "val_loss", "macs", "params"}``
+  (``test_accuracy`` too when ``"test"`` is among the splits).
 * ``cafenet_supernet``: a supernet variant (``{"overrides": {"supernet.<key>": ...}, "seed", "epochs"}``)
   -> artifacts ``supernet.keras`` and ``supernet.json``; result: its settings and end-of-training
-  validation scores.
+  validation scores. In a multi-cell unit, ``"stop_after_epoch"`` ends a cell after that epoch and
+  the unit's next cell resumes the run from its checkpoint.
 * ``cafenet_score``: every net of ``{"nets": [ids]}`` scored by the supernet of ``{"supernet": cell
   id}`` (validation accuracy after BN recalibration, the search's equal rule; ``recipe["scoring"]``)
   -> ``{"scores": {net: accuracy}, "losses": {net: loss}}``.
@@ -175,12 +177,17 @@ def selection_of(space, bins: Sequence[int]) -> dict[int, np.ndarray]:
 
 @cells.register("cafenet_train_net")
 def train_net(params: dict, ctx: CellContext) -> dict:
-    """Trains pool net ``params["net"]`` from scratch for ``params["epochs"]`` with ``params["seed"]``."""
+    """Trains pool net ``params["net"]`` from scratch for ``params["epochs"]`` with ``params["seed"]``.
+
+    ``params["splits"]`` (default ``["validation"]``) are the splits evaluated at the end; each
+    gives ``<split>_accuracy`` and ``<split>_loss`` in the result.
+    """
     from cafe_tf import surgery
     from cafe_tf.training import standard
 
+    splits = tuple(params.get("splits", ["validation"]))
     config = make_config(ctx.manifest["recipe"], {"train.epochs": int(params["epochs"]), "train.seed": int(params["seed"]),
-                                                  "train.eval_splits": ("validation",), "train.eval_every": 0})
+                                                  "train.eval_splits": splits, "train.eval_every": 0})
     net = pool_net(ctx.manifest, params["net"])
     source = model_source(config)
 
@@ -191,27 +198,95 @@ def train_net(params: dict, ctx: CellContext) -> dict:
         return surgery.extract(model, selection_of(space, net["bins"]), copy_weights=False, name=f"net_{net['id']}")
 
     metrics = standard.run(config, os.path.join(ctx.scratch_dir, "train"), model_fn=model_fn)
-    val = metrics["final"]["validation"]
-    return {"net": net["id"], "seed": int(params["seed"]), "epochs": int(params["epochs"]),
-            "val_accuracy": float(val["accuracy"]), "val_loss": float(val["loss"]),
-            "macs": net["macs"], "params": net["params"]}
+    out = {"net": net["id"], "seed": int(params["seed"]), "epochs": int(params["epochs"]),
+           "macs": net["macs"], "params": net["params"]}
+    for split in splits:
+        short = "val" if split == "validation" else split
+        out[f"{short}_accuracy"] = float(metrics["final"][split]["accuracy"])
+        out[f"{short}_loss"] = float(metrics["final"][split]["loss"])
+    return out
+
+
+class _Pause(Exception):
+    """Raised after the checkpoint at which a cell of a multi-cell supernet unit stops."""
+
+
+class _PauseAt:
+    """A loop hook that stops training after the checkpoint of global step ``step`` (an epoch's end)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_begin(self, context) -> None:
+        pass
+
+    def on_step_end(self, step, logs) -> None:
+        pass
+
+    def on_epoch_end(self, epoch, logs) -> None:
+        pass
+
+    def on_checkpoint(self, step, path) -> None:
+        if step >= self.step:
+            raise _Pause(step)
+
+
+# The files of a supernet run that carry it from one cell to the next: weights, the optimizer's
+# momentum and the step (the kernel's checkpoint, so the resumed run is the uninterrupted one), the
+# settings it checks on resuming, and the history.
+_RESUME_FILES = ("supernet_settings.json", "history.json")
 
 
 @cells.register("cafenet_supernet")
 def supernet(params: dict, ctx: CellContext) -> dict:
-    """Trains the supernet variant ``params`` describes; its ``supernet.keras`` and ``supernet.json`` are the artifacts."""
+    """Trains the supernet variant ``params`` describes; ``supernet.keras`` and ``supernet.json`` are the artifacts.
+
+    Inside a multi-cell unit, ``params["stop_after_epoch"]`` ends the cell after that epoch with the
+    run's checkpoint as the unit's checkpoint (no artifacts); the unit's next cell resumes it.
+    """
     from cafe_tf.training import supernet as supernet_lib
 
     overrides = {**params.get("overrides", {}), "supernet.epochs": int(params["epochs"]),
                  "supernet.seed": int(params["seed"])}
     config = make_config(ctx.manifest["recipe"], overrides)
-    section = config.supernet
-    supernet_lib.validate_supernet(section)
+    supernet_lib.validate_supernet(config.supernet)
     workdir = os.path.join(ctx.scratch_dir, "supernet")
-    record = supernet_lib.run(config, workdir)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    previous = ctx.manifest_cell()["_previous"]
+    if previous is not None:  # resume the unit's previous cell's run, every file SHA-256 verified
+        for name in ctx.record(previous)["checkpoint"]:
+            folder = workdir if name in _RESUME_FILES else ckpt_dir
+            shutil.copy(ctx.resume_path(name), os.path.join(folder, name))
+    stop = params.get("stop_after_epoch")
+    hooks = []
+    if stop is not None:
+        import tensorflow as tf
+
+        from cafe_tf import data as data_lib
+        from cafe_tf.training.standard import steps_per_epoch
+
+        data = data_lib.make_data_source(config.data, seed=config.supernet.seed,
+                                         eval_splits=tuple(config.supernet.eval_splits),
+                                         input_scaling=config.model.input_scaling)
+        hooks.append(_PauseAt(int(stop) * steps_per_epoch(data, tf.distribute.get_strategy())))
+    try:
+        record = supernet_lib.run(config, workdir, hooks=hooks)
+    except _Pause as paused:
+        import tensorflow as tf
+
+        latest = os.path.basename(tf.train.latest_checkpoint(ckpt_dir))  # only the latest of the kept ones
+        for name in ["checkpoint"] + [n for n in os.listdir(ckpt_dir) if n.startswith(latest + ".")]:
+            shutil.copy(os.path.join(ckpt_dir, name), ctx.checkpoint_path(name))
+        for name in _RESUME_FILES:
+            if os.path.isfile(os.path.join(workdir, name)):
+                shutil.copy(os.path.join(workdir, name), ctx.checkpoint_path(name))
+        return {"paused_at_step": int(paused.args[0]), "epochs_done": int(stop), "epochs": int(params["epochs"]),
+                "seed": int(params["seed"]), "overrides": params.get("overrides", {})}
     for name in ("supernet.keras", "supernet.json"):
         shutil.copy(os.path.join(workdir, name), ctx.artifact_path(name))
     return {"epochs": int(params["epochs"]), "seed": int(params["seed"]), "overrides": params.get("overrides", {}),
+            "resumed_from": previous,
             "summary": {k: record[k] for k in ("space", "settings", "validation", "steps", "train_seconds") if k in record}}
 
 

@@ -445,6 +445,7 @@ def run(
     data: DataSource | None = None,
     source: Any = None,
     strategy: tf.distribute.Strategy | None = None,
+    hooks: Sequence[standard.Hook] = (),
 ) -> dict[str, Any]:
     """Trains (or resumes) the supernet ``config`` describes in ``workdir``; returns ``supernet.json``'s record.
 
@@ -454,6 +455,7 @@ def run(
       data: replaces the data source ``config.data`` describes.
       source: a ``cafe_tf.models.source.ModelSource`` that replaces ``config.model``.
       strategy: replaces ``config.distribute``'s strategy.
+      hooks: the loop's callbacks (``cafe_tf.training.standard.Hook``), as :func:`train` takes them.
 
     Returns:
       The supernet summary (model, space, settings, validation accuracy of a few widths).
@@ -482,7 +484,7 @@ def run(
             built = source.build()
             return set_boundaries(keras.models.clone_model(built), model_boundaries(built))
     return train(model_fn, data, section, workdir, model_info=source.model_info(), strategy=strategy,
-                 config_record=to_dict(config))
+                 config_record=to_dict(config), hooks=hooks)
 
 
 def train(
