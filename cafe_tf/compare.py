@@ -295,18 +295,18 @@ def score_nets(config, workdir: str, variant: str, records: dict[str, dict], dat
 
     config = equal_scoring(config)
     path, _, _, supernet, space = search_run.load_supernet(supernet_path(workdir, variant))
-    evaluator, fingerprint = search_run.make_evaluator(config, supernet, space, path, _data(config, data))
+    evaluator, fingerprint = search_run.make_evaluator(config, supernet, space, path, _data(config, data, workdir))
     cache = ScoreCache(evaluator, os.path.join(workdir, "ranking", f"scores_{variant}.json"), fingerprint)
     return {name: cache(bins_in(space, rec)) for name, rec in records.items()}
 
 
-def _data(config, data):
+def _data(config, data, workdir):
     from cafe_tf import data as data_lib
 
     if data is not None:
         return data
     return data_lib.make_data_source(config.data, seed=config.search.seed, eval_splits=("validation",),
-                                     input_scaling=config.model.input_scaling)
+                                     input_scaling=config.model.input_scaling, workdir=workdir)
 
 
 def scoring_noise(config, workdir: str, budget: float, arm: str, repeats: int, data=None) -> dict | None:
@@ -331,7 +331,7 @@ def scoring_noise(config, workdir: str, budget: float, arm: str, repeats: int, d
         return None
     sn_path, _, _, supernet, space = search_run.load_supernet(supernet_path(workdir, variant))
     c = equal_scoring(config, repeats)
-    evaluator, _ = search_run.make_evaluator(c, supernet, space, sn_path, _data(c, data))
+    evaluator, _ = search_run.make_evaluator(c, supernet, space, sn_path, _data(c, data, workdir))
     scores = evaluator.repeat_scores(bins_in(space, read_widths(widths_path)))
     out = {"arm": arm, "supernet": variant, "scores": scores, "mean": float(np.mean(scores)),
            "std": float(np.std(scores, ddof=1)), "repeats": repeats,

@@ -80,6 +80,9 @@ def test_pipeline_on_a_folder(folder, tmp_path):
         assert verify["dataset"] == f"folder:{folder}" and verify["split"] == "test"
         assert verify["num_images"] == SPLITS["test"] * len(CLASSES) and verify["passed"]
     assert read(work / "retrain" / "metrics.json")["final"]["test"]["accuracy"] is not None
+    # One data record for the whole job: the retrain stage reads its parent's instead of recomputing it.
+    assert read(work / "data.json")["name"] == f"folder:{folder}"
+    assert not (work / "retrain" / "data.json").exists()
     report = (work / "report.md").read_text()
     assert f"on folder:{folder}" in report and "## Parity with Keras" in report
     assert "| int8 | " in report.split("## Parity with Keras")[1]
@@ -94,6 +97,15 @@ def test_train_on_a_folder(folder, tmp_path):
     assert set(final) >= {"validation", "test"} and 0 <= final["test"]["accuracy"] <= 1
     model = keras.models.load_model(tmp_path / "model.keras")
     assert tuple(model.inputs[0].shape[1:]) == (SIDE, SIDE, 3) and model.outputs[0].shape[-1] == len(CLASSES)
+    # The training split's statistics, computed once and kept in the workdir for later stages.
+    from PIL import Image
+
+    record = read(tmp_path / "data.json")
+    assert record["name"] == f"folder:{folder}" and record["class_names"] == list(CLASSES)
+    pixels = np.stack([np.asarray(Image.open(os.path.join(folder, "train", c, f)), np.float64) / 255.0
+                       for c in CLASSES for f in os.listdir(os.path.join(folder, "train", c))])
+    np.testing.assert_allclose(record["mean"], pixels.mean(axis=(0, 1, 2)), atol=1e-4)
+    np.testing.assert_allclose(record["std"], pixels.std(axis=(0, 1, 2)), atol=1e-4)
 
 
 def test_export_calibrates_and_verify_checks_on_a_folder(folder, tmp_path):

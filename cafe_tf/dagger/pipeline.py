@@ -555,7 +555,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, data: Any = None) ->
     if data is None:
         data = data_lib.make_data_source(config.data, seed=config.train.seed, eval_splits=eval_splits,
                                          drop_eval_remainder=not distribute_lib.supports_partial_batches(strategy),
-                                         input_scaling=config.model.input_scaling)
+                                         input_scaling=config.model.input_scaling, workdir=workdir)
     if not config.prune.pretrained:  # fail on a channel_multiple wider than a group before pretraining, not after
         _check_channel_multiple(config, standard.model_factory(config.model, data.image_shape,
                                                                data.info.num_classes)())

@@ -319,7 +319,7 @@ def run(
 
     if data is None:
         data = data_lib.make_data_source(config.data, seed=section.seed, eval_splits=("validation",),
-                                         input_scaling=config.model.input_scaling)
+                                         input_scaling=config.model.input_scaling, workdir=workdir)
     if evaluator_factory is not None:
         check_input_shape(model, data)
         evaluator = evaluator_factory(supernet, space, data)

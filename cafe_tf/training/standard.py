@@ -472,7 +472,7 @@ def run(
     data = data or data_lib.make_data_source(
         config.data, seed=config.train.seed, eval_splits=tuple(config.train.eval_splits),
         drop_eval_remainder=not distribute_lib.supports_partial_batches(strategy),
-        input_scaling=config.model.input_scaling,
+        input_scaling=config.model.input_scaling, workdir=workdir,
     )
     if tuple(config.model.input_shape) and tuple(config.model.input_shape) != tuple(data.image_shape):
         raise ConfigError(
