@@ -580,7 +580,7 @@ def train(
                     f"supernet training diverged at step {step}: loss {loss}. Lower config.supernet.lr (now "
                     f"{section.lr}), add warm-up (config.supernet.warmup_epochs, now {section.warmup_epochs}) or "
                     f"train the max and min nets every step (config.supernet.sandwich=True, now {section.sandwich}); "
-                    "narrow nets such as MobileNetV2-0.35 needed all three (README, Width search)")
+                    "narrow nets such as MobileNetV2-0.35 needed all three (docs/width-search.md)")
             epoch_sum += (loss, float(out["accuracy"][-1]))
             epoch_n += 1
             lr = float(schedule(step - 1))
