@@ -70,6 +70,13 @@ def bootstrap_ci(stat, x, y, num_resamples: int = 2000, seed: int = 0, level: fl
     for _ in range(num_resamples):
         idx = rng.integers(0, len(x), len(x))
         values.append(stat(x[idx], y[idx]))
+    return _percentile_interval(values, level)
+
+
+def _percentile_interval(values, level: float) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap ``values`` (NaNs dropped; NaN, NaN if none)."""
+    import numpy as np
+
     values = np.asarray(values, float)
     values = values[~np.isnan(values)]
     if not values.size:
@@ -80,18 +87,11 @@ def bootstrap_ci(stat, x, y, num_resamples: int = 2000, seed: int = 0, level: fl
 
 def paired_difference(a: dict, b: dict, level: float = 0.95) -> dict | None:
     """Mean of ``a[s] - b[s]`` over the seeds both have, with its t-interval (None below 2 pairs: no interval)."""
-    import numpy as np
-    from scipy import stats
-
     seeds = [s for s in a if a[s] is not None and b.get(s) is not None]
     if not seeds:
         return None
-    d = np.asarray([a[s] - b[s] for s in seeds], float)
-    out = {"n": len(d), "mean": float(d.mean()), "diffs": d.tolist(), "low": None, "high": None}
-    if len(d) >= 2:
-        half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
-        out.update(low=out["mean"] - half, high=out["mean"] + half)
-    return out
+    diffs = [float(a[s] - b[s]) for s in seeds]
+    return {**mean_interval(diffs, level), "diffs": diffs}
 
 
 def mean_interval(values, level: float = 0.95) -> dict:
@@ -122,9 +122,4 @@ def bootstrap_difference_ci(stat, x1, x2, y, num_resamples: int = 2000, seed: in
     for _ in range(num_resamples):
         idx = rng.integers(0, len(y), len(y))
         values.append(stat(x1[idx], y[idx]) - stat(x2[idx], y[idx]))
-    values = np.asarray(values, float)
-    values = values[~np.isnan(values)]
-    if not values.size:
-        return float("nan"), float("nan")
-    alpha = (1.0 - level) / 2
-    return float(np.quantile(values, alpha)), float(np.quantile(values, 1.0 - alpha))
+    return _percentile_interval(values, level)
