@@ -26,7 +26,7 @@ $(FMNIST):
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q dataset-fashion-mnist
 
 demo: venv data
-	$(BIN)/python -m cafe_tf.pipeline --config configs/fashion_mnist_resnet20.py --workdir $(WORKDIR)
+	$(BIN)/cafe-tf pipeline --config configs/fashion_mnist_resnet20.py --workdir $(WORKDIR)
 
 # ruff, pinned in pyproject's `test` extra and configured there ([tool.ruff]).
 lint: venv

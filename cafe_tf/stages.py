@@ -123,6 +123,44 @@ def is_tensorflow_noise(line: bytes, cuda_driver: bool = False) -> bool:
     return bool(_TF_NOISE.match(line) or (not cuda_driver and _CUINIT_FAILED.match(line)))
 
 
+def filter_own_stderr() -> Callable[[], None] | None:
+    """Routes this process's file descriptor 2 through a thread that drops TensorFlow's CUDA start-up lines.
+
+    For a program started by the ``cafe-tf`` command before it imports TensorFlow, whose C++ runtime
+    prints those lines before any setting can quiet it. Nothing is filtered when the user asked for
+    TensorFlow's logs (``TF_CPP_MIN_LOG_LEVEL`` 0 or 1). Child processes inherit the filtered
+    descriptor. Returns the function that flushes and restores the descriptor (registered to run at
+    exit too), or None when nothing was filtered.
+    """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() in ("0", "1"):
+        return None
+    cuda_driver = has_cuda_driver()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def relay() -> None:
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            for line in iter(pipe.readline, b""):
+                if not is_tensorflow_noise(line, cuda_driver):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=relay, name="stderr-filter", daemon=True)
+    thread.start()
+
+    def restore() -> None:
+        if thread.is_alive():
+            sys.stderr.flush()
+            os.dup2(saved, 2)  # closes the pipe's last write end in this process: the relay sees EOF
+            thread.join(timeout=5)
+
+    import atexit
+
+    atexit.register(restore)
+    return restore
+
+
 def _run_tied(command: Sequence[str], log_path: str, env: Mapping[str, str],
               noise: Callable[[bytes], bool] | None = None) -> int:
     """Runs ``python *command``, teeing its output to ``log_path`` and stdout (less what ``noise`` matches);

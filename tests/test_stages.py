@@ -175,3 +175,30 @@ def test_a_killed_pipeline_takes_its_stage_with_it_and_resumes(tmp_path, sig, ig
     assert "quick: done already" in out
     assert (tmp_path / "quick.runs").read_text() == "run\n" and (tmp_path / "slow.runs").read_text() == "run\nrun\n"
     assert json.loads((tmp_path / "slow.json").read_text()) == {"ok": True}
+
+
+@pytest.mark.skipif(has_cuda_driver(), reason="with a CUDA driver a failed cuInit is relayed")
+def test_the_cafe_tf_command_filters_its_own_and_its_childrens_tensorflow_lines():
+    # A process whose fd 2 gets TensorFlow's start-up lines (its own and a child's, as the C++ runtime
+    # writes them) and lines of its own, the last one written as it exits.
+    child = f"import os; os.write(2, {_TF_STARTUP[1]!r}.encode() + bytes([10])); os.write(2, b'kept: child' + bytes([10]))"
+    code = "\n".join([
+        "import os, subprocess, sys",
+        "from cafe_tf import stages",
+        "stages.filter_own_stderr()",
+        f"for line in {_TF_STARTUP!r}:",
+        "    os.write(2, line.encode() + bytes([10]))",
+        "os.write(2, b'kept: mine' + bytes([10]))",
+        f"subprocess.run([sys.executable, '-c', {child!r}], check=True)",
+        "sys.stderr.write('kept: last words' + chr(10))",
+        "sys.exit(3)",
+    ])
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 3
+    assert proc.stderr.splitlines() == ["kept: mine", "kept: child", "kept: last words"], proc.stderr
+    asked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"},
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert all(line in asked.stderr for line in _TF_STARTUP)

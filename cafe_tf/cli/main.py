@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
                          f"{', '.join(PROGRAMS)}\n")
         sys.exit(2)
     module = PROGRAMS[name][0]
+    from cafe_tf import stages
+
+    stages.filter_own_stderr()  # before the program imports TensorFlow
     sys.argv = [module, *argv[2:]]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
