@@ -53,8 +53,16 @@ def residual_cnn(classes: int = 4, size: int = 16, channels: int = 1) -> keras.M
 
 
 @pytest.fixture(scope="module")
-def data():
-    return cafe_tf.load_data(toy_arrays())
+def data(tmp_path_factory):
+    """The toy images written as a user's folder of PNG files (class subfolders), loaded with folder:."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("my_images")
+    x, y = toy_arrays()
+    for i, (image, label) in enumerate(zip(x, y)):
+        os.makedirs(root / f"class_{label}", exist_ok=True)
+        Image.fromarray(image[..., 0]).save(root / f"class_{label}" / f"{i:04d}.png")
+    return cafe_tf.load_data(f"folder:{root}")
 
 
 def test_top_level_names_are_the_api():
